@@ -1,0 +1,277 @@
+"""Crack datasets on disk: `<data-dir>/<NAME>/images/<id>.<ext>` paired with `masks/<id>.<ext>`.
+
+Owns pairing, validation, reading and binarising, intensity preprocessing and the
+albumentations transforms. Items are dicts {"image": 3xHxW float32, "mask": 1xHxW
+float32 in {0,1}, "roi": 1xHxW bool, "name": stem}.
+
+Orientation: files are read as stored, ignoring EXIF orientation tags, because
+masks are annotated on the stored pixel grid and almost never carry a tag;
+letting OpenCV rotate only the photo would misalign it from its mask.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # the update check stalls 2 s offline
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+MAX_PIXELS = 20000 * 20000  # larger headers are decompression bombs, not photos
+READ_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+
+cv2.setNumThreads(1)  # DataLoader workers already use every core
+
+
+class DatasetError(Exception):
+    """A problem with the user's files; the message names the files and the fix."""
+
+
+@dataclass
+class Sample:
+    stem: str
+    image: Path
+    mask: Path
+    roi: Path | None = None
+
+
+@dataclass
+class Intensity:
+    """Intensity preprocessing, identical in training, evaluation and prediction."""
+    minmax: bool = True
+    normalize: tuple[float, float] | None = None
+    clahe: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Intensity":
+        normalize = config.get("normalize")
+        return cls(minmax=config.get("minmax", True), clahe=config.get("clahe", False),
+                   normalize=tuple(normalize) if normalize else None)
+
+
+# ---------------------------------------------------------------- finding files
+
+def list_datasets(data_dir: Path) -> list[str]:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return []
+    return sorted(p.name for p in data_dir.iterdir() if (p / "images").is_dir())
+
+
+def images_by_stem(folder: Path, problems: list[str], notes: list[str]) -> dict[str, Path]:
+    """Image files of a folder keyed by stem; duplicates become problems, other files notes."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            notes.append(f"ignored {path} (not an image file)")
+            continue
+        found.setdefault(path.stem, []).append(path)
+    for stem, paths in found.items():
+        if len(paths) > 1:
+            problems.append(f"duplicate stem {stem!r}: {', '.join(map(str, paths))} "
+                            "(keep one file per stem)")
+    return {stem: paths[0] for stem, paths in found.items()}
+
+
+def find_samples(data_dir: Path, name: str, problems: list[str], notes: list[str]) -> list[Sample]:
+    """Pair images with masks (and optional rois/) by stem, collecting every problem."""
+    root = Path(data_dir) / name
+    if not (root / "images").is_dir():
+        available = ", ".join(list_datasets(data_dir)) or "none"
+        problems.append(f"unknown dataset {name!r}: {root / 'images'} does not exist. Datasets "
+                        f"under {data_dir}: {available}. Create one with prepare_data.py")
+        return []
+    if not (root / "masks").is_dir():
+        problems.append(f"{root / 'masks'} does not exist: put one mask per image there")
+        return []
+    images = images_by_stem(root / "images", problems, notes)
+    masks = images_by_stem(root / "masks", problems, notes)
+    rois = images_by_stem(root / "rois", problems, notes) if (root / "rois").is_dir() else {}
+    if not images:
+        problems.append(f"{root / 'images'} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    for stem in sorted(images.keys() - masks.keys()):
+        problems.append(f"image without mask: {images[stem]} (add masks/{stem}.png)")
+    for stem in sorted(masks.keys() - images.keys()):
+        problems.append(f"mask without image: {masks[stem]} (add images/{stem}.jpg or remove it)")
+    return [Sample(stem, images[stem], masks[stem], rois.get(stem))
+            for stem in sorted(images.keys() & masks.keys())]
+
+
+# ---------------------------------------------------------------- reading files
+
+def check_header(path: Path) -> None:
+    """Refuse unreadable files and absurd dimensions before decoding anything."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Image.DecompressionBombError:
+        width = height = MAX_PIXELS
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"{path}: not a readable image ({err}); re-export or remove it") from None
+    if width * height > MAX_PIXELS:
+        raise DatasetError(f"{path}: header claims {width}x{height} pixels, more than the "
+                           f"{MAX_PIXELS:,} allowed; this is not a photo (decompression bomb?)")
+
+
+def read_raw(path: Path) -> np.ndarray:
+    check_header(path)
+    array = cv2.imread(str(path), READ_FLAGS)
+    if array is None or array.size == 0:
+        raise DatasetError(f"{path}: OpenCV cannot decode it (truncated or corrupt); re-export it")
+    return array
+
+
+def read_image(path: Path) -> np.ndarray:
+    """HxWx3 uint8 RGB; gray is repeated, alpha dropped, 16-bit scaled to 8-bit."""
+    image = read_raw(path)
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DatasetError(f"{path}: unsupported pixel type {image.dtype}; save it as 8-bit")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def binarize_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    """Crack = bright. {0,1} label maps (max 1) use > 0; every other encoding > 127."""
+    if mask.dtype != np.uint8:
+        raise DatasetError(f"{path}: mask has {mask.dtype} pixels; save it as an 8-bit "
+                           "single-channel PNG with crack = 255")
+    if mask.ndim == 3:
+        channels = mask[..., :3]
+        if not (np.array_equal(channels[..., 0], channels[..., 1])
+                and np.array_equal(channels[..., 0], channels[..., 2])):
+            raise DatasetError(f"{path}: mask channels differ (a colour mask?); save it as "
+                               "single-channel gray with crack = 255")
+        mask = channels[..., 0]
+    return mask > 0 if mask.max() == 1 else mask > 127
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """HxW bool crack mask."""
+    return binarize_mask(read_raw(path), path)
+
+
+def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    image, mask = read_image(sample.image), read_mask(sample.mask)
+    roi = read_mask(sample.roi) if sample.roi else None
+    for other, path in ((mask, sample.mask), (roi, sample.roi)):
+        if other is not None and other.shape != image.shape[:2]:
+            raise DatasetError(f"size mismatch: {sample.image} is {image.shape[1]}x{image.shape[0]}"
+                               f" but {path} is {other.shape[1]}x{other.shape[0]}")
+    return image, mask, roi
+
+
+def scan_dataset(data_dir: Path, name: str, keep: bool = False) -> tuple[list[Sample], list, list[str]]:
+    """Read and check every file once; raise one DatasetError listing every problem.
+
+    Returns (samples, decoded arrays if keep else [], notes)."""
+    problems: list[str] = []
+    notes: list[str] = []
+    samples = find_samples(data_dir, name, problems, notes)
+    decoded, crack_pixels = [], 0
+    for sample in samples:
+        try:
+            arrays = read_sample(sample)
+        except DatasetError as err:
+            problems.append(str(err))
+            continue
+        crack_pixels += int(arrays[1].sum())
+        if keep:
+            decoded.append(arrays)
+    if samples and not problems and crack_pixels == 0:
+        problems.append(f"no mask under {Path(data_dir) / name / 'masks'} has a crack pixel: "
+                        "cracks must be the bright pixels (255, or 1 in {0,1} masks)")
+    if problems:
+        raise DatasetError(f"dataset {name} under {data_dir} has {len(problems)} problem(s):\n  "
+                           + "\n  ".join(problems))
+    return samples, decoded, notes
+
+
+# ---------------------------------------------------------------- preprocessing
+
+def preprocess(image: np.ndarray, intensity: Intensity, name: str) -> np.ndarray:
+    """uint8 HxWx3 RGB -> float32 HxWx3: CLAHE, then [0,1] scaling, then normalisation."""
+    if intensity.clahe:
+        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(lab[..., 0])
+        image = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    x = image.astype(np.float32)
+    low, high = float(x.min()), float(x.max())
+    if high == 0 or (intensity.minmax and high == low):
+        raise DatasetError(f"{name}: the image is constant ({low:.0f}) and would be all zeros "
+                           "after preprocessing; remove it")
+    # One global min and max per image (not per channel), as the reference's MinMaxScaler did.
+    x = (x - low) / (high - low) if intensity.minmax else x / 255.0
+    if intensity.normalize:
+        mean, std = intensity.normalize
+        x = (x - mean) / std
+    return x
+
+
+def train_transform(crop: int, resize: bool = False, photometric: bool = False) -> A.Compose:
+    """METHOD.md section 2: rot90, flips, then a random crop (images padded up to the crop)."""
+    steps = [A.RandomRotate90(), A.HorizontalFlip(), A.VerticalFlip()]
+    if resize:
+        steps.append(A.Resize(crop, crop))
+    else:
+        steps += [A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
+                  A.RandomCrop(crop, crop)]
+    if photometric:
+        steps.append(A.RandomBrightnessContrast(0.2, 0.2))
+    return A.Compose(steps)
+
+
+class CrackDataset(Dataset):
+    """Training items (transform given) are random crops; evaluation items are full images."""
+
+    def __init__(self, samples: list[Sample], intensity: Intensity, transform: A.Compose | None = None,
+                 decoded: list | None = None):
+        self.samples = samples
+        self.intensity = intensity
+        self.transform = transform
+        self.decoded = decoded  # cached (image, mask, roi) arrays, or None to read each time
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def reseed(self, seed: int) -> None:
+        """albumentations 2.x seeds its RNG once in Compose: every worker must reseed."""
+        if self.transform is not None:
+            self.transform.set_random_seed(seed)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask, roi = self.decoded[index] if self.decoded else read_sample(sample)
+        x = preprocess(image, self.intensity, str(sample.image))
+        y = mask.astype(np.float32)
+        item = {"name": sample.stem}
+        if self.transform is not None:
+            out = self.transform(image=x, mask=y)
+            x, y = out["image"], out["mask"]
+        else:
+            item["roi"] = torch.from_numpy(np.ones_like(mask) if roi is None else roi)[None]
+        item["image"] = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        item["mask"] = torch.from_numpy(np.ascontiguousarray(y))[None]
+        return item
+
+
+def split_ids(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Sorted, seeded train/validation split (sorting makes it independent of listing order)."""
+    stems = sorted(stems)
+    if len(stems) < 2:
+        raise DatasetError(f"a dataset needs at least 2 images to split, found {len(stems)}")
+    train, val = train_test_split(stems, test_size=val_fraction, random_state=seed)
+    return sorted(train), sorted(val)
+

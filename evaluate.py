@@ -1,0 +1,180 @@
+"""Score crack probability maps with ODS / OIS / AP, strict and with a pixel tolerance.
+
+    python evaluate.py --name SYNTHETIC_UNet --test SYNTHETIC            # its validation split only
+    python evaluate.py --name run1 --test CRKWH100 CRACKLS315 --tolerance 0 2 --tta --save-images
+    python evaluate.py --name run1 --test DEEPCRACK_TEST CFD --data-dir ../shared/data --device cpu
+    python evaluate.py --pred-dir other_method/maps --test DEEPCRACK_TEST --data-dir ../shared/data
+
+With --name the run's model predicts every image at full resolution with the run's own
+preprocessing; with --pred-dir, 8-bit maps DIR/<stem>.png or DIR/<stem>_prob.png
+(p = value/255) from any method are scored under the same protocol. Results go to
+models/RUN/eval/DATASET/ (or DIR/eval/DATASET/): metrics.json, per_image.csv and, with
+--save-images, <stem>_prob.png and <stem>_panel.jpg.
+"""
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+import metrics
+from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
+from utils import MODELS_DIR, RUNS_DIR, evaluate, json_dump, load_run_model, make_engine, run_cli
+from visuals import error_overlay, save_probability, side_by_side
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--name", help="run under models/ whose best.pt predicts the maps")
+    source.add_argument("--pred-dir", type=Path, help="folder of 8-bit probability maps from any method")
+    p.add_argument("--test", nargs="+", required=True, metavar="DATASET", help="datasets under --data-dir")
+    p.add_argument("--data-dir", help="default: the run's --data-dir (inputs with --pred-dir)")
+    p.add_argument("--tolerance", type=int, nargs="+", default=[0, 2],
+                   help="pixel tolerances; 0 = strict, 2 = the crack-detection literature")
+    p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower)")
+    p.add_argument("--save-images", action="store_true", help="write probability maps and panels")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    return p
+
+
+# ---------------------------------------------------------------- datasets
+
+def test_samples(data_dir: Path, dataset: str, config: dict | None, run: str | None):
+    """A run's own training dataset is scored on its saved validation split only."""
+    samples = scan_dataset(data_dir, dataset)[0]
+    if config and dataset == config["dataset"] and Path(data_dir) == Path(config["data_dir"]):
+        val = set(json.loads((MODELS_DIR / run / "split.json").read_text())["val"])
+        samples = [s for s in samples if s.stem in val]
+        print(f"{dataset} is {run}'s training set: scoring its {len(samples)} validation images only")
+    return samples
+
+
+def find_map(pred_dir: Path, stem: str) -> Path:
+    for candidate in (pred_dir / f"{stem}.png", pred_dir / f"{stem}_prob.png"):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(f"no prediction map for {stem}: expected {pred_dir / stem}.png or {stem}_prob.png")
+
+
+def read_map(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    prob = read_raw(path)
+    if prob.dtype != np.uint8 or prob.ndim != 2:
+        raise DatasetError(f"{path}: expected an 8-bit single-channel probability map "
+                           f"(p = value/255), found {prob.dtype} with shape {prob.shape}")
+    if prob.shape != shape:
+        raise DatasetError(f"{path} is {prob.shape[1]}x{prob.shape[0]} but its mask is {shape[1]}x{shape[0]}")
+    return prob
+
+
+def score_pred_dir(pred_dir: Path, samples, tolerances) -> dict:
+    """The same counts as evaluate() computes for a model, from maps on disk."""
+    rows = []
+    for sample in samples:
+        mask = read_mask(sample.mask)
+        prob = read_map(find_map(pred_dir, sample.stem), mask.shape)
+        roi = read_mask(sample.roi) if sample.roi else None
+        rows.append([metrics.image_counts(prob, mask, tolerance=t, roi=roi) for t in tolerances])
+    return {"names": [s.stem for s in samples],
+            "counts": {t: np.stack([row[i] for row in rows]) for i, t in enumerate(tolerances)}}
+
+
+# ---------------------------------------------------------------- reporting
+
+def summarize_all(result: dict, dataset: str, tolerances) -> tuple[dict, list[dict]]:
+    summary = {"dataset": dataset, "images": len(result["names"]), "results": []}
+    per_image = []
+    for t in tolerances:
+        s = metrics.summarize(result["counts"][t])
+        summary["results"].append({"tolerance": t, **{k: s[k] for k in ("ods", "ois", "ods_mean", "ois_mean", "ap")}})
+        per_image += [{"tolerance": t, "name": name, **row} for name, row in zip(result["names"], s["per_image"])]
+    return summary, per_image
+
+
+def write_results(out_dir: Path, summary: dict, per_image: list[dict]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_dump(out_dir / "metrics.json", summary)
+    with open(out_dir / "per_image.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["tolerance", "name", "best_threshold", "precision",
+                                               "recall", "f1", "f1_at_ods"])
+        writer.writeheader()
+        writer.writerows(per_image)
+
+
+def print_table(summaries: list[dict]) -> None:
+    print(f"{'dataset':<18}{'tol':>4}{'images':>7}{'ODS t':>7}{'ODS P':>7}{'ODS R':>7}{'ODS F':>7}"
+          f"{'OIS F':>7}{'mODS F':>8}{'mOIS F':>8}{'AP':>7}")
+    for s in summaries:
+        for r in s["results"]:
+            o = r["ods"]
+            print(f"{s['dataset']:<18}{r['tolerance']:>4}{s['images']:>7}{o['threshold']:>7.2f}"
+                  f"{o['precision']:>7.4f}{o['recall']:>7.4f}{o['f1']:>7.4f}{r['ois']['f1']:>7.4f}"
+                  f"{r['ods_mean']['f1']:>8.4f}{r['ois_mean']['f1']:>8.4f}{r['ap']:>7.4f}")
+
+
+def write_panels(out_dir: Path, samples, threshold: float) -> None:
+    """input | ground truth | prediction at the ODS threshold | TP/FP/FN overlay."""
+    for sample in samples:
+        image, mask = read_image(sample.image), read_mask(sample.mask)
+        prob = cv2.imread(str(out_dir / f"{sample.stem}_prob.png"), cv2.IMREAD_GRAYSCALE)
+        pred = prob.astype(np.float64) / 255 > threshold
+        panel = side_by_side([image, mask, pred, error_overlay(image, pred, mask)])
+        cv2.imwrite(str(out_dir / f"{sample.stem}_panel.jpg"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def log_tensorboard(run: str, summary: dict, result: dict) -> None:
+    with SummaryWriter(RUNS_DIR / run) as writer:
+        for t in result["counts"]:
+            curve = metrics.pr_curve(result["counts"][t])
+            writer.add_pr_curve_raw(f"eval/{summary['dataset']}/pr_tolerance_{t}", num_thresholds=len(curve["precision"]),
+                                    global_step=0, **curve)
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> int:
+    # 1. arguments, device, model
+    args = get_args_parser().parse_args()
+    config = model = engine = None
+    if args.name:
+        engine = make_engine(args.device, args.precision)
+        model, config = load_run_model(args.name, engine, args.checkpoint)
+        print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.device} {engine.dtype or 'fp32'}")
+    data_dir = Path(args.data_dir or (config["data_dir"] if config else "inputs"))
+    summaries = []
+    for dataset in args.test:
+        # 2. the images to score
+        samples = test_samples(data_dir, dataset, config, args.name)
+        out_dir = (MODELS_DIR / args.name if args.name else args.pred_dir) / "eval" / dataset
+        # 3. counts for every threshold and tolerance in one pass per image
+        if args.name:
+            save = (lambda item, prob: save_probability(out_dir / f"{item['name']}_prob.png", prob)) \
+                if args.save_images else None
+            out_dir.mkdir(parents=True, exist_ok=True)
+            data = CrackDataset(samples, Intensity.from_config(config))
+            result = evaluate(model, data, engine, tolerances=args.tolerance, tta=args.tta, on_image=save)
+        else:
+            result = score_pred_dir(args.pred_dir, samples, args.tolerance)
+        # 4. reports
+        summary, per_image = summarize_all(result, dataset, args.tolerance)
+        write_results(out_dir, summary, per_image)
+        if args.save_images and args.name:
+            write_panels(out_dir, samples, summary["results"][0]["ods"]["threshold"])
+        if args.name:
+            log_tensorboard(args.name, summary, result)
+        summaries.append(summary)
+        print(f"wrote {out_dir}")
+    print_table(summaries)
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_cli(main)

@@ -1,0 +1,399 @@
+"""Train a single-output crack segmentation network.
+
+    python train.py --preset fast                       # synthetic data, CPU, ~4 minutes
+    python train.py --dataset CRACKTREE260 --arch UNet  # the reference recipe
+    python train.py --dataset DEEPCRACK_TRAIN --data-dir ../shared/data --crop 256 --max-minutes 60
+    python train.py --resume DEEPCRACK_TRAIN_UNet       # continue after Ctrl-C
+    torchrun --nproc_per_node=2 train.py --dataset CRACKTREE260   # DDP, one process per GPU
+    tensorboard --logdir runs
+
+Everything a run makes lives in models/<name>/ (config.json, split.json, log.csv,
+last.pt, best.pt) and runs/<name>/ (TensorBoard).
+"""
+import argparse
+import csv
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import metrics
+from dataset import CrackDataset, Intensity, scan_dataset, split_ids, train_transform
+from losses import LOSSES, compute_loss
+from models import ARCHS
+from utils import (MODELS_DIR, RUNS_DIR, RunError, evaluate, fresh_run_name, json_dump,
+                   load_checkpoint, load_config, load_weights, make_engine, model_from_config,
+                   provenance, run_cli, save_checkpoint)
+
+PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
+    "fast": {"dataset": "SYNTHETIC", "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
+             "max_minutes": 4.5},
+}
+RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache"}
+F1_THRESHOLD_INDEX = 50  # t = 0.50 in metrics.DEFAULT_THRESHOLDS
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=PRESETS, help="fast: synthetic data, 128 crops, 40 epochs")
+    # data
+    p.add_argument("--dataset", default="SYNTHETIC", help="folder under --data-dir; SYNTHETIC is made on first use")
+    p.add_argument("--data-dir", default="inputs")
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--crop", type=int, default=512, help="random crop side; 512 as in the reference, 256 on a CPU")
+    p.add_argument("--resize", action="store_true", help="resize to --crop instead of cropping (kills thin cracks)")
+    p.add_argument("--minmax", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-image min-max scaling to [0,1] (off: value/255)")
+    p.add_argument("--normalize", type=float, nargs=2, metavar=("MEAN", "STD"),
+                   help="after scaling to [0,1]; the reference tried 0.535 0.135")
+    p.add_argument("--clahe", action="store_true", help="contrast-limited histogram equalisation first")
+    p.add_argument("--photometric", action="store_true", help="random brightness/contrast augmentation")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes; 0 = in the main process")
+    p.add_argument("--cache", action="store_true", help="keep decoded images in memory")
+    # model and loss
+    p.add_argument("--arch", default="UNet", choices=ARCHS)
+    p.add_argument("--deep-supervision", action="store_true", help="NestedUNet only: loss on 4 heads")
+    p.add_argument("--base-width", type=int, default=32, help="filters of the first block (32 = reference)")
+    p.add_argument("--loss", default="BCEDiceLoss", choices=LOSSES)
+    # optimisation
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--optimizer", default="Adam", choices=["Adam", "SGD"])
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD only")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--scheduler", default="ReduceLROnPlateau",
+                   choices=["ReduceLROnPlateau", "CosineAnnealingLR", "none"])
+    p.add_argument("--patience", type=int, default=10, help="ReduceLROnPlateau epochs without improvement")
+    p.add_argument("--factor", type=float, default=0.1)
+    p.add_argument("--min-lr", type=float, default=1e-8)
+    p.add_argument("--max-minutes", type=float, help="stop cleanly after the epoch that passes this budget")
+    # machine
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on AVX-512 CPUs and recent GPUs, fp16 on older GPUs")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm under torchrun")
+    p.add_argument("--seed", type=int, default=0)
+    # run
+    p.add_argument("--name", help="run name; default <DATASET>_<arch>, suffixed _2, _3 if taken")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN after its last completed epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --name")
+    p.add_argument("--init-from", metavar="RUN", help="start from RUN's best weights (fine-tuning)")
+    p.add_argument("--panels-every", type=int, default=5, help="epochs between TensorBoard panels")
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = get_args_parser()
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
+    args = parser.parse_args(argv)
+    if args.resume:
+        explicit = {k for k, v in vars(args).items() if v != parser.get_default(k)}
+        config = load_config(args.resume)
+        saved = {k: config.get(k, v) for k, v in vars(args).items()}
+        saved.update({k: getattr(args, k) for k in RESUME_OVERRIDES & explicit})
+        args = argparse.Namespace(**{**saved, "resume": args.resume, "name": args.resume})
+    return args
+
+
+# ---------------------------------------------------------------- data
+
+def prepare_data(args, engine):
+    """Scan every file once (all problems reported before a run directory exists), then split."""
+    data_dir = Path(args.data_dir)
+    if args.dataset == "SYNTHETIC" and not (data_dir / "SYNTHETIC").exists() and engine.main:
+        from prepare_data import make_synthetic_dataset
+        print(f"generating the synthetic dataset in {data_dir / 'SYNTHETIC'}")
+        make_synthetic_dataset(data_dir, "SYNTHETIC")
+    if engine.world > 1:
+        dist.barrier()
+    samples, decoded, notes = scan_dataset(data_dir, args.dataset, keep=args.cache)
+    for note in notes:
+        print("note:", note)
+    if args.resume:
+        split = json.loads((MODELS_DIR / args.name / "split.json").read_text())
+    else:
+        train_ids, val_ids = split_ids([s.stem for s in samples], args.val_split, args.seed)
+        split = {"seed": args.seed, "val_split": args.val_split, "train": train_ids, "val": val_ids}
+    intensity = Intensity(minmax=args.minmax, clahe=args.clahe,
+                          normalize=tuple(args.normalize) if args.normalize else None)
+    by_stem = {s.stem: i for i, s in enumerate(samples)}
+
+    def subset(ids, transform):
+        missing = [i for i in ids if i not in by_stem]
+        if missing:
+            raise RunError(f"the run's split names images no longer in {data_dir / args.dataset}: {missing[:5]}")
+        idx = [by_stem[i] for i in ids]
+        cached = [decoded[i] for i in idx] if decoded else None
+        return CrackDataset([samples[i] for i in idx], intensity, transform, cached)
+
+    train_set = subset(split["train"], train_transform(args.crop, args.resize, args.photometric))
+    return train_set, subset(split["val"], None), split
+
+
+def seed_worker(worker_id: int) -> None:
+    """Each worker gets its own augmentation stream; Ctrl-C is the main process's business."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)
+    np.random.seed(info.seed % 2**32)
+    random.seed(info.seed)
+
+
+def make_train_loader(train_set, args, engine) -> DataLoader:
+    sampler = DistributedSampler(train_set, num_replicas=engine.world, rank=engine.rank,
+                                 shuffle=True, seed=args.seed, drop_last=len(train_set) >= engine.world)
+    return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
+                      num_workers=args.workers, worker_init_fn=seed_worker,
+                      persistent_workers=args.workers > 0, pin_memory=engine.device.type == "cuda",
+                      drop_last=len(train_set) // engine.world >= args.batch_size)
+
+
+def start_epoch(loader: DataLoader, args, engine, epoch: int) -> None:
+    """Shuffle and augmentation streams depend on (seed, epoch) only, so a resumed run repeats them."""
+    loader.sampler.set_epoch(epoch)
+    if args.workers == 0:
+        loader.dataset.reseed((args.seed * 1_000_003 + epoch * engine.world + engine.rank) % 2**32)
+
+
+# ---------------------------------------------------------------- model and optimisation
+
+def build_training(args, engine, train_batches: int):
+    model = model_from_config(vars(args))
+    if args.sync_bn and engine.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(engine.device)
+    if engine.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.optimizer == "Adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay, nesterov=True)
+    if args.scheduler == "ReduceLROnPlateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", patience=args.patience, factor=args.factor, min_lr=args.min_lr)
+    elif args.scheduler == "CosineAnnealingLR":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.min_lr)
+    else:
+        scheduler = None
+    scaler = torch.amp.GradScaler(engine.device.type, enabled=engine.dtype == torch.float16)
+    return model, optimizer, scheduler, scaler
+
+
+def rng_state() -> dict:
+    """RNG states as tensors and lists, so checkpoints load with weights_only=True."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+
+
+def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, run_dir: Path) -> dict:
+    """One pass over the training crops; returns mean loss and the fraction of time spent waiting for data."""
+    model.train()
+    total = torch.zeros((), device=engine.device)
+    steps, waited = 0, 0.0
+    started = tick = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not engine.main, mininterval=1)
+    for step, batch in enumerate(bar):
+        waited += time.perf_counter() - tick
+        images, masks = engine.to_device(batch["image"]), batch["mask"].to(engine.device, non_blocking=True)
+        with engine.autocast():
+            outputs = model(images)
+        loss = compute_loss(args.loss, outputs, masks)
+        check_finite(loss, engine, epoch, step, batch["name"], run_dir)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.detach()
+        steps += 1
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+        tick = time.perf_counter()
+    mean = total / max(steps, 1)
+    if engine.world > 1:
+        dist.all_reduce(mean)
+        mean /= engine.world
+    elapsed = time.perf_counter() - started
+    return {"train_loss": float(mean), "data_wait": waited / max(elapsed, 1e-9), "images_per_s":
+            steps * args.batch_size * engine.world / max(elapsed, 1e-9)}
+
+
+def check_finite(loss: torch.Tensor, engine, epoch: int, step: int, names, run_dir: Path) -> None:
+    """Stop at once (every rank together) on NaN/inf, naming the batch and the last good checkpoint."""
+    bad = (~torch.isfinite(loss.detach())).float()
+    if engine.world > 1:
+        dist.all_reduce(bad)
+    if bad.item():
+        raise RunError(f"non-finite loss at epoch {epoch}, step {step} (images: {', '.join(names)}); "
+                       f"last good checkpoint: {run_dir / 'last.pt'}. Try a lower --lr or --precision fp32")
+
+
+# ---------------------------------------------------------------- logging
+
+def panel(item: dict, prob: np.ndarray) -> torch.Tensor:
+    """3 x H x 3W image: input | ground truth | probability."""
+    image = item["image"]
+    image = (image - image.min()) / (image.max() - image.min() + 1e-8)
+    mask = item["mask"].expand(3, -1, -1)
+    prob = torch.as_tensor(prob, dtype=torch.float32).expand(3, -1, -1)
+    return torch.cat([image, mask, prob], dim=2)
+
+
+def log_epoch(writer, log_path: Path, row: dict) -> None:
+    first = not log_path.exists()
+    with open(log_path, "a", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(row))
+        if first:
+            out.writeheader()
+        out.writerow(row)
+    for key, value in row.items():
+        if key != "epoch":
+            group = "loss" if key.endswith("loss") else "val" if key.startswith("val") else "train"
+            writer.add_scalar(f"{group}/{key}", value, row["epoch"])
+    writer.flush()
+
+
+def keep_log_rows_before(log_path: Path, epoch: int) -> None:
+    """A resumed run repeats the epochs after last.pt: drop their rows from an interrupted log."""
+    if not log_path.exists():
+        return
+    lines = log_path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) < epoch]
+    log_path.write_text("".join(kept))
+
+
+def validate(model, val_set, engine, args, epoch: int, writer) -> dict:
+    panels = []
+    want_panels = engine.main and epoch % args.panels_every == 0
+
+    def keep_panel(item, prob):
+        if want_panels and len(panels) < 3:
+            panels.append(panel(item, prob))
+    result = evaluate(model, val_set, engine, loss_name=args.loss, on_image=keep_panel)
+    counts = result["counts"][0]
+    summary = metrics.summarize(counts)
+    at_half = metrics.scores_at(counts, F1_THRESHOLD_INDEX)
+    for i, image in enumerate(panels):
+        writer.add_image(f"val_panels/{i}", image, epoch)
+    return {"val_loss": result["loss"], "val_iou": at_half["iou"], "val_f1": at_half["f1"],
+            "val_ods_f1": summary["ods"]["f1"], "val_ods_threshold": summary["ods"]["threshold"]}
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> int:
+    # 1. configuration, device and precision
+    args = get_args()
+    engine = make_engine(args.device, args.precision, args.channels_last)
+    torch.manual_seed(args.seed + engine.rank)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+
+    # 2. data: every problem is found before anything is written
+    train_set, val_set, split = prepare_data(args, engine)
+    init_state = load_checkpoint(MODELS_DIR / args.init_from / "best.pt") if args.init_from else None
+    resume_state = load_checkpoint(MODELS_DIR / args.name / "last.pt") if args.resume else None
+
+    # 3. model, optimiser, scheduler
+    loader = make_train_loader(train_set, args, engine)
+    model, optimizer, scheduler, scaler = build_training(args, engine, len(loader))
+    if init_state:
+        load_weights(model, init_state, MODELS_DIR / args.init_from / "best.pt")
+    start, best = 1, -1.0
+    if resume_state:
+        load_weights(model, resume_state, MODELS_DIR / args.name / "last.pt")
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if scheduler:
+            scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        set_rng_state(resume_state["rng"])
+        start, best = resume_state["epoch"] + 1, resume_state["best"]
+
+    # 4. the run directory (only the main process writes)
+    if not args.resume:
+        if engine.main:
+            args.name = fresh_run_name(args.name, f"{args.dataset}_{args.arch}", args.overwrite)
+        if engine.world > 1:
+            names = [args.name]
+            dist.broadcast_object_list(names)
+            args.name = names[0]
+    run_dir = MODELS_DIR / args.name
+    config = load_config(args.name) if args.resume else {**vars(args), "provenance": provenance()}
+    config.update(vars(args))
+    if engine.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            for stale in run_dir.glob("*"):   # --overwrite: nothing of the old run may mix in
+                stale.unlink()
+            json_dump(run_dir / "split.json", split)
+        else:
+            keep_log_rows_before(run_dir / "log.csv", start)
+        json_dump(run_dir / "config.json", config)
+        print(f"run {run_dir}: {len(train_set)} training / {len(val_set)} validation images, "
+              f"{engine.device} {engine.dtype or 'fp32'}{' channels_last' if engine.channels_last else ''}")
+    writer = SummaryWriter(RUNS_DIR / args.name) if engine.main else None
+
+    # 5. epochs: train, validate, log, checkpoint
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if engine.world > 1 else model
+    began = time.time()
+    try:
+        for epoch in range(start, args.epochs + 1):
+            start_epoch(loader, args, engine, epoch)
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            row.update(train_one_epoch(ddp_model, loader, optimizer, scaler, engine, args, epoch, run_dir))
+            row.update(validate(model, val_set, engine, args, epoch, writer))
+            if scheduler is not None:
+                scheduler.step(row["val_loss"]) if args.scheduler == "ReduceLROnPlateau" else scheduler.step()
+            improved = row["val_ods_f1"] > best
+            best = max(best, row["val_ods_f1"])
+            if engine.main:
+                save_epoch(run_dir, config, model, optimizer, scheduler, scaler, epoch, best, row, improved)
+                log_epoch(writer, run_dir / "log.csv", row)
+                print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            if args.max_minutes and (time.time() - began) / 60 > args.max_minutes:
+                print(f"stopping after epoch {epoch}: --max-minutes {args.max_minutes} reached")
+                break
+    finally:
+        if writer:
+            writer.close()
+    if engine.main:
+        print(f"best validation ODS F {best:.4f}; checkpoints in {run_dir}")
+    return 0
+
+
+def save_epoch(run_dir, config, model, optimizer, scheduler, scaler, epoch, best, row, improved) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler else None, "scaler": scaler.state_dict(),
+             "epoch": epoch, "best": best, "rng": rng_state(),
+             "config": {k: v for k, v in config.items() if k != "provenance"},
+             "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
+    save_checkpoint(run_dir / "last.pt", state)
+    if improved:
+        save_checkpoint(run_dir / "best.pt", state)
+        config["threshold"] = row["val_ods_threshold"]
+        config["best_epoch"] = epoch
+        json_dump(run_dir / "config.json", config)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,332 @@
+"""What the scripts share: the run directory, device and precision, checkpoints, and the
+single inference path (pad, tile, TTA) plus the evaluation routine used by train.py and
+evaluate.py alike.
+"""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import zipfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import metrics
+from dataset import DatasetError
+from losses import compute_loss
+from models import build_model
+
+MODELS_DIR = Path("models")
+RUNS_DIR = Path("runs")
+
+
+class RunError(Exception):
+    """A problem with a run directory or checkpoint; the message says what to do."""
+
+
+# ---------------------------------------------------------------- run directory
+
+def json_dump(path: Path, obj) -> None:
+    """Write atomically: a crash mid-write never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def fresh_run_name(name: str | None, default: str, overwrite: bool) -> str:
+    """An explicit name must be new (or --overwrite); the default gets _2, _3, ... instead."""
+    if name:
+        if (MODELS_DIR / name).exists() and not overwrite:
+            raise RunError(f"run {MODELS_DIR / name} already exists; use --resume {name} to "
+                           "continue it, --overwrite to replace it, or another --name")
+        return name
+    candidate, n = default, 1
+    while (MODELS_DIR / candidate).exists():
+        n += 1
+        candidate = f"{default}_{n}"
+    return candidate
+
+
+def load_config(name: str) -> dict:
+    path = MODELS_DIR / name / "config.json"
+    if not path.is_file():
+        runs = sorted(p.name for p in MODELS_DIR.glob("*/config.json"))
+        known = ", ".join(p.split("/")[0] for p in runs) or "none"
+        raise RunError(f"no run {name!r}: {path} does not exist (runs under {MODELS_DIR}/: {known})")
+    return json.loads(path.read_text())
+
+
+def provenance() -> dict:
+    """Git commit and package versions, saved with every run."""
+    import albumentations
+    import cv2
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"git_commit": commit or "unknown", "python": sys.version.split()[0],
+            "torch": torch.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
+            "albumentations": albumentations.__version__}
+
+
+# ---------------------------------------------------------------- device and precision
+
+@dataclass
+class Engine:
+    """Device, autocast dtype and memory format, decided once at start-up."""
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = True
+    rank: int = 0
+    world: int = 1
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def auto_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware runs it fast, fp16 on older GPUs, fp32 otherwise."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    capability = torch.backends.cpu.get_cpu_capability()
+    return torch.bfloat16 if "AVX512" in capability or "AMX" in capability else None
+
+
+def make_engine(device: str = "auto", precision: str = "auto", channels_last: bool = True) -> Engine:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    if precision == "fp16" and dev.type != "cuda":
+        raise RunError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    dtype = {"auto": auto_dtype(dev), "fp32": None, "bf16": torch.bfloat16,
+             "fp16": torch.float16}[precision]
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Engine(dev, dtype, channels_last, rank, world)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """weights_only=True: a checkpoint from a stranger cannot run code when loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RunError(f"{path} holds objects other than tensors and plain values, so it was "
+                       f"refused unloaded (it could run code): {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise RunError(f"{path} is truncated or not a PyTorch checkpoint ({err}); "
+                       "use another checkpoint of the run (last.pt or best.pt)") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise RunError(f"{path} is not a crackseg checkpoint (no 'model' and 'config' entries)")
+    return state
+
+
+def model_from_config(config: dict) -> torch.nn.Module:
+    return build_model(config["arch"], deep_supervision=config.get("deep_supervision", False),
+                       base_width=config.get("base_width", 32))
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise RunError(f"{path} does not fit this architecture ({state['config'].get('arch')} "
+                       f"checkpoint): {str(err).splitlines()[1].strip()}") from None
+
+
+def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
+    """The model of a run, with the run's config; ready for inference."""
+    config = load_config(name)
+    path = MODELS_DIR / name / which
+    state = load_checkpoint(path, engine.device)
+    model = model_from_config(config)
+    load_weights(model, state, path)
+    model.to(engine.device).eval()
+    if engine.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, config
+
+
+# ---------------------------------------------------------------- inference
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """Pad the bottom and right edges so both sides divide by `multiple` (mirror where possible)."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def forward_logits(model: torch.nn.Module, x: torch.Tensor, engine: Engine) -> torch.Tensor:
+    """Bx3xHxW (any H, W) -> Bx1xHxW fp32 logits."""
+    h, w = x.shape[-2:]
+    with engine.autocast():
+        out = model(engine.to_device(pad_to_multiple(x)))
+    return out[..., :h, :w].float()
+
+
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th of the 8 rotations/flips of the square's symmetry group (and its inverse)."""
+    flip, rot = k >= 4, k % 4
+    if inverse:
+        x = torch.rot90(x, -rot, (-2, -1))
+        return torch.flip(x, (-1,)) if flip else x
+    x = torch.flip(x, (-1,)) if flip else x
+    return torch.rot90(x, rot, (-2, -1))
+
+
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    starts = list(range(0, max(size - tile, 0) + 1, stride))
+    if starts[-1] + tile < size:
+        starts.append(size - tile)
+    return starts
+
+
+def blend_window(tile_h: int, tile_w: int, overlap: int) -> torch.Tensor:
+    """Separable ramp, highest in the middle: tiles fade into each other with no seam."""
+    def ramp(n):
+        i = torch.arange(n, dtype=torch.float32)
+        return torch.clamp((torch.minimum(i, n - 1 - i) + 1) / (overlap + 1), max=1.0)
+    return ramp(tile_h)[:, None] * ramp(tile_w)[None, :]
+
+
+def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: int) -> tuple[torch.Tensor, int]:
+    """Bx3xHxW -> Bx1xHxW probability from overlapping tiles; also returns the tile count."""
+    b, _, h, w = x.shape
+    th, tw = min(tile, h), min(tile, w)
+    window = blend_window(th, tw, overlap)
+    total = torch.zeros(b, 1, h, w)
+    weight = torch.zeros(1, 1, h, w)
+    count = 0
+    for top in tile_starts(h, th, tile - overlap):
+        for left in tile_starts(w, tw, tile - overlap):
+            patch = x[..., top:top + th, left:left + tw]
+            prob = torch.sigmoid(forward_logits(model, patch, engine)).cpu()
+            total[..., top:top + th, left:left + tw] += prob * window
+            weight[..., top:top + th, left:left + tw] += window
+            count += 1
+    return total / weight, count
+
+
+@torch.inference_mode()
+def predict_probability(model, x: torch.Tensor, engine: Engine, tta: bool = False,
+                        tile: int = 1024, overlap: int = 128) -> torch.Tensor:
+    """Bx3xHxW image -> Bx1xHxW fp32 crack probability at full resolution (CPU tensor).
+
+    One pass when both sides fit in `tile`, overlapping tiles otherwise; with `tta`
+    the mean probability over the 8 rotations/flips."""
+    def one_view(view):
+        if max(view.shape[-2:]) <= tile:
+            return torch.sigmoid(forward_logits(model, view, engine)).cpu()
+        return predict_tiled(model, view, engine, tile, overlap)[0]
+    if not tta:
+        return one_view(x)
+    return sum(dihedral(one_view(dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
+
+
+# ---------------------------------------------------------------- evaluation
+
+def shard(indices: list[int], engine: Engine) -> list[int]:
+    return indices[engine.rank::engine.world]
+
+
+def gather(items: list, engine: Engine) -> list:
+    """Concatenate per-rank lists on every rank (validation counts are summed, not averaged)."""
+    if engine.world == 1:
+        return items
+    parts = [None] * engine.world
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
+
+
+@torch.inference_mode()
+def evaluate(model, dataset, engine: Engine, loss_name: str | None = None, tolerances=(0,),
+             thresholds=None, tta: bool = False, on_image=None) -> dict:
+    """Predict every full image of `dataset` and count (cntP, sumP, cntR, sumR) per threshold.
+
+    Returns {"names", "loss" (None without loss_name or with tta), "counts": {tol: (N,T,4)}}.
+    `on_image(item, prob)` is called per image (panels, saving maps)."""
+    model.eval()
+    rows = []
+    for index in shard(list(range(len(dataset))), engine):
+        item = dataset[index]
+        image, mask, roi = item["image"][None], item["mask"][0].numpy(), item["roi"][0].numpy()
+        loss = None
+        if tta or loss_name is None:
+            prob = predict_probability(model, image, engine, tta=tta)
+        else:
+            logits = forward_logits(model, image, engine).cpu()
+            loss = float(compute_loss(loss_name, logits, item["mask"][None]))
+            prob = torch.sigmoid(logits)
+        prob = prob[0, 0].numpy()
+        counts = [metrics.image_counts(prob, mask, tolerance=t, thresholds=thresholds, roi=roi)
+                  for t in tolerances]
+        rows.append((item["name"], loss, counts))
+        if on_image is not None:
+            on_image(item, prob)
+    rows = gather(rows, engine)
+    losses = [row[1] for row in rows if row[1] is not None]
+    return {"names": [row[0] for row in rows],
+            "loss": float(np.mean(losses)) if losses else None,
+            "counts": {t: np.stack([row[2][i] for row in rows]) for i, t in enumerate(tolerances)}}
+
+
+# ---------------------------------------------------------------- command-line entry
+
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so the scripts clean up as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def run_cli(main) -> None:
+    """Run `main()`: user errors exit 2 with one clear message, Ctrl-C 130, SIGTERM 143."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        code = main()
+    except (DatasetError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        code = 130
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        code = 143
+    sys.exit(code or 0)
