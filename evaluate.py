@@ -133,8 +133,7 @@ def log_tensorboard(run: str, summary: dict, result: dict) -> None:
     with SummaryWriter(RUNS_DIR / run) as writer:
         for t in result["counts"]:
             curve = metrics.pr_curve(result["counts"][t])
-            writer.add_pr_curve_raw(f"eval/{summary['dataset']}/pr_tolerance_{t}", num_thresholds=len(curve["precision"]),
-                                    global_step=0, **curve)
+            writer.add_pr_curve_raw(f"eval/{summary['dataset']}/pr_tolerance_{t}", global_step=0, **curve)
 
 
 # ---------------------------------------------------------------- main

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from models import ARCHS, build_model, count_parameters
+
+
+def test_unet_matches_the_reference_size():
+    model = build_model("UNet").eval()
+    assert count_parameters(model) == 7_852_545
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 512, 512)).shape == (1, 1, 512, 512)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("size", [(64, 64), (96, 160)])
+def test_every_arch_runs_forward_and_backward(arch, size):
+    model = build_model(arch, base_width=8)
+    x = torch.randn(2, 3, *size)
+    out = model(x)
+    assert out.shape == (2, 1, *size)
+    out.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_deep_supervision_returns_four_heads_in_training_and_one_in_eval():
+    model = build_model("NestedUNet", deep_supervision=True, base_width=4)
+    heads = model(torch.randn(1, 3, 32, 48))
+    assert isinstance(heads, list) and len(heads) == 4
+    assert all(h.shape == (1, 1, 32, 48) for h in heads)
+    model.eval()
+    assert model(torch.randn(1, 3, 32, 48)).shape == (1, 1, 32, 48)
+
+
+def test_unknown_arch_and_misplaced_deep_supervision_are_refused():
+    with pytest.raises(ValueError, match="unknown --arch"):
+        build_model("SegNet")
+    with pytest.raises(ValueError, match="NestedUNet"):
+        build_model("UNet", deep_supervision=True)
