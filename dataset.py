@@ -220,9 +220,15 @@ def preprocess(image: np.ndarray, intensity: Intensity, name: str) -> np.ndarray
     return x
 
 
-def train_transform(crop: int, resize: bool = False, photometric: bool = False) -> A.Compose:
-    """METHOD.md section 2: rot90, flips, then a random crop (images padded up to the crop)."""
+def train_transform(crop: int, resize: bool = False, photometric: bool = False,
+                    scale_aug: bool = False) -> A.Compose:
+    """METHOD.md section 2: rot90, flips, then a random crop (images padded up to the crop).
+
+    Options beyond the reference: random scale and small rotations (cameras differ in
+    resolution), and random brightness/contrast (surfaces and lighting differ)."""
     steps = [A.RandomRotate90(), A.HorizontalFlip(), A.VerticalFlip()]
+    if scale_aug:
+        steps.append(A.Affine(scale=(0.7, 1.4), rotate=(-20, 20), border_mode=cv2.BORDER_REFLECT_101, p=0.8))
     if resize:
         steps.append(A.Resize(crop, crop))
     else:

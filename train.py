@@ -56,6 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="after scaling to [0,1]; the reference tried 0.535 0.135")
     p.add_argument("--clahe", action="store_true", help="contrast-limited histogram equalisation first")
     p.add_argument("--photometric", action="store_true", help="random brightness/contrast augmentation")
+    p.add_argument("--scale-aug", action="store_true", help="random scale 0.7-1.4 and rotation +-20 degrees")
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes; 0 = in the main process")
     p.add_argument("--cache", action="store_true", help="keep decoded images in memory")
     # model and loss
@@ -138,7 +139,7 @@ def prepare_data(args, engine):
         cached = [decoded[i] for i in idx] if decoded else None
         return CrackDataset([samples[i] for i in idx], intensity, transform, cached)
 
-    train_set = subset(split["train"], train_transform(args.crop, args.resize, args.photometric))
+    train_set = subset(split["train"], train_transform(args.crop, args.resize, args.photometric, args.scale_aug))
     return train_set, subset(split["val"], None), split
 
 
