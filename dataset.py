@@ -9,6 +9,7 @@ masks are annotated on the stored pixel grid and almost never carry a tag;
 letting OpenCV rotate only the photo would misalign it from its mask.
 """
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,9 +254,12 @@ class CrackDataset(Dataset):
         return len(self.samples)
 
     def reseed(self, seed: int) -> None:
-        """albumentations 2.x seeds its RNG once in Compose: every worker must reseed."""
+        """albumentations 2.x seeds its RNG once in Compose: every worker must reseed.
+
+        Not with Compose.set_random_seed: it gives every transform its own generator with
+        the SAME seed, so e.g. both flips always fire together. One shared pair instead."""
         if self.transform is not None:
-            self.transform.set_random_seed(seed)
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]

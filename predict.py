@@ -1,0 +1,317 @@
+"""Predict crack maps for photos of any size with a trained run, and measure the cracks.
+
+    python predict.py --name dc_main photo.jpg                     # -> models/dc_main/predictions/
+    python predict.py --name dc_main survey/ --out survey_cracks --overlay   # a folder, recursively
+    python predict.py --name dc_main "site/**/*.jpg" --mm-per-px 0.25 --min-area 50
+    python predict.py --name SYNTHETIC_UNet inputs/SYNTHETIC/images --device cpu   # CPU smoke run
+    python evaluate.py --pred-dir models/dc_main/predictions --test CFD --data-dir ../shared/data
+
+INPUT is an image file, a folder (searched recursively for .jpg .png .bmp .tif) or a quoted
+glob pattern. Outputs mirror the input tree under --out (a file given by name lands at the top):
+<stem>_prob.png (p = value/255, scorable by evaluate.py --pred-dir), <stem>_mask.png (0/255,
+p > threshold), with --overlay <stem>_overlay.jpg, and summary.csv with one row per image.
+The threshold is the run's validation ODS threshold from config.json (0.5 if absent).
+
+Images up to --tile pixels a side are predicted in one pass, larger ones in overlapping
+tiles blended with a smooth window (utils.predict_probability, the path evaluate.py uses).
+Unlike the dataset loader, photos are turned upright by their EXIF orientation tag (phones
+store portraits sideways), so every output and width/height in summary.csv are in the upright
+frame. Gray and RGBA files are read as RGB (alpha dropped); 16-bit files scaled to 8-bit.
+
+Measurements (summary.csv) use the mask without its pieces under --min-area pixels (noise);
+the written mask keeps them. Length is that of the skeleton (Zhang-Suen thinning): 1 per axial
+and sqrt(2) per diagonal link, exact along rows, columns and diagonals, up to ~8% long at
+angles in between. Width is 2d - 1 at each skeleton pixel, d the distance to the background:
+exact for odd widths along rows and columns, up to ~1 px low on slanted cracks.
+Exit status: 0 all images done, 1 some unreadable (named on stderr, the rest done), 2 usage error.
+"""
+import argparse
+import csv
+import glob
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataset import IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess
+from utils import MODELS_DIR, RunError, load_run_model, make_engine, predict_probability, run_cli
+from visuals import crack_overlay, save_probability
+
+COLUMNS = ["image", "width", "height", "threshold", "crack_fraction", "components", "length_px",
+           "mean_width_px", "max_width_px"]
+MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="run under models/ whose checkpoint predicts")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted glob patterns")
+    p.add_argument("--out", type=Path, help="output folder (default: models/RUN/predictions/)")
+    p.add_argument("--threshold", type=float, help="crack where p > this (default: the run's, else 0.5)")
+    p.add_argument("--overlay", action="store_true", help="also write the photo with cracks drawn in magenta")
+    p.add_argument("--min-area", type=int, default=20, help="pieces under this many pixels are not measured")
+    p.add_argument("--mm-per-px", type=float, help="scale of the photos: adds lengths and widths in mm")
+    p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower)")
+    p.add_argument("--tile", type=int, default=1024,
+                   help="largest side predicted in one pass; lower it (e.g. 512) if memory runs out")
+    p.add_argument("--overlap", type=int, default=128, help="pixels shared by neighbouring tiles")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on AVX-512 CPUs and recent GPUs, fp16 on older GPUs")
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.overlap < args.tile or args.tile < 32:
+        parser.error("need --tile >= 32 and 0 <= --overlap < --tile")
+    if args.threshold is not None and not 0 <= args.threshold < 1:
+        parser.error("--threshold must be in [0, 1)")
+    if args.mm_per_px is not None and args.mm_per_px <= 0:
+        parser.error("--mm-per-px must be positive")
+    return args
+
+
+# ---------------------------------------------------------------- finding and reading images
+
+def images_under(root: Path, paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(image, path relative to root) for image files among paths and inside folders among them."""
+    files = []
+    for path in paths:
+        files += sorted(path.rglob("*")) if path.is_dir() else [path]
+    return [(f, f.relative_to(root)) for f in files
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in f.relative_to(root).parts)
+            and not f.resolve().is_relative_to(out_dir)]  # earlier outputs are not inputs
+
+
+def glob_root(pattern: str) -> Path:
+    """The folders before the first wildcard: a glob's matches are mirrored relative to them."""
+    parts = []
+    for part in Path(pattern).parts:
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def find_inputs(patterns: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
+    """Every INPUT as (image, output path relative to --out); a glob mirrors the tree below its fixed part."""
+    found: dict[Path, tuple[Path, Path]] = {}
+    missing = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_file():  # named explicitly: taken whatever its extension
+            pairs = [(path, Path(path.name))]
+        elif path.is_dir():
+            pairs = images_under(path, [path], out_dir)
+        else:
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+            pairs = images_under(glob_root(pattern), matches, out_dir)
+        if not pairs:
+            missing.append(pattern)
+        for image, rel in pairs:
+            found.setdefault(image.resolve(), (image, rel))  # a file reached twice is done once
+    if missing:
+        raise DatasetError(f"no images found for {', '.join(map(repr, missing))}: give image files, folders "
+                           f"or quoted glob patterns such as 'photos/**/*.jpg' ({' '.join(sorted(IMAGE_EXTENSIONS))})")
+    by_output: dict[Path, list[Path]] = {}
+    for image, rel in found.values():
+        by_output.setdefault(rel.with_suffix(""), []).append(image)
+    clashes = [" and ".join(map(str, images)) for images in by_output.values() if len(images) > 1]
+    if clashes:
+        raise DatasetError("these inputs would write the same outputs; rename one or predict them "
+                           "separately: " + "; ".join(clashes))
+    return list(found.values())
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """HxWx3 uint8 RGB, upright: IMREAD_COLOR applies the EXIF orientation (dataset.read_image does not)."""
+    check_header(path)
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise DatasetError(f"{path}: OpenCV cannot decode it (truncated, corrupt or an unsupported format)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# ---------------------------------------------------------------- measuring cracks
+
+# Zhang & Suen's neighbour order P2..P9 (N, NE, E, SE, S, SW, W, NW) as (dy, dx); bit i = P(i+2).
+NEIGHBOURS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
+POPCOUNT = np.array([bin(code).count("1") for code in range(256)])
+
+
+def thinning_tables() -> np.ndarray:
+    """(2, 256) bool: may a pixel with this neighbour code be deleted in sub-iteration 1 / 2?"""
+    tables = np.zeros((2, 256), bool)
+    for code in range(256):
+        p = [(code >> bit) & 1 for bit in range(8)]
+        n, e, s, w = p[0], p[2], p[4], p[6]
+        one_run = sum(p[i] < p[(i + 1) % 8] for i in range(8)) == 1  # deleting it splits nothing
+        # at least 3 neighbours, not Zhang-Suen's 2: the original erodes 2-pixel-thick diagonal
+        # cracks from their ends to nothing (the fix of Lu & Wang, 1986)
+        ok = one_run and 3 <= POPCOUNT[code] <= 6
+        tables[0, code] = ok and not (n and e and s) and not (e and s and w)
+        tables[1, code] = ok and not (n and e and w) and not (n and s and w)
+    return tables
+
+
+THINNING = thinning_tables()
+
+
+def remove_staircases(skeleton: np.ndarray) -> np.ndarray:
+    """Delete the corner pixel of each 4-connected step: its two neighbours still touch diagonally,
+    and a step counted as two axial links instead of one diagonal reads 41% long."""
+    s = np.pad(skeleton, 1)
+    for _ in range(4):  # corners with their two neighbours to the N and E, then rotated
+        n, e, south, w, sw = s[:-2, 1:-1], s[1:-1, 2:], s[2:, 1:-1], s[1:-1, :-2], s[2:, :-2]
+        s[1:-1, 1:-1] &= ~(n & e & ~south & ~w & ~sw)
+        s = np.rot90(s)
+    return np.ascontiguousarray(s[1:-1, 1:-1])
+
+
+def skeletonize(mask: np.ndarray) -> np.ndarray:
+    """HxW bool -> its one-pixel-wide 8-connected centre lines (Zhang-Suen thinning, vectorised).
+
+    Only border pixels can be deleted, and a pixel joins the border when a neighbour is deleted,
+    so each sub-iteration looks at the border alone: the cost grows with the area of the mask,
+    not with its area times the crack width. Compact blobs may thin away completely."""
+    h, w = mask.shape
+    image = np.pad(mask.astype(bool), 1).ravel()  # background frame: no lookup leaves the array
+    offsets = np.array([dy * (w + 2) + dx for dy, dx in NEIGHBOURS])
+
+    def codes(index):
+        code = np.zeros(len(index), np.uint8)
+        for bit, offset in enumerate(offsets):
+            code |= image[index + offset].astype(np.uint8) << bit
+        return code
+
+    index = np.flatnonzero(image)
+    index = index[POPCOUNT[codes(index)] <= 6]
+    step = idle = 0
+    while idle < 2:  # done when both sub-iterations in a row delete nothing
+        delete = THINNING[step][codes(index)]
+        step, idle = 1 - step, idle + 1
+        if delete.any():
+            idle = 0
+            image[index[delete]] = False
+            index = np.union1d(index[~delete], (index[delete][:, None] + offsets).ravel())
+            index = index[image[index]]
+    return remove_staircases(image.reshape(h + 2, w + 2)[1:-1, 1:-1])
+
+
+def crack_length(skeleton: np.ndarray) -> float:
+    """Links between skeleton pixels: 1 along rows and columns, sqrt(2) diagonally. A diagonal
+    link is not counted where an axial pixel closes a triangle with it (junctions): the axial
+    links already join those pixels."""
+    s = skeleton
+    a, b, c, d = s[:-1, :-1], s[:-1, 1:], s[1:, :-1], s[1:, 1:]  # each 2x2 block: a b / c d
+    axial = np.count_nonzero(s[:, :-1] & s[:, 1:]) + np.count_nonzero(s[:-1] & s[1:])
+    diagonal = np.count_nonzero(a & d & ~b & ~c) + np.count_nonzero(b & c & ~a & ~d)
+    return axial + math.sqrt(2) * diagonal
+
+
+def crack_widths(mask: np.ndarray, skeleton: np.ndarray) -> np.ndarray:
+    """Width at each skeleton pixel: 2d - 1, d the distance to the nearest background pixel centre
+    (the crack's edge lies half a pixel before it). d is the largest in the 3x3 neighbourhood:
+    on a slanted crack the skeleton pixel can sit half a pixel off the true centre line."""
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    return 2 * cv2.dilate(dist, np.ones((3, 3), np.uint8))[skeleton] - 1
+
+
+def measure(mask: np.ndarray, min_area: int = 20) -> dict:
+    """Crack statistics of an HxW bool mask, leaving out 8-connected pieces under min_area pixels."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False  # label 0 is the background
+    cracks = keep[labels]
+    skeleton = skeletonize(cracks)
+    widths = crack_widths(cracks, skeleton)
+    return {"crack_fraction": float(cracks.mean()), "components": int(keep.sum()),
+            "length_px": crack_length(skeleton),
+            "mean_width_px": float(widths.mean()) if widths.size else 0.0,
+            "max_width_px": float(widths.max()) if widths.size else 0.0}
+
+
+# ---------------------------------------------------------------- one image
+
+def predict_image(path: Path, model, engine, intensity: Intensity, args) -> tuple[np.ndarray, np.ndarray]:
+    """(HxWx3 uint8 RGB photo, HxW float32 crack probability) at full resolution."""
+    image = read_photo(path)
+    x = preprocess(image, intensity, str(path))                           # HxWx3 float32
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]  # 1x3xHxW
+    prob = predict_probability(model, x, engine, tta=args.tta, tile=args.tile, overlap=args.overlap)
+    return image, prob[0, 0].numpy()
+
+
+def write_image(path: Path, rgb_or_gray: np.ndarray) -> None:
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix == ".jpg" else []
+    array = cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR) if rgb_or_gray.ndim == 3 else rgb_or_gray
+    if not cv2.imwrite(str(path), array, params):
+        raise RunError(f"could not write {path} (disk full? no permission?)")
+
+
+def summary_row(rel: Path, mask: np.ndarray, threshold: float, args) -> dict:
+    stats = measure(mask, args.min_area)
+    row = {"image": rel.as_posix(), "width": mask.shape[1], "height": mask.shape[0], "threshold": threshold,
+           "crack_fraction": round(stats["crack_fraction"], 6), "components": stats["components"],
+           **{k: round(stats[k], 2) for k in ("length_px", "mean_width_px", "max_width_px")}}
+    if args.mm_per_px:
+        for key in ("length_px", "mean_width_px", "max_width_px"):
+            row[key.replace("_px", "_mm")] = round(stats[key] * args.mm_per_px, 4)
+    return row
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    # 1. arguments, device, model and threshold
+    args = get_args(argv)
+    out_dir = args.out or MODELS_DIR / args.name / "predictions"
+    engine = make_engine(args.device, args.precision)
+    model, config = load_run_model(args.name, engine, args.checkpoint)
+    intensity = Intensity.from_config(config)
+    saved = config.get("threshold")
+    threshold = args.threshold if args.threshold is not None else (0.5 if saved is None else saved)
+    source = "--threshold" if args.threshold is not None else ("config.json" if saved is not None else "default")
+    # 2. the images: a missing INPUT stops everything before any work, as a typo should
+    items = find_inputs(args.inputs, out_dir.resolve())
+    print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.device} {engine.dtype or 'fp32'}, "
+          f"threshold {threshold:g} ({source}); {len(items)} image(s) -> {out_dir}")
+    # 3. one image at a time (sizes differ; batching gains little next to decoding and writing);
+    #    an unreadable file is reported and skipped, the rest still done
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    with open(out_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + (MM_COLUMNS if args.mm_per_px else []))
+        writer.writeheader()
+        for path, rel in tqdm(items, unit="image", file=sys.stderr):
+            try:
+                image, prob = predict_image(path, model, engine, intensity, args)
+            except DatasetError as err:
+                tqdm.write(f"skipped {err}", file=sys.stderr)
+                failed.append(path)
+                continue
+            mask = prob > threshold
+            base = out_dir / rel.parent / rel.stem
+            save_probability(Path(f"{base}_prob.png"), prob)  # also makes the folder
+            write_image(Path(f"{base}_mask.png"), mask.astype(np.uint8) * 255)
+            if args.overlay:
+                write_image(Path(f"{base}_overlay.jpg"), crack_overlay(image, mask))
+            writer.writerow(summary_row(rel, mask, threshold, args))
+            f.flush()  # a long run interrupted still leaves the rows done so far
+    # 4. report
+    print(f"wrote {len(items) - len(failed)} prediction(s) and summary.csv to {out_dir}"
+          + (f"; {len(failed)} unreadable file(s) skipped: {', '.join(map(str, failed))}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_cli(main)

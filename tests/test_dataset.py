@@ -1,0 +1,153 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from dataset import (CrackDataset, DatasetError, Intensity, Sample, preprocess, read_image, read_mask,
+                     scan_dataset, split_ids, train_transform)
+from prepare_data import synthetic_pair
+from train import seed_worker
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CRACK = np.zeros((6, 8), bool)
+CRACK[2, 1:7] = True
+CRACK[1:5, 4] = True
+
+
+def write_mask(path: Path, encoding: str) -> Path:
+    if encoding == "1-bit png":
+        Image.fromarray(CRACK).convert("1").save(path)
+    elif encoding == "{0,1} png":
+        cv2.imwrite(str(path), CRACK.astype(np.uint8))
+    elif encoding == "{0,255} png":
+        cv2.imwrite(str(path), CRACK.astype(np.uint8) * 255)
+    elif encoding == "anti-aliased png":   # crack 200-255, halo 1-127 around it
+        soft = np.where(CRACK, 230, 0).astype(np.uint8)
+        halo = cv2.dilate(CRACK.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~CRACK
+        soft[halo] = 90
+        cv2.imwrite(str(path), soft)
+    elif encoding == "24-bit gray bmp":
+        cv2.imwrite(str(path), np.repeat(CRACK.astype(np.uint8)[..., None] * 255, 3, axis=2))
+    return path
+
+
+@pytest.mark.parametrize("encoding", ["1-bit png", "{0,1} png", "{0,255} png", "anti-aliased png",
+                                      "24-bit gray bmp"])
+def test_every_mask_encoding_binarises_to_the_same_crack(tmp_path, encoding):
+    suffix = ".bmp" if "bmp" in encoding else ".png"
+    mask = read_mask(write_mask(tmp_path / f"m{suffix}", encoding))
+    assert mask.dtype == bool
+    np.testing.assert_array_equal(mask, CRACK)
+
+
+def test_colour_and_16_bit_masks_are_refused_with_the_file_name(tmp_path):
+    colour = np.zeros((6, 8, 3), np.uint8)
+    colour[..., 2] = CRACK * 255
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    with pytest.raises(DatasetError, match="colour.png.*channels differ"):
+        read_mask(tmp_path / "colour.png")
+    cv2.imwrite(str(tmp_path / "deep.png"), CRACK.astype(np.uint16) * 65535)
+    with pytest.raises(DatasetError, match="deep.png.*uint16"):
+        read_mask(tmp_path / "deep.png")
+
+
+def test_gray_and_rgba_images_become_rgb(tmp_path):
+    cv2.imwrite(str(tmp_path / "g.png"), np.full((5, 7), 100, np.uint8))
+    cv2.imwrite(str(tmp_path / "a.png"), np.dstack([np.full((5, 7), v, np.uint8) for v in (10, 20, 30, 255)]))
+    assert read_image(tmp_path / "g.png").shape == (5, 7, 3)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png")[0, 0], [30, 20, 10])  # BGR(A) -> RGB
+
+
+def test_preprocess_scales_by_one_global_min_and_max_and_normalises():
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[0, 0] = (50, 100, 150)
+    image[1, 1] = (250, 250, 250)
+    x = preprocess(image, Intensity(minmax=True), "x")
+    assert x[1, 1].tolist() == [1, 1, 1] and x[0, 1].tolist() == [0, 0, 0]
+    assert x[0, 0].tolist() == pytest.approx([0.2, 0.4, 0.6])          # not per-channel
+    plain = preprocess(image, Intensity(minmax=False, normalize=(0.5, 0.25)), "x")
+    assert plain[0, 0, 0] == pytest.approx((50 / 255 - 0.5) / 0.25)
+    with pytest.raises(DatasetError, match="constant"):
+        preprocess(np.zeros((4, 4, 3), np.uint8), Intensity(), "black.png")
+
+
+def test_pairing_detects_extensions_in_any_case(tmp_path):
+    root = tmp_path / "D"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    cv2.imwrite(str(root / "images" / "a.JPG"), np.full((6, 8, 3), 120, np.uint8))
+    cv2.imwrite(str(root / "images" / "b.png"), np.full((6, 8, 3), 120, np.uint8))
+    write_mask(root / "masks" / "a.bmp", "24-bit gray bmp")
+    write_mask(root / "masks" / "b.PNG", "{0,1} png")
+    (root / "images" / "notes.txt").write_text("not an image")
+    samples, _, notes = scan_dataset(tmp_path, "D")
+    assert [(s.stem, s.image.suffix, s.mask.suffix) for s in samples] == [("a", ".JPG", ".bmp"), ("b", ".png", ".PNG")]
+    assert any("notes.txt" in n for n in notes)
+
+
+@pytest.mark.parametrize("scale_aug", [False, True])
+def test_augmentation_keeps_image_and_mask_aligned(scale_aug):
+    rng = np.random.default_rng(0)
+    mask = np.zeros((100, 140), np.float32)
+    for _ in range(6):
+        x0, y0, x1, y1 = rng.integers(0, 140), rng.integers(0, 100), rng.integers(0, 140), rng.integers(0, 100)
+        cv2.line(mask, (int(x0), int(y0)), (int(x1), int(y1)), 1.0, 5)
+    image = np.repeat(mask[..., None], 3, axis=2)         # the image IS the mask, so they must stay equal
+    transform = train_transform(64, scale_aug=scale_aug)
+    transform.set_random_seed(3)
+    for _ in range(20):
+        out = transform(image=image, mask=mask)
+        agree = ((out["image"][..., 0] > 0.5) == (out["mask"] > 0.5)).mean()
+        assert out["mask"].shape == (64, 64)
+        assert agree >= (0.97 if scale_aug else 1.0)   # interpolation may shift an edge pixel when scaling
+
+
+def test_small_images_are_padded_up_to_the_crop():
+    out = train_transform(64)(image=np.ones((40, 30, 3), np.float32), mask=np.ones((40, 30), np.float32))
+    assert out["image"].shape == (64, 64, 3) and out["mask"].sum() == 40 * 30
+
+
+def test_split_is_sorted_seeded_and_independent_of_listing_order():
+    stems = [f"img{i:03d}" for i in range(50)]
+    train, val = split_ids(stems, 0.1, seed=0)
+    assert len(val) == 5 and sorted(train + val) == stems and not set(train) & set(val)
+    assert split_ids(list(reversed(stems)), 0.1, seed=0) == (train, val)
+    assert split_ids(stems, 0.1, seed=1)[1] != val
+
+
+def test_two_workers_and_two_epochs_see_different_crops(tmp_path):
+    image, mask = synthetic_pair(np.random.default_rng(0), 200, 300)   # ~360k possible crops
+    cv2.imwrite(str(tmp_path / "i.png"), image)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    data = CrackDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")] * 8, Intensity(),
+                        train_transform(32))   # one image, eight times: only the random streams differ
+    torch.manual_seed(0)
+    loader = DataLoader(data, batch_size=1, num_workers=2, worker_init_fn=seed_worker, persistent_workers=True)
+    crops = [batch["image"].numpy().tobytes() for _ in range(2) for batch in loader]
+    assert len(crops) == 16 and len(set(crops)) == 16
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
+@pytest.mark.parametrize("name", ["DEEPCRACK_TRAIN", "DEEPCRACK_TEST", "CFD"])
+def test_every_real_file_loads_with_binary_non_empty_masks(name):
+    samples, decoded, _ = scan_dataset(SHARED, name, keep=True)
+    assert len(samples) == {"DEEPCRACK_TRAIN": 300, "DEEPCRACK_TEST": 237, "CFD": 118}[name]
+    empty = [s.stem for s, (_, mask, _) in zip(samples, decoded) if not mask.any()]
+    assert not empty
+    item = CrackDataset(samples[:1], Intensity())[0]
+    assert set(item["mask"].unique().tolist()) <= {0.0, 1.0} and item["mask"].shape[0] == 1
+    assert isinstance(samples[0], Sample)
+
+
+def test_reseeding_draws_all_eight_orientations(tmp_path):
+    """Compose.set_random_seed would give both flips the same stream: only 4 orientations."""
+    image = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+    cv2.imwrite(str(tmp_path / "i.png"), image)
+    cv2.imwrite(str(tmp_path / "m.png"), np.zeros((32, 32), np.uint8))
+    data = CrackDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")], Intensity(), train_transform(32))
+    data.reseed(0)
+    assert len({data[0]["image"].numpy().tobytes() for _ in range(100)}) == 8
