@@ -28,6 +28,7 @@ MAX_PIXELS = 20000 * 20000  # larger headers are decompression bombs, not photos
 READ_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
 
 cv2.setNumThreads(1)  # DataLoader workers already use every core
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # our limit, not Pillow's smaller default, decides
 
 
 class DatasetError(Exception):
@@ -120,6 +121,16 @@ def check_header(path: Path) -> None:
     if width * height > MAX_PIXELS:
         raise DatasetError(f"{path}: header claims {width}x{height} pixels, more than the "
                            f"{MAX_PIXELS:,} allowed; this is not a photo (decompression bomb?)")
+    if path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_is_complete(path):
+        raise DatasetError(f"{path}: the JPEG is truncated (no end-of-image marker); "
+                           "copy or download it again")
+
+
+def jpeg_is_complete(path: Path) -> bool:
+    """OpenCV decodes a truncated JPEG with a warning and gray rows: look for the end marker."""
+    with open(path, "rb") as f:
+        f.seek(max(path.stat().st_size - 4096, 0))
+        return b"\xff\xd9" in f.read()
 
 
 def read_raw(path: Path) -> np.ndarray:

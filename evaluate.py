@@ -85,6 +85,15 @@ def score_pred_dir(pred_dir: Path, samples, tolerances) -> dict:
             "counts": {t: np.stack([row[i] for row in rows]) for i, t in enumerate(tolerances)}}
 
 
+def score_run(model, engine, config: dict, samples, args, out_dir: Path) -> dict:
+    """Predict with the run's own preprocessing; optionally keep each probability map."""
+    def save(item, prob):
+        save_probability(out_dir / f"{item['name']}_prob.png", prob)
+    data = CrackDataset(samples, Intensity.from_config(config))
+    return evaluate(model, data, engine, tolerances=args.tolerance, tta=args.tta,
+                    on_image=save if args.save_images else None)
+
+
 # ---------------------------------------------------------------- reporting
 
 def summarize_all(result: dict, dataset: str, tolerances) -> tuple[dict, list[dict]]:
@@ -93,7 +102,7 @@ def summarize_all(result: dict, dataset: str, tolerances) -> tuple[dict, list[di
     for t in tolerances:
         s = metrics.summarize(result["counts"][t])
         summary["results"].append({"tolerance": t, **{k: s[k] for k in ("ods", "ois", "ods_mean", "ois_mean", "ap")}})
-        per_image += [{"tolerance": t, "name": name, **row} for name, row in zip(result["names"], s["per_image"])]
+        per_image += [{"tolerance": t, "name": name, **row} for name, row in zip(result["names"], s["per_image"], strict=True)]
     return summary, per_image
 
 
@@ -154,11 +163,7 @@ def main() -> int:
         out_dir = (MODELS_DIR / args.name if args.name else args.pred_dir) / "eval" / dataset
         # 3. counts for every threshold and tolerance in one pass per image
         if args.name:
-            save = (lambda item, prob: save_probability(out_dir / f"{item['name']}_prob.png", prob)) \
-                if args.save_images else None
-            out_dir.mkdir(parents=True, exist_ok=True)
-            data = CrackDataset(samples, Intensity.from_config(config))
-            result = evaluate(model, data, engine, tolerances=args.tolerance, tta=args.tta, on_image=save)
+            result = score_run(model, engine, config, samples, args, out_dir)
         else:
             result = score_pred_dir(args.pred_dir, samples, args.tolerance)
         # 4. reports

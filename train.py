@@ -29,7 +29,7 @@ import metrics
 from dataset import CrackDataset, Intensity, scan_dataset, split_ids, train_transform
 from losses import LOSSES, compute_loss
 from models import ARCHS
-from utils import (MODELS_DIR, RUNS_DIR, RunError, evaluate, fresh_run_name, json_dump,
+from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
                    load_checkpoint, load_config, load_weights, make_engine, model_from_config,
                    provenance, run_cli, save_checkpoint)
 
@@ -245,8 +245,10 @@ def check_finite(loss: torch.Tensor, engine, epoch: int, step: int, names, run_d
     if engine.world > 1:
         dist.all_reduce(bad)
     if bad.item():
-        raise RunError(f"non-finite loss at epoch {epoch}, step {step} (images: {', '.join(names)}); "
-                       f"last good checkpoint: {run_dir / 'last.pt'}. Try a lower --lr or --precision fp32")
+        last = run_dir / "last.pt"
+        raise Diverged(f"non-finite loss at epoch {epoch}, step {step} (images: {', '.join(names)}); "
+                       f"last good checkpoint: {last if last.exists() else 'none yet'}. "
+                       "Try a lower --lr or --precision fp32")
 
 
 # ---------------------------------------------------------------- logging

@@ -29,6 +29,12 @@ RUNS_DIR = Path("runs")
 
 class RunError(Exception):
     """A problem with a run directory or checkpoint; the message says what to do."""
+    exit_code = 2
+
+
+class Diverged(RunError):
+    """Training produced a non-finite loss."""
+    exit_code = 1
 
 
 # ---------------------------------------------------------------- run directory
@@ -130,9 +136,14 @@ def make_engine(device: str = "auto", precision: str = "auto", channels_last: bo
 # ---------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Temporary file then rename, with Ctrl-C held back meanwhile: never half a checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -161,9 +172,10 @@ def model_from_config(config: dict) -> torch.nn.Module:
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise RunError(f"{path} does not fit this architecture ({state['config'].get('arch')} "
-                       f"checkpoint): {str(err).splitlines()[1].strip()}") from None
+    except (RuntimeError, TypeError, AttributeError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise RunError(f"{path} does not fit a {type(model).__name__} of this configuration "
+                       f"(it was saved by a {state['config'].get('arch')} run): {detail}") from None
 
 
 def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
@@ -322,7 +334,7 @@ def run_cli(main) -> None:
         code = main()
     except (DatasetError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
-        code = 2
+        code = getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C)", file=sys.stderr)
         code = 130

@@ -136,7 +136,7 @@ def test_two_workers_and_two_epochs_see_different_crops(tmp_path):
 def test_every_real_file_loads_with_binary_non_empty_masks(name):
     samples, decoded, _ = scan_dataset(SHARED, name, keep=True)
     assert len(samples) == {"DEEPCRACK_TRAIN": 300, "DEEPCRACK_TEST": 237, "CFD": 118}[name]
-    empty = [s.stem for s, (_, mask, _) in zip(samples, decoded) if not mask.any()]
+    empty = [s.stem for s, (_, mask, _) in zip(samples, decoded, strict=True) if not mask.any()]
     assert not empty
     item = CrackDataset(samples[:1], Intensity())[0]
     assert set(item["mask"].unique().tolist()) <= {0.0, 1.0} and item["mask"].shape[0] == 1
