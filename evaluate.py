@@ -102,7 +102,8 @@ def summarize_all(result: dict, dataset: str, tolerances) -> tuple[dict, list[di
     for t in tolerances:
         s = metrics.summarize(result["counts"][t])
         summary["results"].append({"tolerance": t, **{k: s[k] for k in ("ods", "ois", "ods_mean", "ois_mean", "ap")}})
-        per_image += [{"tolerance": t, "name": name, **row} for name, row in zip(result["names"], s["per_image"], strict=True)]
+        rows = zip(result["names"], s["per_image"], strict=True)
+        per_image += [{"tolerance": t, "name": name, **row} for name, row in rows]
     return summary, per_image
 
 
