@@ -114,8 +114,8 @@ def check_header(path: Path) -> None:
     try:
         with Image.open(path) as img:
             width, height = img.size
-    except Image.DecompressionBombError:
-        width = height = MAX_PIXELS
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"{path}: refused as a decompression bomb ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: not a readable image ({err}); re-export or remove it") from None
     if width * height > MAX_PIXELS:

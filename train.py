@@ -31,7 +31,7 @@ from losses import LOSSES, compute_loss
 from models import ARCHS
 from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
                    load_checkpoint, load_config, load_weights, make_engine, model_from_config,
-                   provenance, run_cli, save_checkpoint)
+                   provenance, run_cli, save_checkpoint, signals_held)
 
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
     "fast": {"dataset": "SYNTHETIC", "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
@@ -370,8 +370,9 @@ def main() -> int:
             improved = row["val_ods_f1"] > best
             best = max(best, row["val_ods_f1"])
             if engine.main:
-                save_epoch(run_dir, config, model, optimizer, scheduler, scaler, epoch, best, row, improved)
-                log_epoch(writer, run_dir / "log.csv", row)
+                with signals_held():   # the log row and last.pt always describe the same epoch
+                    log_epoch(writer, run_dir / "log.csv", row)
+                    save_epoch(run_dir, config, model, optimizer, scheduler, scaler, epoch, best, row, improved)
                 print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             if args.max_minutes and (time.time() - began) / 60 > args.max_minutes:
                 print(f"stopping after epoch {epoch}: --max-minutes {args.max_minutes} reached")

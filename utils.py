@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import zipfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,15 +135,22 @@ def make_engine(device: str = "auto", precision: str = "auto", channels_last: bo
 
 # ---------------------------------------------------------------- checkpoints
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Temporary file then rename, with Ctrl-C held back meanwhile: never half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+@contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done (nests: the previous mask is restored)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Temporary file then rename, never interrupted: a crash leaves the previous checkpoint whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    with signals_held():
         torch.save(state, tmp)
         os.replace(tmp, path)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -237,7 +244,12 @@ def blend_window(tile_h: int, tile_w: int, overlap: int) -> torch.Tensor:
 
 
 def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: int) -> tuple[torch.Tensor, int]:
-    """Bx3xHxW -> Bx1xHxW probability from overlapping tiles; also returns the tile count."""
+    """Bx3xHxW -> Bx1xHxW probability from overlapping tiles; also returns the tile count.
+
+    Padded to a multiple of 16 first, as the one pass is, so every tile (tile and stride
+    multiples of 16) starts on the network's 16-pixel pooling grid."""
+    height, width = x.shape[-2:]
+    x = pad_to_multiple(x)
     b, _, h, w = x.shape
     th, tw = min(tile, h), min(tile, w)
     window = blend_window(th, tw, overlap)
@@ -251,7 +263,7 @@ def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: in
             total[..., top:top + th, left:left + tw] += prob * window
             weight[..., top:top + th, left:left + tw] += window
             count += 1
-    return total / weight, count
+    return (total / weight)[..., :height, :width], count
 
 
 @torch.inference_mode()

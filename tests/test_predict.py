@@ -1,0 +1,333 @@
+"""predict.py: tiling without seams, measurements on drawn cracks, EXIF, and the command line."""
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import predict
+import utils
+from models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = "image,width,height,threshold,crack_fraction,components,length_px,mean_width_px,max_width_px"
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """HxWx3 float32 in [0, 1]: smooth texture crossed by dark lines, like a wall with cracks."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.random((height, width, 3)).astype(np.float32), (0, 0), 3)
+    image = (image - image.min()) / (image.max() - image.min())
+    for _ in range(height * width // 200_000 + 2):
+        ends = [tuple(map(int, rng.integers(0, (width, height)))) for _ in range(2)]
+        cv2.line(image, *ends, (0, 0, 0), int(rng.integers(1, 6)))
+    return image
+
+
+def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Random weights with BatchNorm statistics of real activations: outputs spread over (0, 1)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average: one batch gives its exact statistics
+            module.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+# ---------------------------------------------------------------- tiling
+
+H, W, TILE, OVERLAP = 2000, 3000, 1024, 128
+
+
+@pytest.fixture(scope="module")
+def big_image() -> torch.Tensor:
+    return torch.from_numpy(photo(H, W).transpose(2, 0, 1).copy())[None]   # 1x3x2000x3000
+
+
+def tiled_and_one_pass(model, x):
+    engine = utils.make_engine("cpu", "fp32")
+    with torch.inference_mode():
+        tiled, count = utils.predict_tiled(model, x, engine, TILE, OVERLAP)
+    one = utils.predict_probability(model, x, engine, tile=4096)                 # a single pass
+    assert count == len(utils.tile_starts(H, TILE, TILE - OVERLAP)) * len(utils.tile_starts(W, TILE, TILE - OVERLAP))
+    assert count == 12
+    return tiled[0, 0].numpy(), one[0, 0].numpy()
+
+
+def tile_edges(size: int) -> list[int]:
+    """Indices e where a tile may begin or end between pixel e - 1 and e: tiled as is, or after
+    padding to a multiple of 16 (so these tests hold if predict_tiled pads first, as one pass does)."""
+    edges = set()
+    for padded in (size, -(-size // 16) * 16):
+        edges |= {e for s in utils.tile_starts(padded, TILE, TILE - OVERLAP) for e in (s, s + TILE)}
+    return sorted(e for e in edges if 0 < e < size)
+
+
+def test_tiles_agree_with_one_pass_within_the_receptive_field_bound(big_image):
+    """With a translation-equivariant CNN of receptive-field radius r, a tile differs from the one
+    pass only within r px of its edge, where its blend weight is at most (r + 1) / (overlap + 1),
+    while the neighbouring tile, >= overlap - r px inside, is exact: |tiled - one| <= (r+1)/(overlap+1)."""
+    torch.manual_seed(0)
+    layers, convs = 4, []
+    for i in range(layers):  # radius 4, variance-preserving init, so probabilities spread over (0, 1)
+        conv = torch.nn.Conv2d(3 if i == 0 else 8, 8 if i < layers - 1 else 1, 3, padding=1)
+        torch.nn.init.normal_(conv.weight, std=(2 / (conv.in_channels * 9)) ** 0.5)
+        convs += [conv, torch.nn.ReLU()]
+    model = torch.nn.Sequential(*convs[:-1]).eval()
+    with torch.no_grad():
+        model[-1].weight *= 5
+    tiled, one = tiled_and_one_pass(model, big_image)
+    assert one.std() > 0.1
+    # the last 16 columns: the one pass pads 3000 -> 3008 by reflection, the last tile needs no padding
+    diff = np.abs(tiled - one)[:, :W - 16]
+    assert diff.max() <= (layers + 1) / (OVERLAP + 1)          # measured: 0.002 against a bound of 0.039
+    away = np.ones_like(diff, dtype=bool)
+    for e in tile_edges(H):
+        away[e - layers:e + layers] = False
+    for e in tile_edges(W):
+        away[:, e - layers:e + layers] = False
+    assert diff[away].max() < 1e-5                             # exact wherever the tile saw all the context
+
+
+def test_unet_tiles_leave_no_seam(big_image):
+    """Blending hides tile edges: the step across every tile edge line is no larger than the one pass's.
+
+    Pixel values are NOT compared: models.UNet upsamples with align_corners=True and the last tile
+    starts off the 16-pixel pooling grid, so the UNet's output depends on the frame it sees and the
+    two predictions differ everywhere (mean ~0.05, max ~1 for this random net)."""
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(build_model("UNet", base_width=4), big_image[..., :256, :256])
+    tiled, one = tiled_and_one_pass(model, big_image)
+
+    def step_at_edges(p):
+        return np.mean([np.abs(p[e] - p[e - 1]).mean() for e in tile_edges(H)]
+                       + [np.abs(p[:, e] - p[:, e - 1]).mean() for e in tile_edges(W)])
+    # measured: 0.0184 tiled, 0.0181 one pass; pasting unblended tiles gives 0.118
+    assert step_at_edges(tiled) < 1.25 * step_at_edges(one)
+
+
+# ---------------------------------------------------------------- measurements
+
+def drawn_line(direction: str, length: int, width: int, shape=(320, 320)) -> np.ndarray:
+    """Bool mask of a straight crack with flat ends: rows/columns exactly, or pixels within width/2
+    of a 45-degree segment."""
+    mask = np.zeros(shape, bool)
+    if direction == "horizontal":
+        mask[150:150 + width, 60:60 + length] = True
+    elif direction == "vertical":
+        mask[60:60 + length, 150:150 + width] = True
+    else:
+        y, x = np.mgrid[:shape[0], :shape[1]] - 40.0
+        along, across = (x + y) / math.sqrt(2), (y - x) / math.sqrt(2)
+        mask = (np.abs(across) <= width / 2) & (along >= 0) & (along <= length)
+    return mask
+
+
+@pytest.mark.parametrize("direction", ["horizontal", "vertical", "diagonal"])
+@pytest.mark.parametrize("width", [3, 5, 9])
+def test_length_and_width_of_drawn_lines(direction, width):
+    mask = drawn_line(direction, 200, width)
+    drawn_width = mask.sum() / 200     # the pixels actually set (a 45-degree band is not exactly `width`)
+    stats = predict.measure(mask)
+    assert stats["components"] == 1
+    assert stats["length_px"] == pytest.approx(200, rel=0.1)
+    assert stats["mean_width_px"] == pytest.approx(drawn_width, rel=0.1)
+    assert stats["max_width_px"] == pytest.approx(drawn_width, rel=0.1)
+    assert stats["crack_fraction"] == pytest.approx(mask.mean())
+
+
+@pytest.mark.parametrize("angle", [10, 27, 63])
+def test_slanted_lines_within_the_documented_error(angle):
+    """Between rows and diagonals the link length reads up to ~12% long (the skeleton zigzags)
+    and the mean of 2d - 1 up to ~1.3 px narrow; measured over 0-90 degrees in 3-degree steps."""
+    y, x = np.mgrid[:320, :320] - 40.0
+    a = math.radians(angle)
+    along, across = x * math.cos(a) + y * math.sin(a), y * math.cos(a) - x * math.sin(a)
+    for width in (3, 5, 9):
+        mask = (np.abs(across) <= width / 2) & (along >= 0) & (along <= 200)
+        drawn_width = mask.sum() / 200
+        stats = predict.measure(mask)
+        assert 0.95 * 200 <= stats["length_px"] <= 1.13 * 200
+        assert drawn_width - 1.4 <= stats["mean_width_px"] <= drawn_width + 0.1
+        assert stats["max_width_px"] == pytest.approx(drawn_width, abs=0.5)
+
+
+def test_components_and_min_area():
+    mask = np.zeros((320, 320), bool)
+    mask[150:153, 60:160] = True                                    # 100 x 3
+    mask[60:180, 250:255] = True                                    # 120 x 5
+    specks = np.zeros_like(mask)
+    specks[10:13, 10:13] = specks[300:303, 20:23] = True          # 9-pixel noise
+    clean = predict.measure(mask)
+    noisy = predict.measure(mask | specks)
+    assert clean["components"] == noisy["components"] == 2
+    assert noisy == clean                                           # dropped before measuring
+    assert clean["length_px"] == pytest.approx(100 + 120, rel=0.1)
+    assert predict.measure(mask | specks, min_area=5)["components"] == 4
+    assert predict.measure(np.zeros((20, 30), bool)) == {"crack_fraction": 0.0, "components": 0, "length_px": 0.0,
+                                                         "mean_width_px": 0.0, "max_width_px": 0.0}
+
+
+def zhang_suen_dense(mask: np.ndarray) -> np.ndarray:
+    """Slow reference: every pixel tested in every sub-iteration, with the same deletion tables."""
+    image = np.pad(mask, 1)
+    while True:
+        changed = False
+        for table in predict.THINNING:
+            code = sum(np.roll(image, (-dy, -dx), (0, 1)).astype(np.uint8) << bit
+                       for bit, (dy, dx) in enumerate(predict.NEIGHBOURS))
+            delete = image & table[code]
+            image &= ~delete
+            changed |= bool(delete.any())
+        if not changed:
+            return predict.remove_staircases(image[1:-1, 1:-1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_skeleton_matches_dense_thinning_and_keeps_pieces_connected(seed):
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.random((90, 130)).astype(np.float32), (0, 0), 1 + seed)
+    mask = noise > np.quantile(noise, 0.7)
+    skeleton = predict.skeletonize(mask)
+    assert np.array_equal(skeleton, zhang_suen_dense(mask))
+    assert not (skeleton & ~mask).any()
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    for k in range(1, count):
+        pieces = cv2.connectedComponents((skeleton & (labels == k)).astype(np.uint8), connectivity=8)[0] - 1
+        assert pieces <= 1
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3, 0.7])
+def test_thick_diagonals_are_not_thinned_away(offset):
+    """Plain Zhang-Suen erodes some 45-degree bands from their ends to a single pixel."""
+    y, x = np.mgrid[:200, :200] - 20.0 - offset
+    for width in (2, 3, 9):
+        band = (np.abs((y - x) / math.sqrt(2)) <= width / 2) & ((x + y) / math.sqrt(2) >= 0) & \
+               ((x + y) / math.sqrt(2) <= 150)
+        assert predict.crack_length(predict.skeletonize(band)) > 135
+    line = np.zeros((20, 40), bool)
+    line[7, 3:30] = True
+    assert np.array_equal(predict.skeletonize(line), line)
+
+
+# ---------------------------------------------------------------- reading photos
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = np.zeros((40, 64, 3), np.uint8)
+    stored[:, :16] = (250, 30, 30)                       # a red band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6                                     # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = predict.read_photo(tmp_path / "phone.jpg")
+    assert upright.shape == (64, 40, 3)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "phone.jpg")))
+    assert np.abs(upright.astype(int) - expected).mean() < 2
+    assert upright[:8, :, 0].mean() > 200 and upright[-8:, :, 0].mean() < 50   # the band is now on top
+
+
+# ---------------------------------------------------------------- command line
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch) -> Path:
+    """models/tiny/ in tmp_path (the working directory): a random UNet with a run's config."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(build_model("UNet", base_width=4),
+                                torch.from_numpy(photo(64, 64).transpose(2, 0, 1).copy())[None])
+    config = {"arch": "UNet", "base_width": 4, "deep_supervision": False, "minmax": True, "normalize": None,
+              "clahe": False, "threshold": 0.5}
+    run_dir = tmp_path / "models" / "tiny"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    utils.save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "config": config})
+    return tmp_path
+
+
+def cli(cwd: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_photo(path: Path, mode: str = "RGB", size=(48, 64)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = (photo(*size, seed=len(path.name)) * 255).astype(np.uint8)
+    image = Image.fromarray(rgb)
+    if mode == "L":
+        image = image.convert("L")
+    elif mode == "RGBA":
+        image = image.convert("RGBA")
+        image.putalpha(128)
+    image.save(path)
+
+
+def read_summary(path: Path) -> tuple[str, dict[str, dict]]:
+    lines = path.read_text().splitlines()
+    return lines[0], {row["image"]: row for row in csv.DictReader(lines)}
+
+
+def test_folders_globs_bad_files_gray_and_rgba(tiny_run):
+    write_photo(tiny_run / "site/a.jpg")
+    write_photo(tiny_run / "site/sub/gray.png", "L")
+    write_photo(tiny_run / "site/sub/deeper/rgba.png", "RGBA")
+    (tiny_run / "site/sub/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tiny_run / "site/notes.txt").write_text("not an image")
+    write_photo(tiny_run / "extra/g1.jpg")
+    write_photo(tiny_run / "extra/nested/g2.jpg")
+    write_photo(tiny_run / "extra/nested/skip.png")
+    write_photo(tiny_run / "single.bmp")
+    result = cli(tiny_run, "--name", "tiny", "site", "extra/**/*.jpg", "single.bmp", "--out", "out",
+                 "--threshold", "0.3", "--overlay", "--mm-per-px", "0.5")
+    assert result.returncode == 1, result.stderr
+    assert "broken.jpg" in result.stderr and "Traceback" not in result.stderr
+    assert "threshold 0.3 (--threshold)" in result.stdout
+    header, rows = read_summary(tiny_run / "out/summary.csv")
+    assert header == HEADER + ",length_mm,mean_width_mm,max_width_mm"
+    done = ["a.jpg", "sub/gray.png", "sub/deeper/rgba.png", "g1.jpg", "nested/g2.jpg", "single.bmp"]
+    assert sorted(rows) == sorted(done)
+    for name in done:
+        stem = tiny_run / "out" / Path(name).with_suffix("")
+        prob = cv2.imread(f"{stem}_prob.png", cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(f"{stem}_mask.png", cv2.IMREAD_UNCHANGED)
+        assert prob.shape == mask.shape == (48, 64) and prob.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        assert np.mean((mask > 0) == (prob > 0.3 * 255)) > 0.99   # the mask is the map at the threshold
+        assert cv2.imread(f"{stem}_overlay.jpg").shape == (48, 64, 3)
+        row = rows[name]
+        assert (row["width"], row["height"], float(row["threshold"])) == ("64", "48", 0.3)
+        assert float(row["length_mm"]) == pytest.approx(float(row["length_px"]) * 0.5, abs=0.01)
+    assert not (tiny_run / "out/sub/broken_prob.png").exists()
+    assert not (tiny_run / "out/nested/skip_prob.png").exists()
+
+
+def test_exif_photo_and_the_run_threshold(tiny_run):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray((photo(40, 64) * 255).astype(np.uint8)).save(tiny_run / "phone.jpg", exif=exif)
+    result = cli(tiny_run, "--name", "tiny", "phone.jpg", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "threshold 0.5 (config.json)" in result.stdout
+    out = tiny_run / "models/tiny/predictions"
+    header, rows = read_summary(out / "summary.csv")
+    assert header == HEADER
+    assert (rows["phone.jpg"]["width"], rows["phone.jpg"]["height"]) == ("40", "64")   # stored as 64 x 40
+    assert cv2.imread(str(out / "phone_prob.png"), cv2.IMREAD_UNCHANGED).shape == (64, 40)
+
+
+def test_usage_errors_exit_2_without_traceback(tiny_run):
+    write_photo(tiny_run / "a.jpg")
+    (tiny_run / "empty").mkdir()
+    unknown = cli(tiny_run, "--name", "nope", "a.jpg")
+    assert unknown.returncode == 2 and "no run 'nope'" in unknown.stderr
+    nothing = cli(tiny_run, "--name", "tiny", "empty", "missing/*.jpg")
+    assert nothing.returncode == 2 and "'empty', 'missing/*.jpg'" in nothing.stderr
+    for result in (unknown, nothing):
+        assert "Traceback" not in result.stderr
