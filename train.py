@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,20 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
 
 
+def train_step(model, images, masks, optimizer, scaler, engine, loss_name: str, check=None) -> torch.Tensor:
+    """The one optimisation step (benchmarks/bench_train.py times this same function)."""
+    with engine.autocast():
+        outputs = model(images)
+    loss = compute_loss(loss_name, outputs, masks)   # fp32, whatever the autocast dtype
+    if check is not None:
+        check(loss)                                   # before the step: bad weights never reach last.pt
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, run_dir: Path) -> dict:
     """One pass over the training crops; returns mean loss and the fraction of time spent waiting for data."""
     model.train()
@@ -218,17 +233,12 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
     for step, batch in enumerate(bar):
         waited += time.perf_counter() - tick
         images, masks = engine.to_device(batch["image"]), batch["mask"].to(engine.device, non_blocking=True)
-        with engine.autocast():
-            outputs = model(images)
-        loss = compute_loss(args.loss, outputs, masks)
-        check_finite(loss, engine, epoch, step, batch["name"], run_dir)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total += loss.detach()
+        where = {"epoch": epoch, "step": step, "names": batch["name"], "run_dir": run_dir}
+        loss = train_step(model, images, masks, optimizer, scaler, engine, args.loss,
+                          check=partial(check_finite, engine=engine, **where))
+        total += loss
         steps += 1
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+        bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
         tick = time.perf_counter()
     mean = total / max(steps, 1)
     if engine.world > 1:
@@ -237,6 +247,17 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
     elapsed = time.perf_counter() - started
     return {"train_loss": float(mean), "data_wait": waited / max(elapsed, 1e-9), "images_per_s":
             steps * args.batch_size * engine.world / max(elapsed, 1e-9)}
+
+
+def check_replicas_agree(model, engine) -> None:
+    """DDP must leave every rank with the same weights; say so, or stop loudly."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    checksum = float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder(97)).sum())
+    sums = [None] * engine.world
+    dist.all_gather_object(sums, checksum)
+    print(f"rank {engine.rank}: parameter checksum {checksum:.12e}", flush=True)
+    if len(set(sums)) != 1:
+        raise RunError(f"DDP replicas diverged: parameter checksums {sums}")
 
 
 def check_finite(loss: torch.Tensor, engine, epoch: int, step: int, names, run_dir: Path) -> None:
@@ -380,6 +401,8 @@ def main() -> int:
     finally:
         if writer:
             writer.close()
+    if engine.world > 1:
+        check_replicas_agree(model, engine)
     if engine.main:
         print(f"best validation ODS F {best:.4f}; checkpoints in {run_dir}")
     return 0

@@ -1,0 +1,102 @@
+"""Training and inference throughput of crackseg's default step against a reference-style baseline.
+
+    python benchmarks/bench_train.py                                  # CPU: UNet, batch 4, 256x256 crops
+    python benchmarks/bench_train.py --device cuda --batch-size 8 --crop 512
+
+Both arms run in this one process on the same model, batch and crop: the baseline mirrors
+the reference (fp32, NCHW); the project uses its defaults (precision "auto", channels_last).
+Each arm times `train.train_step` several steps after warm-up and reports the median.
+Run it on an otherwise idle machine. The last line is `ratio: <N>` (training images/s,
+project / baseline).
+"""
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import build_model  # noqa: E402
+from train import train_step  # noqa: E402
+from utils import Engine, forward_logits, make_engine  # noqa: E402
+
+
+def get_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="UNet")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per arm")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--infer-size", type=int, default=512)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p.parse_args()
+
+
+def synchronize(engine: Engine) -> None:
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+
+
+def timed(fn, engine: Engine, warmup: int, steps: int) -> float:
+    """Median seconds of fn() after warm-up."""
+    times = []
+    for i in range(warmup + steps):
+        synchronize(engine)
+        start = time.perf_counter()
+        fn()
+        synchronize(engine)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(engine: Engine, args) -> dict:
+    torch.manual_seed(0)
+    model = build_model(args.arch).to(engine.device)
+    if engine.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(engine.device.type, enabled=engine.dtype == torch.float16)
+    images = engine.to_device(torch.rand(args.batch_size, 3, args.crop, args.crop))
+    masks = (torch.rand(args.batch_size, 1, args.crop, args.crop, device=engine.device) > 0.95).float()
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    model.train()
+    step = timed(lambda: train_step(model, images, masks, optimizer, scaler, engine, "BCEDiceLoss"),
+                 engine, args.warmup, args.steps)
+    model.eval()
+    image = torch.rand(1, 3, args.infer_size, args.infer_size)
+    with torch.inference_mode():
+        infer = timed(lambda: forward_logits(model, image, engine), engine, 1, max(args.steps // 2, 3))
+    peak = (torch.cuda.max_memory_allocated(engine.device) / 2**20 if engine.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"train_images_per_s": args.batch_size / step, "step_s": step, "infer_images_per_s": 1 / infer,
+            "peak_mib": peak}
+
+
+def main() -> None:
+    args = get_args()
+    project = make_engine(args.device, "auto", channels_last=True)
+    baseline = Engine(project.device, None, channels_last=False)
+    print(f"{args.arch}, batch {args.batch_size}, {args.crop}x{args.crop} crops, inference {args.infer_size}^2, "
+          f"{project.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = {}
+    for label, engine in (("baseline fp32 NCHW", baseline),
+                          (f"project {str(project.dtype or 'fp32').replace('torch.', '')} "
+                           f"{'channels_last' if project.channels_last else 'NCHW'}", project)):
+        results[label] = r = measure(engine, args)
+        peak_kind = "peak GPU memory" if engine.device.type == "cuda" else "process peak RSS so far"
+        print(f"{label:<32} train {r['train_images_per_s']:7.2f} img/s ({r['step_s']:.3f} s/step)   "
+              f"inference {r['infer_images_per_s']:7.2f} img/s   {peak_kind} {r['peak_mib']:.0f} MiB")
+    base, proj = results.values()
+    print(f"inference ratio: {proj['infer_images_per_s'] / base['infer_images_per_s']:.2f}")
+    print(f"ratio: {proj['train_images_per_s'] / base['train_images_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

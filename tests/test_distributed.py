@@ -1,0 +1,24 @@
+"""torchrun with two CPU processes (gloo): identical replicas, and only rank 0 writes."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_process_ddp_training_on_cpu(tmp_path, synthetic_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "train.py"), "--dataset", "SYN", "--data-dir", str(synthetic_root), "--crop", "64",
+         "--batch-size", "2", "--base-width", "4", "--workers", "0", "--epochs", "2", "--val-split", "0.25",
+         "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checksums = {line.split()[1]: line.split()[-1] for line in result.stdout.splitlines()
+                 if "parameter checksum" in line}
+    assert set(checksums) == {"0:", "1:"} and len(set(checksums.values())) == 1, result.stdout
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["SYN_UNet"]
+    run_dir = tmp_path / "models" / "SYN_UNet"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.json", "last.pt", "log.csv", "split.json"]
+    assert len((run_dir / "log.csv").read_text().splitlines()) == 3          # header + 2 epochs, one writer
+    assert len(list((tmp_path / "runs" / "SYN_UNet").iterdir())) == 1        # one event file
