@@ -36,7 +36,7 @@ from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run
 
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
     "fast": {"dataset": "SYNTHETIC", "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
-             "max_minutes": 4.5},
+             "scheduler": "CosineAnnealingLR", "max_minutes": 4.5},
 }
 RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache"}
 F1_THRESHOLD_INDEX = 50  # t = 0.50 in metrics.DEFAULT_THRESHOLDS

@@ -115,15 +115,16 @@ def auto_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def make_engine(device: str = "auto", precision: str = "auto", channels_last: bool = True) -> Engine:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
     dev = torch.device(device)
     if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True   # crops have one size: pick the fastest kernels once
     if precision == "fp16" and dev.type != "cuda":
         raise RunError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     dtype = {"auto": auto_dtype(dev), "fp32": None, "bf16": torch.bfloat16,

@@ -1,0 +1,100 @@
+"""The real-data experiments: train with a wall-clock budget, evaluate, write a markdown table.
+
+    python benchmarks/accuracy.py --list
+    python benchmarks/accuracy.py --only main                   # 60 min on a 2-core CPU
+    python benchmarks/accuracy.py --only unet attention nested  # the reference's comparisons, 12 min each
+    python benchmarks/accuracy.py --table-only                  # re-read finished runs
+
+Runs go through train.py and evaluate.py exactly as a user runs them (from the repository
+root, data in --data-dir). Never run two at once: budgets are wall-clock.
+"""
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE, TESTS = "DEEPCRACK_TRAIN", ["DEEPCRACK_TEST", "CFD"]
+RECIPE = ["--crop", "256", "--batch-size", "4", "--lr", "1e-3", "--scheduler", "CosineAnnealingLR",
+          "--photometric", "--scale-aug", "--cache"]
+REFERENCE = ["--crop", "256", "--batch-size", "4", "--cache"]   # METHOD.md defaults otherwise
+
+# name -> (minutes, epochs for the cosine schedule, training dataset, train.py arguments, test sets)
+EXPERIMENTS = {
+    "main": (60, 40, SOURCE, RECIPE, TESTS),
+    "unet": (12, 8, SOURCE, RECIPE, TESTS),
+    "unet_seed1": (12, 8, SOURCE, RECIPE + ["--seed", "1"], TESTS),
+    "attention": (12, 8, SOURCE, RECIPE + ["--arch", "AttentionUNet"], TESTS),
+    "nested": (12, 8, SOURCE, RECIPE + ["--arch", "NestedUNet", "--deep-supervision"], TESTS),
+    "normalize": (12, 8, SOURCE, RECIPE + ["--no-minmax", "--normalize", "0.5", "0.135"], TESTS),
+    "clahe": (12, 8, SOURCE, RECIPE + ["--clahe"], TESTS),
+    "bce": (12, 8, SOURCE, RECIPE + ["--loss", "BCE"], TESTS),
+    "focal": (12, 8, SOURCE, RECIPE + ["--loss", "Focal"], TESTS),
+    "reference": (55, 100, SOURCE, REFERENCE, TESTS),
+    "cfd": (30, 40, "CFD", RECIPE, ["DEEPCRACK_TEST"]),
+}
+
+
+def get_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=EXPERIMENTS, help="experiments to run (default: all)")
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--prefix", default="acc_", help="run names are PREFIX + experiment")
+    p.add_argument("--tta", action="store_true", help="evaluate with 8-fold test-time augmentation")
+    p.add_argument("--table-only", action="store_true")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "accuracy.md")
+    return p.parse_args()
+
+
+def command(name: str, args) -> tuple[list[str], list[str]]:
+    minutes, epochs, dataset, extra, tests = EXPERIMENTS[name]
+    run = args.prefix + name
+    train = [sys.executable, "train.py", "--dataset", dataset, "--data-dir", args.data_dir, "--name", run,
+             "--epochs", str(epochs), "--max-minutes", str(minutes), *extra]
+    evaluate = [sys.executable, "evaluate.py", "--name", run, "--test", *tests, "--tolerance", "0", "2",
+                *(["--tta"] if args.tta else [])]
+    return train, evaluate
+
+
+def row(name: str, args) -> str | None:
+    run_dir = ROOT / "models" / (args.prefix + name)
+    if not (run_dir / "log.csv").exists():
+        return None
+    with open(run_dir / "log.csv") as f:
+        log = list(csv.DictReader(f))
+    cells = [name, EXPERIMENTS[name][2], f"{EXPERIMENTS[name][0]} min", str(len(log)), f"{float(log[-1]['val_loss']):.3f}"]
+    for test in ("DEEPCRACK_TEST", "CFD"):
+        path = run_dir / "eval" / test / "metrics.json"
+        if not path.exists():
+            cells.append("-")
+            continue
+        results = {r["tolerance"]: r for r in json.loads(path.read_text())["results"]}
+        cells.append(" / ".join(f"{results[t]['ods']['f1']:.3f}, {results[t]['ois']['f1']:.3f}, {results[t]['ap']:.3f}"
+                                for t in (0, 2) if t in results) + f" (t={results[0]['ods']['threshold']:.2f})")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    args = get_args()
+    names = args.only or list(EXPERIMENTS)
+    if args.list:
+        for name in names:
+            print(name, *command(name, args), sep="\n  ")
+        return
+    if not args.table_only:
+        for name in names:
+            for cmd in command(name, args):
+                print("$", " ".join(cmd), flush=True)
+                subprocess.run(cmd, cwd=ROOT, check=True)
+    lines = ["| experiment | trained on | budget | epochs | final val loss | DEEPCRACK_TEST ODS F, OIS F, AP: "
+             "0 px / 2 px | CFD ODS F, OIS F, AP: 0 px / 2 px |", "|---|---|---|---|---|---|---|"]
+    lines += [r for r in (row(name, args) for name in names) if r]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
