@@ -65,7 +65,8 @@ def row(name: str, args) -> str | None:
         return None
     with open(run_dir / "log.csv") as f:
         log = list(csv.DictReader(f))
-    cells = [name, EXPERIMENTS[name][2], f"{EXPERIMENTS[name][0]} min", str(len(log)), f"{float(log[-1]['val_loss']):.3f}"]
+    minutes, _, dataset = EXPERIMENTS[name][:3]
+    cells = [name, dataset, f"{minutes} min", str(len(log)), f"{float(log[-1]['val_loss']):.3f}"]
     for test in ("DEEPCRACK_TEST", "CFD"):
         path = run_dir / "eval" / test / "metrics.json"
         if not path.exists():
