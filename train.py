@@ -220,13 +220,15 @@ def train_step(model, images, masks, optimizer, scaler, engine, loss_name: str, 
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    logits = outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
+    return loss.detach(), logits.detach()
 
 
 def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, run_dir: Path) -> dict:
     """One pass over the training crops; returns mean loss and the fraction of time spent waiting for data."""
     model.train()
     total = torch.zeros((), device=engine.device)
+    hits = torch.zeros(3, device=engine.device, dtype=torch.int64)   # TP, predicted, true at p > 0.5
     steps, waited = 0, 0.0
     started = tick = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not engine.main, mininterval=1)
@@ -234,9 +236,10 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
         waited += time.perf_counter() - tick
         images, masks = engine.to_device(batch["image"]), batch["mask"].to(engine.device, non_blocking=True)
         where = {"epoch": epoch, "step": step, "names": batch["name"], "run_dir": run_dir}
-        loss = train_step(model, images, masks, optimizer, scaler, engine, args.loss,
-                          check=partial(check_finite, engine=engine, **where))
+        loss, logits = train_step(model, images, masks, optimizer, scaler, engine, args.loss,
+                                  check=partial(check_finite, engine=engine, **where))
         total += loss
+        hits += count_hits(logits, masks)
         steps += 1
         bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
         tick = time.perf_counter()
@@ -244,9 +247,19 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
     if engine.world > 1:
         dist.all_reduce(mean)
         mean /= engine.world
+        dist.all_reduce(hits)
+    tp, predicted, true = hits.tolist()
+    crops = metrics.scores_at(np.array([[tp, predicted, tp, true]]), 0)
     elapsed = time.perf_counter() - started
-    return {"train_loss": float(mean), "data_wait": waited / max(elapsed, 1e-9), "images_per_s":
-            steps * args.batch_size * engine.world / max(elapsed, 1e-9)}
+    return {"train_loss": float(mean), "train_iou": crops["iou"], "train_f1": crops["f1"],
+            "data_wait": waited / max(elapsed, 1e-9),
+            "images_per_s": steps * args.batch_size * engine.world / max(elapsed, 1e-9)}
+
+
+def count_hits(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(TP, predicted, true) pixel counts at p > 0.5, i.e. logit > 0, kept on the device."""
+    pred, true = logits > 0, masks > 0.5
+    return torch.stack([(pred & true).sum(), pred.sum(), true.sum()])
 
 
 def check_replicas_agree(model, engine) -> None:
