@@ -172,7 +172,7 @@ def start_epoch(loader: DataLoader, args, engine, epoch: int) -> None:
 
 # ---------------------------------------------------------------- model and optimisation
 
-def build_training(args, engine, train_batches: int):
+def build_training(args, engine):
     model = model_from_config(vars(args))
     if args.sync_bn and engine.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -353,39 +353,16 @@ def main() -> int:
 
     # 3. model, optimiser, scheduler
     loader = make_train_loader(train_set, args, engine)
-    model, optimizer, scheduler, scaler = build_training(args, engine, len(loader))
+    model, optimizer, scheduler, scaler = build_training(args, engine)
     if init_state:
         load_weights(model, init_state, MODELS_DIR / args.init_from / "best.pt")
     start, best = 1, -1.0
     if resume_state:
-        load_weights(model, resume_state, MODELS_DIR / args.name / "last.pt")
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler:
-            scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
-        start, best = resume_state["epoch"] + 1, resume_state["best"]
+        start, best = restore(resume_state, MODELS_DIR / args.name / "last.pt", model, optimizer, scheduler, scaler)
 
     # 4. the run directory (only the main process writes)
-    if not args.resume:
-        if engine.main:
-            args.name = fresh_run_name(args.name, f"{args.dataset}_{args.arch}", args.overwrite)
-        if engine.world > 1:
-            names = [args.name]
-            dist.broadcast_object_list(names)
-            args.name = names[0]
-    run_dir = MODELS_DIR / args.name
-    config = load_config(args.name) if args.resume else {**vars(args), "provenance": provenance()}
-    config.update(vars(args))
+    run_dir, config = open_run_dir(args, engine, split, start)
     if engine.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            for stale in run_dir.glob("*"):   # --overwrite: nothing of the old run may mix in
-                stale.unlink()
-            json_dump(run_dir / "split.json", split)
-        else:
-            keep_log_rows_before(run_dir / "log.csv", start)
-        json_dump(run_dir / "config.json", config)
         print(f"run {run_dir}: {len(train_set)} training / {len(val_set)} validation images, "
               f"{engine.device} {engine.dtype or 'fp32'}{' channels_last' if engine.channels_last else ''}")
     writer = SummaryWriter(RUNS_DIR / args.name) if engine.main else None
@@ -419,6 +396,41 @@ def main() -> int:
     if engine.main:
         print(f"best validation ODS F {best:.4f}; checkpoints in {run_dir}")
     return 0
+
+
+def restore(state: dict, path: Path, model, optimizer, scheduler, scaler) -> tuple[int, float]:
+    """Everything --resume needs from last.pt; returns (first epoch to run, best score so far)."""
+    load_weights(model, state, path)
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler:
+        scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return state["epoch"] + 1, state["best"]
+
+
+def open_run_dir(args, engine, split: dict, start: int) -> tuple[Path, dict]:
+    """Name the run (rank 0 decides), write config.json and split.json; a resume keeps both."""
+    if not args.resume:
+        if engine.main:
+            args.name = fresh_run_name(args.name, f"{args.dataset}_{args.arch}", args.overwrite)
+        if engine.world > 1:
+            names = [args.name]
+            dist.broadcast_object_list(names)
+            args.name = names[0]
+    run_dir = MODELS_DIR / args.name
+    config = load_config(args.name) if args.resume else {"provenance": provenance()}
+    config.update(vars(args))
+    if engine.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if args.resume:
+            keep_log_rows_before(run_dir / "log.csv", start)
+        else:
+            for stale in run_dir.glob("*"):   # --overwrite: nothing of the old run may mix in
+                stale.unlink()
+            json_dump(run_dir / "split.json", split)
+        json_dump(run_dir / "config.json", config)
+    return run_dir, config
 
 
 def save_epoch(run_dir, config, model, optimizer, scheduler, scaler, epoch, best, row, improved) -> None:
