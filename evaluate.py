@@ -49,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def test_samples(data_dir: Path, dataset: str, config: dict | None, run: str | None):
     """A run's own training dataset is scored on its saved validation split only."""
     samples = scan_dataset(data_dir, dataset)[0]
-    if config and dataset == config["dataset"] and Path(data_dir) == Path(config["data_dir"]):
+    if config and dataset == config["dataset"]:   # by name, so no other path can leak training images in
         val = set(json.loads((MODELS_DIR / run / "split.json").read_text())["val"])
         samples = [s for s in samples if s.stem in val]
         print(f"{dataset} is {run}'s training set: scoring its {len(samples)} validation images only")
@@ -128,8 +128,9 @@ def print_table(summaries: list[dict]) -> None:
                   f"{r['ods_mean']['f1']:>8.4f}{r['ois_mean']['f1']:>8.4f}{r['ap']:>7.4f}")
 
 
-def write_panels(out_dir: Path, samples, threshold: float) -> None:
-    """input | ground truth | prediction at the ODS threshold | TP/FP/FN overlay."""
+def write_panels(out_dir: Path, samples, threshold: float) -> list[np.ndarray]:
+    """input | ground truth | prediction at the ODS threshold | TP/FP/FN overlay; returns the first three."""
+    first = []
     for sample in samples:
         image, mask = read_image(sample.image), read_mask(sample.mask)
         prob = cv2.imread(str(out_dir / f"{sample.stem}_prob.png"), cv2.IMREAD_GRAYSCALE)
@@ -137,13 +138,19 @@ def write_panels(out_dir: Path, samples, threshold: float) -> None:
         panel = side_by_side([image, mask, pred, error_overlay(image, pred, mask)])
         cv2.imwrite(str(out_dir / f"{sample.stem}_panel.jpg"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if len(first) < 3:
+            first.append(panel)
+    return first
 
 
-def log_tensorboard(run: str, summary: dict, result: dict) -> None:
+def log_tensorboard(run: str, summary: dict, result: dict, panels: list[np.ndarray]) -> None:
+    """PR curves from the counts already made, and example panels, next to the training curves."""
     with SummaryWriter(RUNS_DIR / run) as writer:
         for t in result["counts"]:
             curve = metrics.pr_curve(result["counts"][t])
             writer.add_pr_curve_raw(f"eval/{summary['dataset']}/pr_tolerance_{t}", global_step=0, **curve)
+        for i, panel in enumerate(panels):
+            writer.add_image(f"eval/{summary['dataset']}/panel_{i}", panel, 0, dataformats="HWC")
 
 
 # ---------------------------------------------------------------- main
@@ -170,10 +177,10 @@ def main() -> int:
         # 4. reports
         summary, per_image = summarize_all(result, dataset, args.tolerance)
         write_results(out_dir, summary, per_image)
-        if args.save_images and args.name:
-            write_panels(out_dir, samples, summary["results"][0]["ods"]["threshold"])
         if args.name:
-            log_tensorboard(args.name, summary, result)
+            panels = write_panels(out_dir, samples, summary["results"][0]["ods"]["threshold"]) \
+                if args.save_images else []
+            log_tensorboard(args.name, summary, result, panels)
         summaries.append(summary)
         print(f"wrote {out_dir}")
     print_table(summaries)
