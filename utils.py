@@ -110,8 +110,16 @@ def auto_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 where the hardware runs it fast, fp16 on older GPUs, fp32 otherwise."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    capability = torch.backends.cpu.get_cpu_capability()
-    return torch.bfloat16 if "AVX512" in capability or "AMX" in capability else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them bf16 is emulated and no faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags or "AMX" in torch.backends.cpu.get_cpu_capability()
 
 
 def make_engine(device: str = "auto", precision: str = "auto", channels_last: bool = True) -> Engine:
