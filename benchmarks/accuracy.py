@@ -4,6 +4,7 @@
     python benchmarks/accuracy.py --only main                   # 60 min on a 2-core CPU
     python benchmarks/accuracy.py --only unet attention nested  # the reference's comparisons, 12 min each
     python benchmarks/accuracy.py --table-only                  # re-read finished runs
+    python benchmarks/accuracy.py --figures 11125-1 11215-5 11290  # README panels from the main run
 
 Runs go through train.py and evaluate.py exactly as a user runs them (from the repository
 root, data in --data-dir). Never run two at once: budgets are wall-clock.
@@ -46,6 +47,8 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--list", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "accuracy.md")
+    p.add_argument("--figures", nargs="+", metavar="STEM",
+                   help="shrink the main run's DEEPCRACK_TEST panels (evaluate.py --save-images) into docs/")
     return p.parse_args()
 
 
@@ -78,8 +81,21 @@ def row(name: str, args) -> str | None:
     return "| " + " | ".join(cells) + " |"
 
 
+def write_figures(stems: list[str], args, width: int = 880) -> None:
+    """Small JPEGs for the README (the repository allows 300 KB of figures in all)."""
+    import cv2
+    panels = ROOT / "models" / (args.prefix + "main") / "eval" / "DEEPCRACK_TEST"
+    for stem in stems:
+        panel = cv2.imread(str(panels / f"{stem}_panel.jpg"))
+        small = cv2.resize(panel, (width, round(panel.shape[0] * width / panel.shape[1])), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(ROOT / "docs" / f"panel_{stem}.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 80])
+
+
 def main() -> None:
     args = get_args()
+    if args.figures:
+        write_figures(args.figures, args)
+        return
     names = args.only or list(EXPERIMENTS)
     if args.list:
         for name in names:
