@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import metrics
 from dataset import DatasetError
@@ -315,7 +316,8 @@ def evaluate(model, dataset, engine: Engine, loss_name: str | None = None, toler
     `on_image(item, prob)` is called per image (panels, saving maps)."""
     model.eval()
     rows = []
-    for index in shard(list(range(len(dataset))), engine):
+    indices = shard(list(range(len(dataset))), engine)
+    for index in tqdm(indices, desc="evaluate", unit="image", leave=False, disable=not engine.main, mininterval=1):
         item = dataset[index]
         image, mask, roi = item["image"][None], item["mask"][0].numpy(), item["roi"][0].numpy()
         loss = None
