@@ -81,7 +81,7 @@ def row(name: str, args) -> str | None:
     return "| " + " | ".join(cells) + " |"
 
 
-def write_figures(stems: list[str], args, width: int = 880) -> None:
+def write_figures(stems: list[str], args, width: int = 1200) -> None:
     """Small JPEGs for the README (the repository allows 300 KB of figures in all)."""
     import cv2
     panels = ROOT / "models" / (args.prefix + "main") / "eval" / "DEEPCRACK_TEST"
