@@ -85,6 +85,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm under torchrun")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (slower); with --workers 0 a resumed run repeats exactly")
     # run
     p.add_argument("--name", help="run name; default <DATASET>_<arch>, suffixed _2, _3 if taken")
     p.add_argument("--resume", metavar="RUN", help="continue RUN after its last completed epoch")
@@ -343,6 +345,9 @@ def main() -> int:
     args = get_args()
     engine = make_engine(args.device, args.precision, args.channels_last)
     torch.manual_seed(args.seed + engine.rank)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     random.seed(args.seed)
     np.random.seed(args.seed)
 

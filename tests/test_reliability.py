@@ -24,9 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--crop", "64", "--batch-size", "4", "--base-width", "4", "--workers", "0", "--val-split", "0.25"]
 
 
+# One thread: parallel reductions may sum in another order on another machine.
+DETERMINISTIC_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def cli(script: str, *args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=DETERMINISTIC_ENV)
 
 
 def good_pair(root: Path, stem: str, size=(48, 64)) -> None:
@@ -202,11 +206,12 @@ def log_losses(run_dir: Path) -> list[tuple[float, float]]:
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, synthetic_root, sig, code):
     args = ["--dataset", "SYN", "--data-dir", synthetic_root, *TINY, "--epochs", "3", "--precision", "fp32",
-            "--lr", "3e-3"]
+            "--lr", "3e-3", "--deterministic"]
     assert cli("train.py", *args, "--name", "straight", cwd=tmp_path).returncode == 0
 
     child = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args), "--name", "cut"],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=DETERMINISTIC_ENV)
     last = tmp_path / "models" / "cut" / "last.pt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and child.poll() is None:
