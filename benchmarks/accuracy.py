@@ -99,7 +99,7 @@ def main() -> None:
     names = args.only or list(EXPERIMENTS)
     if args.list:
         for name in names:
-            print(name, *command(name, args), sep="\n  ")
+            print(name, *(" ".join(["python", *cmd[1:]]) for cmd in command(name, args)), sep="\n  ")
         return
     if not args.table_only:
         for name in names:
