@@ -1,6 +1,6 @@
 """Train a single-output crack segmentation network.
 
-    python train.py --preset fast                       # synthetic data, CPU, ~4 minutes
+    python train.py --preset fast                       # synthetic data, CPU, ~3 minutes
     python train.py --dataset CRACKTREE260 --arch UNet  # the reference recipe
     python train.py --dataset DEEPCRACK_TRAIN --data-dir ../shared/data --crop 256 --max-minutes 60
     python train.py --resume DEEPCRACK_TRAIN_UNet       # continue after Ctrl-C
