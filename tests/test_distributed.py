@@ -1,4 +1,6 @@
 """torchrun with two CPU processes (gloo): identical replicas, and only rank 0 writes."""
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -6,17 +8,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_ddp_training_on_cpu(tmp_path, synthetic_root):
+    # An explicit free loopback port: the rendezvous never collides with another run on the machine.
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
          str(ROOT / "train.py"), "--dataset", "SYN", "--data-dir", str(synthetic_root), "--crop", "64",
          "--batch-size", "2", "--base-width", "4", "--workers", "0", "--epochs", "2", "--val-split", "0.25",
          "--device", "cpu"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    checksums = {line.split()[1]: line.split()[-1] for line in result.stdout.splitlines()
-                 if "parameter checksum" in line}
-    assert set(checksums) == {"0:", "1:"} and len(set(checksums.values())) == 1, result.stdout
+    # the two ranks share one pipe, so their lines may interleave: match the pattern, not lines
+    checksums = dict(re.findall(r"rank (\d+): parameter checksum ([-+]?\d\.\d+e[-+]\d+)", result.stdout))
+    assert set(checksums) == {"0", "1"} and len(set(checksums.values())) == 1, result.stdout
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["SYN_UNet"]
     run_dir = tmp_path / "models" / "SYN_UNet"
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.json", "last.pt", "log.csv", "split.json"]
