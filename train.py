@@ -398,6 +398,8 @@ def main() -> int:
             writer.close()
     if engine.world > 1:
         check_replicas_agree(model, engine)
+        dist.barrier()
+        dist.destroy_process_group()   # an orderly gloo/NCCL shutdown: no "terminate called" at exit
     if engine.main:
         print(f"best validation ODS F {best:.4f}; checkpoints in {run_dir}")
     return 0
