@@ -342,8 +342,10 @@ def evaluate(model, dataset, engine: Engine, loss_name: str | None = None, toler
 
 # ---------------------------------------------------------------- command-line entry
 
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so the scripts clean up as for Ctrl-C."""
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so the scripts clean up as for Ctrl-C.
+
+    A BaseException, like KeyboardInterrupt: library code's `except Exception` must not swallow it."""
 
 
 def _raise_terminated(signum, frame):
