@@ -8,8 +8,8 @@
 With --name the run's model predicts every image at full resolution with the run's own
 preprocessing; with --pred-dir, 8-bit maps DIR/<stem>.png or DIR/<stem>_prob.png
 (p = value/255) from any method are scored under the same protocol. Results go to
-models/RUN/eval/DATASET/ (or DIR/eval/DATASET/): metrics.json, per_image.csv and, with
---save-images, <stem>_prob.png and <stem>_panel.jpg.
+models/RUN/eval/DATASET/ (or DIR/eval/DATASET/; DATASET_tta with --tta, so both can be
+kept): metrics.json, per_image.csv and, with --save-images, <stem>_prob.png and <stem>_panel.jpg.
 """
 import argparse
 import csv
@@ -168,7 +168,8 @@ def main() -> int:
     for dataset in args.test:
         # 2. the images to score
         samples = test_samples(data_dir, dataset, config, args.name)
-        out_dir = (MODELS_DIR / args.name if args.name else args.pred_dir) / "eval" / dataset
+        out_dir = (MODELS_DIR / args.name if args.name else args.pred_dir) / "eval" / \
+            (f"{dataset}_tta" if args.tta else dataset)
         # 3. counts for every threshold and tolerance in one pass per image
         if args.name:
             result = score_run(model, engine, config, samples, args, out_dir)

@@ -11,6 +11,7 @@ Everything a run makes lives in models/<name>/ (config.json, split.json, log.csv
 last.pt, best.pt) and runs/<name>/ (TensorBoard).
 """
 import argparse
+import copy
 import csv
 import json
 import math
@@ -78,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, default=0.1)
     p.add_argument("--min-lr", type=float, default=1e-8)
     p.add_argument("--max-minutes", type=float, help="stop cleanly after the epoch that passes this budget")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights and BatchNorm "
+                        "statistics (e.g. 0.995 per step); 0 = off")
     # machine
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -197,6 +201,33 @@ def build_training(args, engine):
     return model, optimizer, scheduler, scaler
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and BatchNorm statistics.
+
+    With batches of 4 crops the running BatchNorm statistics follow the last few batches, so the
+    validation score of the raw weights jumps from epoch to epoch even when the learning rate is
+    near zero; the average is steadier. The decay ramps up as (1 + n) / (10 + n) so the first,
+    random weights do not linger in a short run.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.source, self.decay, self.updates = model, decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = self.current_decay()
+        for average, latest in zip(self.model.state_dict().values(), self.source.state_dict().values(), strict=True):
+            if average.is_floating_point():
+                average.lerp_(latest, 1 - decay)
+            else:
+                average.copy_(latest)
+
+
 def rng_state() -> dict:
     """RNG states as tensors and lists, so checkpoints load with weights_only=True."""
     np_state = np.random.get_state()
@@ -226,7 +257,8 @@ def train_step(model, images, masks, optimizer, scaler, engine, loss_name: str, 
     return loss.detach(), logits.detach()
 
 
-def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, run_dir: Path) -> dict:
+def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, run_dir: Path,
+                    average: WeightAverage | None = None) -> dict:
     """One pass over the training crops; returns mean loss and the fraction of time spent waiting for data."""
     model.train()
     total = torch.zeros((), device=engine.device)
@@ -240,6 +272,8 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
         where = {"epoch": epoch, "step": step, "names": batch["name"], "run_dir": run_dir}
         loss, logits = train_step(model, images, masks, optimizer, scaler, engine, args.loss,
                                   check=partial(check_finite, engine=engine, **where))
+        if average is not None:
+            average.update()
         total += loss
         hits += count_hits(logits, masks)
         steps += 1
@@ -361,9 +395,12 @@ def main() -> int:
     model, optimizer, scheduler, scaler = build_training(args, engine)
     if init_state:
         load_weights(model, init_state, MODELS_DIR / args.init_from / "best.pt")
+    average = WeightAverage(model, args.ema) if args.ema else None
     start, best = 1, -1.0
     if resume_state:
-        start, best = restore(resume_state, MODELS_DIR / args.name / "last.pt", model, optimizer, scheduler, scaler)
+        start, best = restore(resume_state, MODELS_DIR / args.name / "last.pt", model, optimizer, scheduler, scaler,
+                              average)
+    evaluated = average.model if average else model   # the weights validated, saved as "model", used later
 
     # 4. the run directory (only the main process writes)
     run_dir, config = open_run_dir(args, engine, split, start)
@@ -379,8 +416,8 @@ def main() -> int:
         for epoch in range(start, args.epochs + 1):
             start_epoch(loader, args, engine, epoch)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(train_one_epoch(ddp_model, loader, optimizer, scaler, engine, args, epoch, run_dir))
-            row.update(validate(model, val_set, engine, args, epoch, writer))
+            row.update(train_one_epoch(ddp_model, loader, optimizer, scaler, engine, args, epoch, run_dir, average))
+            row.update(validate(evaluated, val_set, engine, args, epoch, writer))
             if scheduler is not None:
                 scheduler.step(row["val_loss"]) if args.scheduler == "ReduceLROnPlateau" else scheduler.step()
             improved = row["val_ods_f1"] > best
@@ -388,7 +425,8 @@ def main() -> int:
             if engine.main:
                 with signals_held():   # the log row and last.pt always describe the same epoch
                     log_epoch(writer, run_dir / "log.csv", row)
-                    save_epoch(run_dir, config, model, optimizer, scheduler, scaler, epoch, best, row, improved)
+                    save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, epoch, best, row,
+                               improved)
                 print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             if args.max_minutes and (time.time() - began) / 60 > args.max_minutes:
                 print(f"stopping after epoch {epoch}: --max-minutes {args.max_minutes} reached")
@@ -405,9 +443,14 @@ def main() -> int:
     return 0
 
 
-def restore(state: dict, path: Path, model, optimizer, scheduler, scaler) -> tuple[int, float]:
+def restore(state: dict, path: Path, model, optimizer, scheduler, scaler, average) -> tuple[int, float]:
     """Everything --resume needs from last.pt; returns (first epoch to run, best score so far)."""
-    load_weights(model, state, path)
+    if average is None:
+        load_weights(model, state, path)
+    else:   # "model" holds the average; the optimiser steps the raw weights
+        load_weights(model, {**state, "model": state["raw_model"]}, path)
+        load_weights(average.model, state, path)
+        average.updates = state["average_updates"]
     optimizer.load_state_dict(state["optimizer"])
     if scheduler:
         scheduler.load_state_dict(state["scheduler"])
@@ -440,8 +483,11 @@ def open_run_dir(args, engine, split: dict, start: int) -> tuple[Path, dict]:
     return run_dir, config
 
 
-def save_epoch(run_dir, config, model, optimizer, scheduler, scaler, epoch, best, row, improved) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+def save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, epoch, best, row, improved) -> None:
+    """last.pt every epoch, best.pt when validation improved; "model" is always the weights validated."""
+    weights = {"model": model.state_dict()} if average is None else {
+        "model": average.model.state_dict(), "raw_model": model.state_dict(), "average_updates": average.updates}
+    state = {**weights, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict() if scheduler else None, "scaler": scaler.state_dict(),
              "epoch": epoch, "best": best, "rng": rng_state(),
              "config": {k: v for k, v in config.items() if k != "provenance"},

@@ -27,6 +27,7 @@ EXPERIMENTS = {
     "main": (60, 40, SOURCE, RECIPE, TESTS),
     "unet": (12, 8, SOURCE, RECIPE, TESTS),
     "unet_seed1": (12, 8, SOURCE, RECIPE + ["--seed", "1"], TESTS),
+    "unet_ema": (12, 8, SOURCE, RECIPE + ["--ema", "0.995"], TESTS),
     "attention": (12, 8, SOURCE, RECIPE + ["--arch", "AttentionUNet"], TESTS),
     "nested": (12, 8, SOURCE, RECIPE + ["--arch", "NestedUNet", "--deep-supervision"], TESTS),
     "normalize": (12, 8, SOURCE, RECIPE + ["--no-minmax", "--normalize", "0.5", "0.135"], TESTS),

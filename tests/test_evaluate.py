@@ -83,3 +83,15 @@ def test_missing_or_mis_sized_maps_are_named(evaluated, synthetic_root, tmp_path
         cv2.imwrite(str(maps / f"{stem}.png"), np.zeros((5, 5), np.uint8))
     wrong = cli(tmp_path, "evaluate.py", "--pred-dir", maps, "--test", "SYN", "--data-dir", synthetic_root)
     assert wrong.returncode == 2 and "is 5x5 but its mask is 128x96" in wrong.stderr
+
+
+def test_tta_results_go_to_their_own_folder_and_keep_the_plain_ones(evaluated, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(evaluated, work)
+    plain = work / "models" / "r" / "eval" / "SYN" / "metrics.json"
+    before = plain.read_text()
+    result = cli(work, "evaluate.py", "--name", "r", "--test", "SYN", "--tolerance", "0", "--tta")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert plain.read_text() == before
+    tta = json.loads((work / "models" / "r" / "eval" / "SYN_tta" / "metrics.json").read_text())
+    assert tta["images"] == 3 and 0 <= tta["results"][0]["ods"]["f1"] <= 1

@@ -63,3 +63,56 @@ def test_a_small_model_learns_the_synthetic_cracks(tmp_path, synthetic_root):
     rows = log_rows(tmp_path / "models" / "learn")
     assert float(rows[-1]["train_loss"]) < 0.85 * float(rows[0]["train_loss"])
     assert float(rows[0]["val_ods_f1"]) < 0.2 < 0.5 < max(float(r["val_ods_f1"]) for r in rows)
+
+
+def test_weight_average_ramps_its_decay_and_copies_integer_buffers():
+    import train
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    average = train.WeightAverage(model, decay=0.5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = {k: v.clone() for k, v in start.items() if v.is_floating_point()}
+    for n in range(1, 4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        model(torch.randn(2, 1, 5, 5))   # moves the running statistics and num_batches_tracked
+        average.update()
+        decay = min(0.5, (1 + n) / (10 + n))   # 2/11, 3/12, 4/13: the ramp, not yet 0.5
+        for k in expected:
+            expected[k] = decay * expected[k] + (1 - decay) * model.state_dict()[k]
+    for k, v in average.model.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, expected[k])
+            assert not torch.equal(v, model.state_dict()[k])
+        else:
+            assert int(v) == int(model.state_dict()[k]) == 3
+    assert not average.model.training and not any(p.requires_grad for p in average.model.parameters())
+
+
+def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_root):
+    import train
+    from utils import evaluate, make_engine, model_from_config
+    args = [*TINY, "--data-dir", synthetic_root, "--epochs", "3", "--ema", "0.9", "--precision", "fp32",
+            "--no-channels-last", "--lr", "3e-3", "--deterministic"]
+    run("train.py", *args, "--name", "straight", cwd=tmp_path)
+    run("train.py", *args, "--name", "cut", "--max-minutes", "1e-6", cwd=tmp_path)   # stops after epoch 1
+    assert len(log_rows(tmp_path / "models" / "cut")) == 1
+    run("train.py", "--resume", "cut", "--max-minutes", "100", cwd=tmp_path)
+    for column in ("train_loss", "val_loss", "val_ods_f1"):
+        assert [float(r[column]) for r in log_rows(tmp_path / "models" / "cut")] == pytest.approx(
+            [float(r[column]) for r in log_rows(tmp_path / "models" / "straight")], abs=1e-5)
+
+    # the logged validation loss is that of the averaged weights, saved as "model"
+    state = torch.load(tmp_path / "models" / "straight" / "last.pt", weights_only=True)
+    engine = make_engine("cpu", "fp32", False)
+    _, val_set, _ = train.prepare_data(train.get_args([str(a) for a in args]), engine)
+    losses = {}
+    for key in ("model", "raw_model"):
+        model = model_from_config(state["config"])
+        model.load_state_dict(state[key])
+        losses[key] = evaluate(model, val_set, engine, loss_name="BCEDiceLoss")["loss"]
+    assert losses["model"] == pytest.approx(float(log_rows(tmp_path / "models" / "straight")[-1]["val_loss"]),
+                                            abs=1e-5)
+    assert abs(losses["raw_model"] - losses["model"]) > 1e-4
+    assert state["average_updates"] == 3 * 2   # 9 training images, batch 4, last partial batch dropped
