@@ -28,6 +28,7 @@ EXPERIMENTS = {
     "unet": (12, 8, SOURCE, RECIPE, TESTS),
     "unet_seed1": (12, 8, SOURCE, RECIPE + ["--seed", "1"], TESTS),
     "unet_ema": (12, 8, SOURCE, RECIPE + ["--ema", "0.995"], TESTS),
+    "unet_crop384": (12, 4, SOURCE, RECIPE + ["--crop", "384"], TESTS),   # as many pixels as 8 epochs of 256
     "attention": (12, 8, SOURCE, RECIPE + ["--arch", "AttentionUNet"], TESTS),
     "nested": (12, 8, SOURCE, RECIPE + ["--arch", "NestedUNet", "--deep-supervision"], TESTS),
     "normalize": (12, 8, SOURCE, RECIPE + ["--no-minmax", "--normalize", "0.5", "0.135"], TESTS),
