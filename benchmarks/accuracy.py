@@ -64,22 +64,28 @@ def command(name: str, args) -> tuple[list[str], list[str]]:
     return train, evaluate
 
 
+def scores(metrics_path: Path) -> list[str]:
+    """Two table cells: ODS (t) / OIS / AP strict, and ODS / OIS / AP at 2 px."""
+    if not metrics_path.exists():
+        return ["-", "-"]
+    results = {r["tolerance"]: r for r in json.loads(metrics_path.read_text())["results"]}
+    strict, loose = results[0], results[2]
+    return [f"{strict['ods']['f1']:.3f} ({strict['ods']['threshold']:.2f}) / {strict['ois']['f1']:.3f} / "
+            f"{strict['ap']:.3f}", f"{loose['ods']['f1']:.3f} / {loose['ois']['f1']:.3f} / {loose['ap']:.3f}"]
+
+
 def row(name: str, args) -> str | None:
     run_dir = ROOT / "models" / (args.prefix + name)
     if not (run_dir / "log.csv").exists():
         return None
     with open(run_dir / "log.csv") as f:
         log = list(csv.DictReader(f))
+    config = json.loads((run_dir / "config.json").read_text())
     minutes, _, dataset = EXPERIMENTS[name][:3]
-    cells = [name, dataset, f"{minutes} min", str(len(log)), f"{float(log[-1]['val_loss']):.3f}"]
-    for test in ("DEEPCRACK_TEST", "CFD"):
-        path = run_dir / "eval" / test / "metrics.json"
-        if not path.exists():
-            cells.append("-")
-            continue
-        results = {r["tolerance"]: r for r in json.loads(path.read_text())["results"]}
-        cells.append(" / ".join(f"{results[t]['ods']['f1']:.3f}, {results[t]['ois']['f1']:.3f}, {results[t]['ap']:.3f}"
-                                for t in (0, 2) if t in results) + f" (t={results[0]['ods']['threshold']:.2f})")
+    cells = [name, dataset, f"{minutes} min", str(len(log)), str(config.get("best_epoch", "-")),
+             f"{float(log[-1]['val_loss']):.3f}"]
+    for test in TESTS:
+        cells += scores(run_dir / "eval" / (f"{test}_tta" if args.tta else test) / "metrics.json")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -108,8 +114,9 @@ def main() -> None:
             for cmd in command(name, args):
                 print("$", " ".join(cmd), flush=True)
                 subprocess.run(cmd, cwd=ROOT, check=True)
-    lines = ["| experiment | trained on | budget | epochs | final val loss | DEEPCRACK_TEST ODS F, OIS F, AP: "
-             "0 px / 2 px | CFD ODS F, OIS F, AP: 0 px / 2 px |", "|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | trained on | budget | epochs | best epoch | final val loss | "
+             "DEEPCRACK_TEST 0 px: ODS (t) / OIS / AP | 2 px: ODS / OIS / AP | CFD 0 px: ODS (t) / OIS / AP | "
+             "2 px: ODS / OIS / AP |", "|---" * 10 + "|"]
     lines += [r for r in (row(name, args) for name in names) if r]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
