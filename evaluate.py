@@ -23,14 +23,15 @@ from torch.utils.tensorboard import SummaryWriter
 
 import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
-from utils import MODELS_DIR, RUNS_DIR, evaluate, json_dump, load_run_model, make_engine, run_cli
+from utils import MODELS_DIR, RUNS_DIR, RunError, evaluate, json_dump, load_config, load_runs, make_engine, run_cli
 from visuals import error_overlay, save_probability, side_by_side
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--name", help="run under models/ whose best.pt predicts the maps")
+    source.add_argument("--name", help="run under models/ whose best.pt predicts the maps; RUN1+RUN2 = their "
+                                       "ensemble (mean probability), results under models/RUN1+RUN2/")
     source.add_argument("--pred-dir", type=Path, help="folder of 8-bit probability maps from any method")
     p.add_argument("--test", nargs="+", required=True, metavar="DATASET", help="datasets under --data-dir")
     p.add_argument("--data-dir", help="default: the run's --data-dir (inputs with --pred-dir)")
@@ -46,13 +47,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- datasets
 
-def test_samples(data_dir: Path, dataset: str, config: dict | None, run: str | None):
-    """A run's own training dataset is scored on its saved validation split only."""
+def test_samples(data_dir: Path, dataset: str, runs: list[str]):
+    """A run's own training dataset is scored on its saved validation split only.
+
+    For an ensemble: on the images in the validation split of every member trained on it,
+    so that no member is scored on an image it trained on."""
     samples = scan_dataset(data_dir, dataset)[0]
-    if config and dataset == config["dataset"]:   # by name, so no other path can leak training images in
-        val = set(json.loads((MODELS_DIR / run / "split.json").read_text())["val"])
+    own = [run for run in runs if load_config(run)["dataset"] == dataset]   # by name: no other path can leak
+    if own:
+        val = set.intersection(*(set(json.loads((MODELS_DIR / run / "split.json").read_text())["val"]) for run in own))
         samples = [s for s in samples if s.stem in val]
-        print(f"{dataset} is {run}'s training set: scoring its {len(samples)} validation images only")
+        if not samples:
+            raise RunError(f"{', '.join(own)} were trained on different splits of {dataset}: no image is "
+                           "outside every member's training set; evaluate them one by one")
+        print(f"{dataset} is {' and '.join(own)}'s training set: scoring its {len(samples)} validation images only")
     return samples
 
 
@@ -161,13 +169,13 @@ def main() -> int:
     config = model = engine = None
     if args.name:
         engine = make_engine(args.device, args.precision)
-        model, config = load_run_model(args.name, engine, args.checkpoint)
+        model, config = load_runs(args.name, engine, args.checkpoint)
         print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.device} {engine.dtype or 'fp32'}")
     data_dir = Path(args.data_dir or (config["data_dir"] if config else "inputs"))
     summaries = []
     for dataset in args.test:
         # 2. the images to score
-        samples = test_samples(data_dir, dataset, config, args.name)
+        samples = test_samples(data_dir, dataset, args.name.split("+") if args.name else [])
         out_dir = (MODELS_DIR / args.name if args.name else args.pred_dir) / "eval" / \
             (f"{dataset}_tta" if args.tta else dataset)
         # 3. counts for every threshold and tolerance in one pass per image

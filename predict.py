@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from dataset import IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess
-from utils import MODELS_DIR, RunError, load_run_model, make_engine, predict_probability, run_cli
+from utils import MODELS_DIR, RunError, load_runs, make_engine, predict_probability, run_cli
 from visuals import crack_overlay, save_probability
 
 COLUMNS = ["image", "width", "height", "threshold", "crack_fraction", "components", "length_px",
@@ -49,7 +49,8 @@ MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="run under models/ whose checkpoint predicts")
+    p.add_argument("--name", required=True,
+                   help="run under models/ whose checkpoint predicts; RUN1+RUN2 = their ensemble (mean probability)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted glob patterns")
     p.add_argument("--out", type=Path, help="output folder (default: models/RUN/predictions/)")
     p.add_argument("--threshold", type=float, help="crack where p > this (default: the run's, else 0.5)")
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
     args = get_args(argv)
     out_dir = args.out or MODELS_DIR / args.name / "predictions"
     engine = make_engine(args.device, args.precision)
-    model, config = load_run_model(args.name, engine, args.checkpoint)
+    model, config = load_runs(args.name, engine, args.checkpoint)
     intensity = Intensity.from_config(config)
     saved = config.get("threshold")
     threshold = args.threshold if args.threshold is not None else (0.5 if saved is None else saved)

@@ -50,6 +50,9 @@ def json_dump(path: Path, obj) -> None:
 def fresh_run_name(name: str | None, default: str, overwrite: bool) -> str:
     """An explicit name must be new (or --overwrite); the default gets _2, _3, ... instead."""
     if name:
+        if "+" in name:
+            raise RunError(f"run name {name!r} contains '+', which evaluate.py and predict.py read as an "
+                           "ensemble RUN1+RUN2; choose another --name")
         if (MODELS_DIR / name).exists() and not overwrite:
             raise RunError(f"run {MODELS_DIR / name} already exists; use --resume {name} to "
                            "continue it, --overwrite to replace it, or another --name")
@@ -206,6 +209,38 @@ def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[t
     if engine.channels_last:
         model.to(memory_format=torch.channels_last)
     return model, config
+
+
+class Ensemble(torch.nn.Module):
+    """Several runs as one model: the logit of their mean probability."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prob = torch.stack([member(x).float().sigmoid() for member in self.members]).mean(0)
+        return torch.logit(prob, eps=1e-7)
+
+
+PREPROCESSING = ("minmax", "normalize", "clahe")
+
+
+def load_runs(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
+    """RUN: that run's model; RUN1+RUN2+...: an Ensemble of runs that preprocess alike.
+
+    The ensemble's config is the first run's, with the members' mean threshold and their names."""
+    names = name.split("+")
+    loaded = [load_run_model(member, engine, which) for member in names]
+    if len(loaded) == 1:
+        return loaded[0]
+    configs = [config for _, config in loaded]
+    for key in PREPROCESSING:
+        if len({json.dumps(c.get(key)) for c in configs}) > 1:
+            raise RunError(f"runs {', '.join(names)} differ in {key}; an ensemble needs one preprocessing")
+    config = {**configs[0], "members": list(names),
+              "threshold": float(np.mean([c.get("threshold", 0.5) for c in configs]))}
+    return Ensemble([model for model, _ in loaded]).eval(), config
 
 
 # ---------------------------------------------------------------- inference

@@ -95,3 +95,41 @@ def test_tta_results_go_to_their_own_folder_and_keep_the_plain_ones(evaluated, t
     assert plain.read_text() == before
     tta = json.loads((work / "models" / "r" / "eval" / "SYN_tta" / "metrics.json").read_text())
     assert tta["images"] == 3 and 0 <= tta["results"][0]["ods"]["f1"] <= 1
+
+
+def test_an_ensemble_scores_the_mean_probability_of_its_members(evaluated, synthetic_root, tmp_path):
+    from prepare_data import make_synthetic_dataset
+    work = tmp_path / "copy"
+    shutil.copytree(evaluated, work)
+    make_synthetic_dataset(work / "inputs", "OTHER", count=3, size=(96, 128), seed=7)
+    common = ["--dataset", "SYN", "--data-dir", synthetic_root, "--crop", "64", "--base-width", "4",
+              "--workers", "0", "--epochs", "1", "--val-split", "0.25"]
+    for name, extra in (("s1", ["--seed", "1"]), ("c", ["--clahe"])):
+        trained = cli(work, "train.py", *common, "--name", name, *extra)
+        assert trained.returncode == 0, trained.stderr[-2000:]
+    maps = {}
+    for name in ("r", "s1", "r+s1"):
+        result = cli(work, "evaluate.py", "--name", name, "--test", "OTHER", "--data-dir", work / "inputs",
+                     "--tolerance", "0", "--save-images")
+        assert result.returncode == 0, result.stderr[-2000:]
+        maps[name] = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).astype(float)
+                      for p in sorted((work / "models" / name / "eval" / "OTHER").glob("*_prob.png"))]
+    assert len(maps["r+s1"]) == 3
+    for single_r, single_s1, both in zip(maps["r"], maps["s1"], maps["r+s1"], strict=True):
+        assert np.abs(both - (single_r + single_s1) / 2).max() <= 1.0   # 8-bit rounding of three maps
+        assert np.abs(single_r - single_s1).max() > 5                   # two different models
+
+    # on the members' own dataset: only images in every member's validation split
+    vals = [set(json.loads((work / "models" / n / "split.json").read_text())["val"]) for n in ("r", "s1")]
+    own = cli(work, "evaluate.py", "--name", "r+s1", "--test", "SYN", "--tolerance", "0")
+    if vals[0] & vals[1]:
+        assert own.returncode == 0, own.stderr[-2000:]
+        assert json.loads((work / "models" / "r+s1" / "eval" / "SYN" / "metrics.json").read_text())["images"] == \
+            len(vals[0] & vals[1])
+    else:
+        assert own.returncode == 2 and "different splits" in own.stderr
+
+    mixed = cli(work, "evaluate.py", "--name", "r+c", "--test", "OTHER", "--data-dir", work / "inputs")
+    assert mixed.returncode == 2 and "clahe" in mixed.stderr and "Traceback" not in mixed.stderr
+    plus = cli(work, "train.py", *common, "--name", "a+b")
+    assert plus.returncode == 2 and "ensemble" in plus.stderr
