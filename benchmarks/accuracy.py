@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py --list
     python benchmarks/accuracy.py --only main                   # 60 min on a 2-core CPU
     python benchmarks/accuracy.py --only unet attention nested  # the reference's comparisons, 12 min each
+    python benchmarks/accuracy.py --only ensemble_4x12min       # evaluate.py --name A+B+C+D (finished runs)
     python benchmarks/accuracy.py --table-only                  # re-read finished runs
     python benchmarks/accuracy.py --figures 11125-1 11215-5 11290  # README panels from the main run
 
@@ -38,11 +39,17 @@ EXPERIMENTS = {
     "reference": (55, 100, SOURCE, REFERENCE, TESTS),
     "cfd": (30, 40, "CFD", RECIPE, ["DEEPCRACK_TEST"]),
 }
+# name -> finished experiments whose best checkpoints evaluate.py averages (no training of its own)
+ENSEMBLES = {
+    "ensemble_2seeds": ["unet", "unet_seed1"],
+    "ensemble_4x12min": ["unet", "unet_seed1", "bce", "unet_crop384"],
+}
 
 
 def get_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", choices=EXPERIMENTS, help="experiments to run (default: all)")
+    p.add_argument("--only", nargs="+", choices=[*EXPERIMENTS, *ENSEMBLES],
+                   help="experiments to run (default: all)")
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--prefix", default="acc_", help="run names are PREFIX + experiment")
     p.add_argument("--tta", action="store_true", help="evaluate with 8-fold test-time augmentation")
@@ -54,14 +61,22 @@ def get_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def command(name: str, args) -> tuple[list[str], list[str]]:
+def run_name(name: str, args) -> str:
+    """An experiment's run, or an ensemble's RUN1+RUN2+... (evaluate.py's syntax and results folder)."""
+    return "+".join(args.prefix + member for member in ENSEMBLES.get(name, [name]))
+
+
+def command(name: str, args) -> list[list[str]]:
+    run = run_name(name, args)
+    evaluate = [sys.executable, "evaluate.py", "--name", run, "--test", *TESTS, "--tolerance", "0", "2",
+                *(["--tta"] if args.tta else [])]
+    if name in ENSEMBLES:
+        return [evaluate]
     minutes, epochs, dataset, extra, tests = EXPERIMENTS[name]
-    run = args.prefix + name
     train = [sys.executable, "train.py", "--dataset", dataset, "--data-dir", args.data_dir, "--name", run,
              "--epochs", str(epochs), "--max-minutes", str(minutes), *extra]
-    evaluate = [sys.executable, "evaluate.py", "--name", run, "--test", *tests, "--tolerance", "0", "2",
-                *(["--tta"] if args.tta else [])]
-    return train, evaluate
+    evaluate[evaluate.index("--test") + 1:evaluate.index("--tolerance")] = tests
+    return [train, evaluate]
 
 
 def scores(metrics_path: Path) -> list[str]:
@@ -74,7 +89,11 @@ def scores(metrics_path: Path) -> list[str]:
             f"{strict['ap']:.3f}", f"{loose['ods']['f1']:.3f} / {loose['ois']['f1']:.3f} / {loose['ap']:.3f}"]
 
 
-def row(name: str, args) -> str | None:
+def training_cells(name: str, args) -> list[str] | None:
+    """trained on, budget, epochs, best epoch, final validation loss (None: not run yet)."""
+    if name in ENSEMBLES:
+        minutes = sum(EXPERIMENTS[member][0] for member in ENSEMBLES[name])
+        return [EXPERIMENTS[ENSEMBLES[name][0]][2], f"{minutes} min ({len(ENSEMBLES[name])} runs)", "-", "-", "-"]
     run_dir = ROOT / "models" / (args.prefix + name)
     if not (run_dir / "log.csv").exists():
         return None
@@ -82,8 +101,16 @@ def row(name: str, args) -> str | None:
         log = list(csv.DictReader(f))
     config = json.loads((run_dir / "config.json").read_text())
     minutes, _, dataset = EXPERIMENTS[name][:3]
-    cells = [name, dataset, f"{minutes} min", str(len(log)), str(config.get("best_epoch", "-")),
-             f"{float(log[-1]['val_loss']):.3f}"]
+    return [dataset, f"{minutes} min", str(len(log)), str(config.get("best_epoch", "-")),
+            f"{float(log[-1]['val_loss']):.3f}"]
+
+
+def row(name: str, args) -> str | None:
+    run_dir = ROOT / "models" / run_name(name, args)
+    training = training_cells(name, args)
+    if training is None or not run_dir.exists():
+        return None
+    cells = [name, *training]
     for test in TESTS:
         cells += scores(run_dir / "eval" / (f"{test}_tta" if args.tta else test) / "metrics.json")
     return "| " + " | ".join(cells) + " |"
@@ -104,7 +131,7 @@ def main() -> None:
     if args.figures:
         write_figures(args.figures, args)
         return
-    names = args.only or list(EXPERIMENTS)
+    names = args.only or [*EXPERIMENTS, *ENSEMBLES]
     if args.list:
         for name in names:
             print(name, *(" ".join(["python", *cmd[1:]]) for cmd in command(name, args)), sep="\n  ")
