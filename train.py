@@ -211,8 +211,10 @@ class WeightAverage:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        self.source, self.decay, self.updates = model, decay, 0
+        self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        # state_dict tensors share storage with the modules: pair them once, not at every step
+        self.pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -221,7 +223,7 @@ class WeightAverage:
     def update(self) -> None:
         self.updates += 1
         decay = self.current_decay()
-        for average, latest in zip(self.model.state_dict().values(), self.source.state_dict().values(), strict=True):
+        for average, latest in self.pairs:
             if average.is_floating_point():
                 average.lerp_(latest, 1 - decay)
             else:
