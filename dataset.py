@@ -27,7 +27,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 20000 * 20000  # larger headers are decompression bombs, not photos
 READ_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
 
-cv2.setNumThreads(1)  # DataLoader workers already use every core
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # our limit, not Pillow's smaller default, decides
 
 
@@ -232,12 +231,10 @@ def preprocess(image: np.ndarray, intensity: Intensity, name: str) -> np.ndarray
     return x
 
 
-def train_transform(crop: int, resize: bool = False, photometric: bool = False,
-                    scale_aug: bool = False) -> A.Compose:
+def train_transform(crop: int, resize: bool = False, scale_aug: bool = False) -> A.Compose:
     """METHOD.md section 2: rot90, flips, then a random crop (images padded up to the crop).
 
-    Options beyond the reference: random scale and small rotations (cameras differ in
-    resolution), and random brightness/contrast (surfaces and lighting differ)."""
+    Option beyond the reference: random scale and small rotations (cameras differ in resolution)."""
     steps = [A.RandomRotate90(), A.HorizontalFlip(), A.VerticalFlip()]
     if scale_aug:
         steps.append(A.Affine(scale=(0.7, 1.4), rotate=(-20, 20), border_mode=cv2.BORDER_REFLECT_101, p=0.8))
@@ -246,19 +243,31 @@ def train_transform(crop: int, resize: bool = False, photometric: bool = False,
     else:
         steps += [A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
                   A.RandomCrop(crop, crop)]
-    if photometric:
-        steps.append(A.RandomBrightnessContrast(0.2, 0.2))
     return A.Compose(steps)
 
 
+def photo_transform(photometric: bool = False) -> A.Compose | None:
+    """Changes to the photo alone, made on its uint8 pixels before any scaling, as a camera makes them.
+
+    On scaled floats albumentations clips to [0, 1], which zeroed every below-mean value of a
+    --normalize input. Per-image min-max scaling undoes an affine brightness/contrast change except
+    where it clips at 0 or 255, so under min-max --photometric only saturates shadows or highlights."""
+    steps = [A.RandomBrightnessContrast(0.2, 0.2)] if photometric else []
+    return A.Compose(steps) if steps else None
+
+
 class CrackDataset(Dataset):
-    """Training items (transform given) are random crops; evaluation items are full images."""
+    """Training items (transform given) are random crops; evaluation items are full images.
+
+    `photo` changes the uint8 photo before preprocessing; `transform` (geometric) moves the
+    preprocessed image and its mask together."""
 
     def __init__(self, samples: list[Sample], intensity: Intensity, transform: A.Compose | None = None,
-                 decoded: list | None = None):
+                 decoded: list | None = None, photo: A.Compose | None = None):
         self.samples = samples
         self.intensity = intensity
         self.transform = transform
+        self.photo = photo
         self.decoded = decoded  # cached (image, mask, roi) arrays, or None to read each time
 
     def __len__(self) -> int:
@@ -269,12 +278,16 @@ class CrackDataset(Dataset):
 
         Not with Compose.set_random_seed: it gives every transform its own generator with
         the SAME seed, so e.g. both flips always fire together. One shared pair instead."""
-        if self.transform is not None:
-            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        rngs = (np.random.default_rng(seed), random.Random(seed))
+        for transform in (self.transform, self.photo):
+            if transform is not None:
+                transform.set_random_state(*rngs)
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image, mask, roi = self.decoded[index] if self.decoded else read_sample(sample)
+        if self.photo is not None:
+            image = self.photo(image=image)["image"]
         x = preprocess(image, self.intensity, str(sample.image))
         y = mask.astype(np.float32)
         item = {"name": sample.stem}
@@ -291,6 +304,8 @@ class CrackDataset(Dataset):
 def split_ids(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Sorted, seeded train/validation split (sorting makes it independent of listing order)."""
     stems = sorted(stems)
+    if val_fraction == 0:
+        return stems, []
     if len(stems) < 2:
         raise DatasetError(f"a dataset needs at least 2 images to split, found {len(stems)}")
     train, val = train_test_split(stems, test_size=val_fraction, random_state=seed)

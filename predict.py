@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from dataset import IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess
-from utils import MODELS_DIR, RunError, load_runs, make_engine, predict_probability, run_cli
+from utils import MODELS_DIR, OVERLAP, TILE, RunError, load_runs, make_engine, predict_probability, run_cli
 from visuals import crack_overlay, save_probability
 
 COLUMNS = ["image", "width", "height", "threshold", "crack_fraction", "components", "length_px",
@@ -58,9 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=20, help="pieces under this many pixels are not measured")
     p.add_argument("--mm-per-px", type=float, help="scale of the photos: adds lengths and widths in mm")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower)")
-    p.add_argument("--tile", type=int, default=1024,
+    p.add_argument("--tile", type=int, default=TILE,
                    help="largest side predicted in one pass; lower it (e.g. 512) if memory runs out")
-    p.add_argument("--overlap", type=int, default=128, help="pixels shared by neighbouring tiles")
+    p.add_argument("--overlap", type=int, default=OVERLAP, help="pixels shared by neighbouring tiles")
     p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import random
+import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import metrics
-from dataset import CrackDataset, Intensity, scan_dataset, split_ids, train_transform
+from dataset import CrackDataset, Intensity, photo_transform, scan_dataset, split_ids, train_transform
 from losses import LOSSES, compute_loss
 from models import ARCHS
 from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
@@ -39,7 +40,7 @@ PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still w
     "fast": {"dataset": "SYNTHETIC", "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
              "scheduler": "CosineAnnealingLR", "max_minutes": 4.5},
 }
-RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache"}
+RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache", "panels_every"}
 F1_THRESHOLD_INDEX = 50  # t = 0.50 in metrics.DEFAULT_THRESHOLDS
 
 
@@ -78,7 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10, help="ReduceLROnPlateau epochs without improvement")
     p.add_argument("--factor", type=float, default=0.1)
     p.add_argument("--min-lr", type=float, default=1e-8)
-    p.add_argument("--max-minutes", type=float, help="stop cleanly after the epoch that passes this budget")
+    p.add_argument("--max-minutes", type=float,
+                   help="wall-clock budget: training stops when it is spent (mid-epoch: that epoch is then "
+                        "validated and saved), and the cosine schedule spans it, so the run ends annealed")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights and BatchNorm "
                         "statistics (e.g. 0.995 per step); 0 = off")
@@ -100,6 +103,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def typed_options(argv=None) -> set[str]:
+    """The options on the command line, whatever their values (a value equal to its default counts)."""
+    parser = get_args_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every numeric option, and every combination that cannot run, refused at parse time (exit 2)."""
+    rules = [
+        (args.crop >= 16 and args.crop % 16 == 0, "--crop must be a positive multiple of 16 (4 poolings)"),
+        (0 <= args.val_split < 1, "--val-split must be in [0, 1) (0: train on every image, no validation)"),
+        (args.workers >= 0, "--workers must be >= 0"),
+        (args.base_width >= 1, "--base-width must be >= 1"),
+        (args.epochs >= 1, "--epochs must be >= 1"),
+        (args.batch_size >= 1, "--batch-size must be >= 1"),
+        (args.lr > 0, "--lr must be > 0"),
+        (0 <= args.momentum < 1, "--momentum must be in [0, 1)"),
+        (args.weight_decay >= 0, "--weight-decay must be >= 0"),
+        (args.patience >= 0, "--patience must be >= 0"),
+        (0 < args.factor < 1, "--factor must be in (0, 1)"),
+        (0 <= args.min_lr <= args.lr, "--min-lr must be in [0, --lr]"),
+        (args.max_minutes is None or args.max_minutes > 0, "--max-minutes must be > 0"),
+        (0 <= args.ema < 1, "--ema must be in [0, 1) (0 = off)"),
+        (0 <= args.seed < 2**32, "--seed must be in [0, 2**32)"),
+        (args.panels_every >= 1, "--panels-every must be >= 1"),
+        (not args.deep_supervision or args.arch == "NestedUNet",
+         f"--deep-supervision needs --arch NestedUNet ({args.arch} has one output)"),
+        (args.val_split > 0 or args.scheduler != "ReduceLROnPlateau",
+         "--val-split 0 leaves no validation loss for ReduceLROnPlateau; use --scheduler CosineAnnealingLR or none"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            parser.error(message)
+
+
 def get_args(argv=None) -> argparse.Namespace:
     parser = get_args_parser()
     preset = parser.parse_known_args(argv)[0].preset
@@ -107,12 +147,21 @@ def get_args(argv=None) -> argparse.Namespace:
         parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
     if args.resume:
-        explicit = {k for k, v in vars(args).items() if v != parser.get_default(k)}
-        config = load_config(args.resume)
-        saved = {k: config.get(k, v) for k, v in vars(args).items()}
-        saved.update({k: getattr(args, k) for k in RESUME_OVERRIDES & explicit})
-        args = argparse.Namespace(**{**saved, "resume": args.resume, "name": args.resume})
+        args = resumed_args(args, typed_options(argv))
+    check_values(parser, args)
     return args
+
+
+def resumed_args(args: argparse.Namespace, typed: set[str]) -> argparse.Namespace:
+    """The run's own settings, except the options --resume may change that were typed; say what is ignored."""
+    config = load_config(args.resume)
+    saved = {k: config.get(k, v) for k, v in vars(args).items()}   # options newer than the run: today's defaults
+    ignored = sorted(typed - RESUME_OVERRIDES - {"resume"})
+    if ignored:
+        print("note: --resume keeps the run's settings; ignored: "
+              + ", ".join(f"--{k.replace('_', '-')} (the run has {saved.get(k)!r})" for k in ignored))
+    saved.update({k: getattr(args, k) for k in RESUME_OVERRIDES & typed})
+    return argparse.Namespace(**{**saved, "resume": args.resume, "name": args.resume})
 
 
 # ---------------------------------------------------------------- data
@@ -146,14 +195,18 @@ def prepare_data(args, engine):
         cached = [decoded[i] for i in idx] if decoded else None
         return CrackDataset([samples[i] for i in idx], intensity, transform, cached)
 
-    train_set = subset(split["train"], train_transform(args.crop, args.resize, args.photometric, args.scale_aug))
+    train_set = subset(split["train"], train_transform(args.crop, args.resize, args.scale_aug))
+    train_set.photo = photo_transform(args.photometric)
     return train_set, subset(split["val"], None), split
 
 
 def seed_worker(worker_id: int) -> None:
     """Each worker gets its own augmentation stream; Ctrl-C is the main process's business."""
     import signal
+
+    import cv2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)   # the workers already share the cores between them
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
     np.random.seed(info.seed % 2**32)
@@ -190,15 +243,56 @@ def build_training(args, engine):
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay, nesterov=True)
+    scheduler = None   # CosineAnnealingLR follows Progress (cosine_lr); "none" keeps --lr
     if args.scheduler == "ReduceLROnPlateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", patience=args.patience, factor=args.factor, min_lr=args.min_lr)
-    elif args.scheduler == "CosineAnnealingLR":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.min_lr)
-    else:
-        scheduler = None
     scaler = torch.amp.GradScaler(engine.device.type, enabled=engine.dtype == torch.float16)
     return model, optimizer, scheduler, scaler
+
+
+class Progress:
+    """How far a run is through its planned work, from 0 to 1: the larger of the fraction of
+    --epochs' steps done and of --max-minutes spent (training and validation), so the run ends at 1
+    whichever limit comes first, and the cosine schedule (a function of it) always ends annealed.
+
+    Rank 0's clock decides for every DDP rank: ranks that disagreed on the learning rate or on when
+    to stop would diverge or hang in a collective."""
+
+    def __init__(self, total_steps: int, max_minutes: float | None, engine, steps: int = 0, seconds: float = 0.0):
+        self.total_steps, self.max_minutes = total_steps, max_minutes
+        self.steps, self.seconds_before, self.engine = steps, seconds, engine
+        self.clock = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.clock
+
+    def fraction(self) -> float:
+        done = planned_fraction(self.steps, self.seconds(), self.total_steps, self.max_minutes)
+        if self.engine.world > 1:
+            shared = torch.tensor([done], dtype=torch.float64, device=self.engine.device)
+            dist.broadcast(shared, 0)
+            done = float(shared)
+        return done
+
+    def state(self) -> dict:
+        return {"steps": self.steps, "seconds": self.seconds()}
+
+
+def planned_fraction(steps: int, seconds: float, total_steps: int, max_minutes: float | None) -> float:
+    done = steps / total_steps
+    if max_minutes:
+        done = max(done, seconds / (60 * max_minutes))
+    return min(done, 1.0)
+
+
+def cosine_lr(fraction: float, lr: float, min_lr: float) -> float:
+    return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * fraction)) / 2
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 class WeightAverage:
@@ -260,8 +354,9 @@ def train_step(model, images, masks, optimizer, scaler, engine, loss_name: str, 
 
 
 def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, run_dir: Path,
-                    average: WeightAverage | None = None) -> dict:
-    """One pass over the training crops; returns mean loss and the fraction of time spent waiting for data."""
+                    progress: Progress, average: WeightAverage | None = None) -> dict:
+    """One pass over the training crops, cut short when the run's progress reaches 1 (the budget);
+    returns mean loss, scores at 0.5 and the fraction of time spent waiting for data."""
     model.train()
     total = torch.zeros((), device=engine.device)
     hits = torch.zeros(3, device=engine.device, dtype=torch.int64)   # TP, predicted, true at p > 0.5
@@ -270,10 +365,16 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not engine.main, mininterval=1)
     for step, batch in enumerate(bar):
         waited += time.perf_counter() - tick
+        fraction = progress.fraction()
+        if fraction >= 1:
+            break
+        if args.scheduler == "CosineAnnealingLR":
+            set_lr(optimizer, cosine_lr(fraction, args.lr, args.min_lr))
         images, masks = engine.to_device(batch["image"]), batch["mask"].to(engine.device, non_blocking=True)
         where = {"epoch": epoch, "step": step, "names": batch["name"], "run_dir": run_dir}
         loss, logits = train_step(model, images, masks, optimizer, scaler, engine, args.loss,
                                   check=partial(check_finite, engine=engine, **where))
+        progress.steps += 1
         if average is not None:
             average.update()
         total += loss
@@ -281,6 +382,7 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
         steps += 1
         bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
         tick = time.perf_counter()
+    bar.close()
     mean = total / max(steps, 1)
     if engine.world > 1:
         dist.all_reduce(mean)
@@ -290,8 +392,16 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
     crops = metrics.scores_at(np.array([[tp, predicted, tp, true]]), 0)
     elapsed = time.perf_counter() - started
     return {"train_loss": float(mean), "train_iou": crops["iou"], "train_f1": crops["f1"],
-            "data_wait": waited / max(elapsed, 1e-9),
+            "lr": optimizer.param_groups[0]["lr"], "steps": steps, "data_wait": waited / max(elapsed, 1e-9),
             "images_per_s": steps * args.batch_size * engine.world / max(elapsed, 1e-9)}
+
+
+def sync_buffers(model: torch.nn.Module, engine) -> None:
+    """Rank 0's BatchNorm statistics on every rank: DDP broadcasts buffers only before a training
+    forward, so after the last one each rank holds its own, and validation must score the saved model."""
+    if engine.world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def count_hits(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -301,14 +411,14 @@ def count_hits(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def check_replicas_agree(model, engine) -> None:
-    """DDP must leave every rank with the same weights; say so, or stop loudly."""
-    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    """DDP must leave every rank with the same weights and BatchNorm statistics; say so, or stop loudly."""
+    flat = torch.cat([v.detach().double().flatten() for v in model.state_dict().values()])
     checksum = float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder(97)).sum())
     sums = [None] * engine.world
     dist.all_gather_object(sums, checksum)
-    print(f"rank {engine.rank}: parameter checksum {checksum:.12e}", flush=True)
+    print(f"rank {engine.rank}: parameter and buffer checksum {checksum:.12e}", flush=True)
     if len(set(sums)) != 1:
-        raise RunError(f"DDP replicas diverged: parameter checksums {sums}")
+        raise RunError(f"DDP replicas diverged: parameter and buffer checksums {sums}")
 
 
 def check_finite(loss: torch.Tensor, engine, epoch: int, step: int, names, run_dir: Path) -> None:
@@ -379,29 +489,31 @@ def validate(model, val_set, engine, args, epoch: int, writer) -> dict:
 def main() -> int:
     # 1. configuration, device and precision
     args = get_args()
-    engine = make_engine(args.device, args.precision, args.channels_last)
+    engine = make_engine(args.device, args.precision, args.channels_last, fixed_shapes=not args.deterministic)
     torch.manual_seed(args.seed + engine.rank)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
     random.seed(args.seed)
     np.random.seed(args.seed)
 
     # 2. data: every problem is found before anything is written
     train_set, val_set, split = prepare_data(args, engine)
-    init_state = load_checkpoint(MODELS_DIR / args.init_from / "best.pt") if args.init_from else None
+    fine_tune = args.init_from and not args.resume   # a resumed run has its own weights: never the parent's
+    init_state = load_checkpoint(MODELS_DIR / args.init_from / "best.pt") if fine_tune else None
     resume_state = load_checkpoint(MODELS_DIR / args.name / "last.pt") if args.resume else None
 
-    # 3. model, optimiser, scheduler
+    # 3. model, optimiser, schedule
     loader = make_train_loader(train_set, args, engine)
     model, optimizer, scheduler, scaler = build_training(args, engine)
     if init_state:
         load_weights(model, init_state, MODELS_DIR / args.init_from / "best.pt")
     average = WeightAverage(model, args.ema) if args.ema else None
     start, best = 1, -1.0
+    progress = Progress(args.epochs * len(loader), args.max_minutes, engine)
     if resume_state:
         start, best = restore(resume_state, MODELS_DIR / args.name / "last.pt", model, optimizer, scheduler, scaler,
                               average)
+        resume_progress(resume_state, progress, args, len(loader))
     evaluated = average.model if average else model   # the weights validated, saved as "model", used later
 
     # 4. the run directory (only the main process writes)
@@ -411,37 +523,41 @@ def main() -> int:
               f"{engine.device} {engine.dtype or 'fp32'}{' channels_last' if engine.channels_last else ''}")
     writer = SummaryWriter(RUNS_DIR / args.name) if engine.main else None
 
-    # 5. epochs: train, validate, log, checkpoint
+    # 5. epochs: train, validate, log, checkpoint, until the plan (--epochs, --max-minutes) is done
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if engine.world > 1 else model
-    began = time.time()
     try:
         for epoch in range(start, args.epochs + 1):
+            if progress.fraction() >= 1:
+                break
             start_epoch(loader, args, engine, epoch)
-            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(train_one_epoch(ddp_model, loader, optimizer, scaler, engine, args, epoch, run_dir, average))
-            row.update(validate(evaluated, val_set, engine, args, epoch, writer))
+            row = {"epoch": epoch, **train_one_epoch(ddp_model, loader, optimizer, scaler, engine, args, epoch,
+                                                       run_dir, progress, average)}
+            sync_buffers(evaluated, engine)
+            if len(val_set):
+                row.update(validate(evaluated, val_set, engine, args, epoch, writer))
             if scheduler is not None:
-                scheduler.step(row["val_loss"]) if args.scheduler == "ReduceLROnPlateau" else scheduler.step()
-            improved = row["val_ods_f1"] > best
-            best = max(best, row["val_ods_f1"])
+                scheduler.step(row["val_loss"])
+            improved = row.get("val_ods_f1", 1.0) > best   # without validation every epoch is the best
+            best = max(best, row.get("val_ods_f1", 1.0))
             if engine.main:
                 with signals_held():   # the log row and last.pt always describe the same epoch
                     log_epoch(writer, run_dir / "log.csv", row)
-                    save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, epoch, best, row,
+                    save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, progress, best, row,
                                improved)
                 print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            if args.max_minutes and (time.time() - began) / 60 > args.max_minutes:
-                print(f"stopping after epoch {epoch}: --max-minutes {args.max_minutes} reached")
-                break
     finally:
         if writer:
             writer.close()
+    if engine.main and args.max_minutes and progress.seconds() >= 60 * args.max_minutes:
+        print(f"stopped: --max-minutes {args.max_minutes:g} spent after {progress.steps} steps")
     if engine.world > 1:
-        check_replicas_agree(model, engine)
+        sync_buffers(model, engine)
+        check_replicas_agree(evaluated, engine)
         dist.barrier()
         dist.destroy_process_group()   # an orderly gloo/NCCL shutdown: no "terminate called" at exit
     if engine.main:
-        print(f"best validation ODS F {best:.4f}; checkpoints in {run_dir}")
+        print(f"best validation ODS F {best:.4f}; checkpoints in {run_dir}" if len(val_set) else
+              f"no validation split: best.pt is the last epoch; checkpoints in {run_dir}")
     return 0
 
 
@@ -454,15 +570,35 @@ def restore(state: dict, path: Path, model, optimizer, scheduler, scaler, averag
         load_weights(average.model, state, path)
         average.updates = state["average_updates"]
     optimizer.load_state_dict(state["optimizer"])
-    if scheduler:
+    if scheduler and state.get("scheduler"):
         scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["best"]
 
 
+def resume_progress(state: dict, progress: Progress, args, steps_per_epoch: int) -> None:
+    """Continue the saved schedule; a new --epochs or --max-minutes recomputes it over the new plan."""
+    saved = state.get("progress") or {"steps": state["epoch"] * steps_per_epoch, "seconds": 0.0}
+    progress.steps, progress.seconds_before = saved["steps"], saved["seconds"]
+    now = progress.fraction()
+    if now >= 1:
+        raise RunError(f"run {args.name} has finished its plan ({args.epochs} epochs"
+                       + (f", {args.max_minutes:g} minutes" if args.max_minutes else "")
+                       + f"); continue it with --resume {args.name} and a larger --epochs or --max-minutes")
+    old = state["config"]
+    was = planned_fraction(saved["steps"], saved["seconds"], old["epochs"] * steps_per_epoch, old.get("max_minutes"))
+    if args.scheduler == "CosineAnnealingLR" and abs(now - was) > 1e-9:
+        print(f"the cosine schedule is recomputed over the new plan ({args.epochs} epochs"
+              + (f", {args.max_minutes:g} minutes" if args.max_minutes else "") + "): the learning rate jumps from "
+              f"{cosine_lr(was, args.lr, args.min_lr):.3g} to {cosine_lr(now, args.lr, args.min_lr):.3g}")
+
+
 def open_run_dir(args, engine, split: dict, start: int) -> tuple[Path, dict]:
-    """Name the run (rank 0 decides), write config.json and split.json; a resume keeps both."""
+    """Name the run (rank 0 decides), write config.json and split.json; a resume keeps both.
+
+    --overwrite removes the old run's folders (models/ and runs/) whole before anything is written,
+    so no evaluation, prediction or TensorBoard curve of the old run mixes into the new one."""
     if not args.resume:
         if engine.main:
             args.name = fresh_run_name(args.name, f"{args.dataset}_{args.arch}", args.overwrite)
@@ -474,31 +610,35 @@ def open_run_dir(args, engine, split: dict, start: int) -> tuple[Path, dict]:
     config = load_config(args.name) if args.resume else {"provenance": provenance()}
     config.update(vars(args))
     if engine.main:
+        if not args.resume:
+            for old in (run_dir, RUNS_DIR / args.name):
+                if old.exists():
+                    shutil.rmtree(old)
         run_dir.mkdir(parents=True, exist_ok=True)
         if args.resume:
             keep_log_rows_before(run_dir / "log.csv", start)
         else:
-            for stale in run_dir.glob("*"):   # --overwrite: nothing of the old run may mix in
-                stale.unlink()
             json_dump(run_dir / "split.json", split)
         json_dump(run_dir / "config.json", config)
+    if engine.world > 1:
+        dist.barrier()   # no rank opens the run's folders while rank 0 may still be clearing them
     return run_dir, config
 
 
-def save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, epoch, best, row, improved) -> None:
+def save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, progress, best, row, improved) -> None:
     """last.pt every epoch, best.pt when validation improved; "model" is always the weights validated."""
     weights = {"model": model.state_dict()} if average is None else {
         "model": average.model.state_dict(), "raw_model": model.state_dict(), "average_updates": average.updates}
     state = {**weights, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict() if scheduler else None, "scaler": scaler.state_dict(),
-             "epoch": epoch, "best": best, "rng": rng_state(),
+             "epoch": row["epoch"], "best": best, "rng": rng_state(), "progress": progress.state(),
              "config": {k: v for k, v in config.items() if k != "provenance"},
              "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
     save_checkpoint(run_dir / "last.pt", state)
     if improved:
         save_checkpoint(run_dir / "best.pt", state)
-        config["threshold"] = row["val_ods_threshold"]
-        config["best_epoch"] = epoch
+        config["threshold"] = row.get("val_ods_threshold", 0.5)   # 0.5 without validation
+        config["best_epoch"] = row["epoch"]
         json_dump(run_dir / "config.json", config)
 
 

@@ -126,7 +126,10 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags or "AMX" in torch.backends.cpu.get_cpu_capability()
 
 
-def make_engine(device: str = "auto", precision: str = "auto", channels_last: bool = True) -> Engine:
+def make_engine(device: str = "auto", precision: str = "auto", channels_last: bool = True,
+                fixed_shapes: bool = False) -> Engine:
+    """fixed_shapes: the inputs have one size (training crops), so cuDNN may benchmark kernels once;
+    evaluation and prediction see a new size per image, where it would re-tune each time."""
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -136,7 +139,7 @@ def make_engine(device: str = "auto", precision: str = "auto", channels_last: bo
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = True   # crops have one size: pick the fastest kernels once
+        torch.backends.cudnn.benchmark = fixed_shapes
     if precision == "fp16" and dev.type != "cuda":
         raise RunError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     dtype = {"auto": auto_dtype(dev), "fp32": None, "bf16": torch.bfloat16,
@@ -245,6 +248,8 @@ def load_runs(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.
 
 # ---------------------------------------------------------------- inference
 
+TILE, OVERLAP = 1024, 128   # the one-pass limit and tile overlap of training's validation, evaluate.py and predict.py
+
 def pad_to_multiple(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     """Pad the bottom and right edges so both sides divide by `multiple` (mirror where possible)."""
     h, w = x.shape[-2:]
@@ -313,7 +318,7 @@ def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: in
 
 @torch.inference_mode()
 def predict_probability(model, x: torch.Tensor, engine: Engine, tta: bool = False,
-                        tile: int = 1024, overlap: int = 128) -> torch.Tensor:
+                        tile: int = TILE, overlap: int = OVERLAP) -> torch.Tensor:
     """Bx3xHxW image -> Bx1xHxW fp32 crack probability at full resolution (CPU tensor).
 
     One pass when both sides fit in `tile`, overlapping tiles otherwise; with `tta`
@@ -344,24 +349,21 @@ def gather(items: list, engine: Engine) -> list:
 
 @torch.inference_mode()
 def evaluate(model, dataset, engine: Engine, loss_name: str | None = None, tolerances=(0,),
-             thresholds=None, tta: bool = False, on_image=None) -> dict:
+             thresholds=None, tta: bool = False, on_image=None, tile: int = TILE, overlap: int = OVERLAP) -> dict:
     """Predict every full image of `dataset` and count (cntP, sumP, cntR, sumR) per threshold.
 
-    Returns {"names", "loss" (None without loss_name or with tta), "counts": {tol: (N,T,4)}}.
-    `on_image(item, prob)` is called per image (panels, saving maps)."""
+    The maps come from predict_probability, the path predict.py uses, so a threshold chosen here
+    (training's validation) is applied to the same maps later. Returns {"names", "loss" (None without
+    loss_name), "counts": {tol: (N,T,4)}}. `on_image(item, prob)` is called per image (panels, saving maps)."""
     model.eval()
     rows = []
     indices = shard(list(range(len(dataset))), engine)
     for index in tqdm(indices, desc="evaluate", unit="image", leave=False, disable=not engine.main, mininterval=1):
         item = dataset[index]
         image, mask, roi = item["image"][None], item["mask"][0].numpy(), item["roi"][0].numpy()
-        loss = None
-        if tta or loss_name is None:
-            prob = predict_probability(model, image, engine, tta=tta)
-        else:
-            logits = forward_logits(model, image, engine).cpu()
-            loss = float(compute_loss(loss_name, logits, item["mask"][None]))
-            prob = torch.sigmoid(logits)
+        prob = predict_probability(model, image, engine, tta=tta, tile=tile, overlap=overlap)
+        loss = None if loss_name is None else \
+            float(compute_loss(loss_name, probability_logits(prob), item["mask"][None]))
         prob = prob[0, 0].numpy()
         counts = [metrics.image_counts(prob, mask, tolerance=t, thresholds=thresholds, roi=roi)
                   for t in tolerances]
@@ -373,6 +375,14 @@ def evaluate(model, dataset, engine: Engine, loss_name: str | None = None, toler
     return {"names": [row[0] for row in rows],
             "loss": float(np.mean(losses)) if losses else None,
             "counts": {t: np.stack([row[2][i] for row in rows]) for i, t in enumerate(tolerances)}}
+
+
+def probability_logits(prob: torch.Tensor) -> torch.Tensor:
+    """Logits back from the (possibly tiled or TTA-averaged) probabilities, for the loss functions.
+
+    Clamped where fp32 probabilities saturate (|logit| > 16); below that the round trip is exact
+    to fp32 precision, so a one-pass image's loss is that of its logits."""
+    return torch.logit(prob, eps=1e-7)
 
 
 # ---------------------------------------------------------------- command-line entry

@@ -1,0 +1,132 @@
+"""What the experiment scripts (accuracy.py, generalization.py) share.
+
+An experiment is a list of commands (train.py, then evaluate.py) run from the repository root
+exactly as a user runs them. When all of its commands have finished, ONE line goes to a
+committed jsonl file (experiment, commands, commit, training summary, every metrics.json it
+made) and is committed at once, so a session that ends or a fresh machine loses nothing.
+Tables are rendered from the jsonl alone, never from models/; experiments already in the file
+are skipped. Never run two at once: budgets are wall-clock.
+"""
+import argparse
+import csv
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+
+
+def add_common_args(p: argparse.ArgumentParser, record: Path, choices: list[str]) -> None:
+    p.add_argument("--only", nargs="+", choices=choices, metavar="NAME", help="experiments to run (default: all)")
+    p.add_argument("--list", action="store_true", help="print each experiment's shell commands and exit")
+    p.add_argument("--table-only", action="store_true", help="render the table from --record and exit")
+    p.add_argument("--rerun", action="store_true", help="run experiments even if --record has them")
+    p.add_argument("--record", type=Path, default=record, help="the jsonl file of finished experiments")
+    p.add_argument("--data-dir", default="../shared/data")
+
+
+def shell(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(str(part)) for part in ["python", *cmd[1:]])
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def code_version() -> str:
+    """The commit the commands ran at, marked -dirty when tracked code differed from it."""
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def read_record(path: Path) -> dict[str, dict]:
+    """Finished experiments by name (a later line of the same name replaces an earlier one)."""
+    if not path.exists():
+        return {}
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {line["experiment"]: line for line in lines}
+
+
+def append_and_commit(path: Path, line: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+    repo = Path(git("rev-parse", "--show-toplevel", cwd=path.parent) or path.parent)
+    rel = str(path.resolve().relative_to(repo.resolve()))
+    git("add", rel, cwd=repo)
+    for _ in range(5):   # another git command may hold the index lock for a moment
+        if git("commit", "-m", f"{path.name}: {line['experiment']} ({line['commit']})", "--only", rel, cwd=repo):
+            return
+        time.sleep(2)
+    print(f"warning: could not commit {path}; commit it by hand", file=sys.stderr)
+
+
+def training_summary(run: str) -> dict:
+    """What the table shows of a training run: epochs fitted, best epoch, final validation loss, threshold."""
+    run_dir = MODELS / run
+    with open(run_dir / "log.csv") as f:
+        log = list(csv.DictReader(f))
+    config = json.loads((run_dir / "config.json").read_text())
+    last = log[-1]
+    return {"epochs": len(log), "best_epoch": config.get("best_epoch"), "threshold": config.get("threshold"),
+            "final_val_loss": float(last["val_loss"]) if last.get("val_loss") else None,
+            "final_val_ods_f1": float(last["val_ods_f1"]) if last.get("val_ods_f1") else None}
+
+
+def eval_results(run: str) -> dict:
+    """Every metrics.json under models/RUN/eval/, by folder (DATASET or DATASET_tta)."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((MODELS / run / "eval").glob("*/metrics.json"))}
+
+
+def run_all(experiments: dict[str, list[list[str]]], args, summarize) -> None:
+    """Run the chosen experiments not yet in the record; summarize(name) -> the line's results."""
+    names = args.only or list(experiments)
+    if args.list:
+        for name in names:
+            print(name, *(shell(cmd) for cmd in experiments[name]), sep="\n  ")
+        return
+    done = read_record(args.record)
+    for name in names:
+        if name in done and not args.rerun:
+            print(f"skip {name}: in {args.record}")
+            continue
+        started, commit = time.time(), code_version()
+        for cmd in experiments[name]:
+            print("$", shell(cmd), flush=True)
+            subprocess.run(cmd, cwd=ROOT, check=True)
+        line = {"experiment": name, "commands": [shell(cmd) for cmd in experiments[name]], "commit": commit,
+                "date": time.strftime("%Y-%m-%d %H:%M"), "wall_minutes": round((time.time() - started) / 60, 1),
+                "machine": f"{platform.machine()} {platform.processor() or ''} {cpu_count()} cores".strip(),
+                **summarize(name)}
+        append_and_commit(args.record, line)
+        print(f"recorded {name} in {args.record}", flush=True)
+
+
+def cpu_count() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def score(metrics: dict | None, tolerance: int) -> dict | None:
+    """One tolerance's entry of a metrics.json, or None."""
+    if not metrics:
+        return None
+    return next((r for r in metrics["results"] if r["tolerance"] == tolerance), None)
+
+
+def cell(metrics: dict | None, tolerance: int, threshold: bool = False, at_run: bool = False) -> str:
+    """'ODS [(t)] / OIS / AP [/ F at the run's threshold]' of one tolerance, or '-'."""
+    r = score(metrics, tolerance)
+    if r is None:
+        return "-"
+    ods = f"{r['ods']['f1']:.3f}" + (f" ({r['ods']['threshold']:.2f})" if threshold else "")
+    text = f"{ods} / {r['ois']['f1']:.3f} / {r['ap']:.3f}"
+    if at_run:
+        run = r.get("at_run_threshold")
+        text += f" / {run['f1']:.3f}" if run else " / -"
+    return text
