@@ -90,7 +90,7 @@ def run_all(experiments: dict[str, list[list[str]]], args, summarize) -> None:
         for name in names:
             print(name, *(shell(cmd) for cmd in experiments[name]), sep="\n  ")
         return
-    done = read_record(args.record)
+    done = {name for name, line in read_record(args.record).items() if not line.get("before_fixes")}
     for name in names:
         if name in done and not args.rerun:
             print(f"skip {name}: in {args.record}")
