@@ -155,7 +155,8 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def binarize_mask(mask: np.ndarray, path: Path) -> np.ndarray:
-    """Crack = bright. {0,1} label maps (max 1) use > 0; every other encoding > 127."""
+    """Crack = bright (METHOD.md): {0,1} masks (max 1) use > 0, every other encoding > 127, anti-aliased
+    edges included. A maximum between 2 and 127 is a label map, not a mask: refused, never read as empty."""
     if mask.dtype != np.uint8:
         raise DatasetError(f"{path}: mask has {mask.dtype} pixels; save it as an 8-bit "
                            "single-channel PNG with crack = 255")
@@ -166,12 +167,45 @@ def binarize_mask(mask: np.ndarray, path: Path) -> np.ndarray:
             raise DatasetError(f"{path}: mask channels differ (a colour mask?); save it as "
                                "single-channel gray with crack = 255")
         mask = channels[..., 0]
-    return mask > 0 if mask.max() == 1 else mask > 127
+    top = int(mask.max())
+    if 2 <= top <= 127:
+        raise DatasetError(f"{path}: mask values go up to {top}, which looks like a label map (class numbers), "
+                           "not a crack mask; save crack pixels as 255 (or 1) and the rest as 0")
+    return mask > 0 if top == 1 else mask > 127
+
+
+def palette_mask(indices: np.ndarray, palette: list[int], path: Path) -> np.ndarray:
+    """A palette (indexed) PNG read by what the annotator saw: of its two used entries, the one that is
+    not gray is crack (VOC style: index 1 dark red); if both are gray, the brighter one is."""
+    used = np.unique(indices)
+    if 255 in used:
+        raise DatasetError(f"{path}: palette index 255 is the VOC 'void' label (pixels not to be scored), which "
+                           "crackseg cannot honour; paint them as background or crack, or give the region as rois/")
+    if len(used) > 2:
+        raise DatasetError(f"{path}: {len(used)} palette entries are used; a crack mask has two "
+                           "(background and crack): save it as 8-bit gray with crack = 255")
+    colours = np.array(palette + [0] * (768 - len(palette))).reshape(256, 3)[used]
+    gray = colours.min(1) == colours.max(1)
+    if len(used) == 2 and np.array_equal(colours[0], colours[1]):
+        raise DatasetError(f"{path}: both used palette entries show the colour {colours[0].tolist()}, so crack "
+                           "and background look alike; save it as 8-bit gray with crack = 255")
+    if gray.all():
+        crack = used[colours[:, 0] == colours[:, 0].max()] if len(used) == 2 else used[colours[:, 0] > 127]
+    elif (~gray).sum() == 1:
+        crack = used[~gray]
+    else:
+        raise DatasetError(f"{path}: both used palette entries are coloured {colours.tolist()}, so neither "
+                           "reads as background; save it as 8-bit gray with crack = 255")
+    return np.isin(indices, crack)
 
 
 def read_mask(path: Path) -> np.ndarray:
     """HxW bool crack mask."""
-    return binarize_mask(read_raw(path), path)
+    raw = read_raw(path)
+    with Image.open(path) as img:
+        if img.mode == "P":
+            return palette_mask(np.asarray(img), img.getpalette() or [], path)
+    return binarize_mask(raw, path)
 
 
 def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

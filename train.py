@@ -21,6 +21,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -203,10 +204,7 @@ def prepare_data(args, engine):
 def seed_worker(worker_id: int) -> None:
     """Each worker gets its own augmentation stream; Ctrl-C is the main process's business."""
     import signal
-
-    import cv2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cv2.setNumThreads(1)   # the workers already share the cores between them
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
     np.random.seed(info.seed % 2**32)
@@ -489,6 +487,9 @@ def validate(model, val_set, engine, args, epoch: int, writer) -> dict:
 def main() -> int:
     # 1. configuration, device and precision
     args = get_args()
+    # Before any OpenCV call: the DataLoader workers forked later share the cores already, and a
+    # fork taken while OpenCV's thread pool is live can deadlock them. (evaluate/predict keep the pool.)
+    cv2.setNumThreads(1)
     engine = make_engine(args.device, args.precision, args.channels_last, fixed_shapes=not args.deterministic)
     torch.manual_seed(args.seed + engine.rank)
     if args.deterministic:

@@ -32,11 +32,28 @@ def write_mask(path: Path, encoding: str) -> Path:
         cv2.imwrite(str(path), soft)
     elif encoding == "24-bit gray bmp":
         cv2.imwrite(str(path), np.repeat(CRACK.astype(np.uint8)[..., None] * 255, 3, axis=2))
+    elif encoding == "palette, crack dark red (VOC)":
+        write_palette(path, CRACK.astype(np.uint8), [(0, 0, 0), (128, 0, 0)])
+    elif encoding == "palette, crack index 0 white on index 1 black":
+        write_palette(path, (~CRACK).astype(np.uint8), [(255, 255, 255), (0, 0, 0)])
+    elif encoding == "palette, crack index 7 light gray":
+        write_palette(path, np.where(CRACK, 7, 3).astype(np.uint8), [(0, 0, 0)] * 3 + [(40, 40, 40)] +
+                      [(0, 0, 0)] * 3 + [(200, 200, 200)])
+    return path
+
+
+def write_palette(path: Path, indices: np.ndarray, colours: list[tuple[int, int, int]]) -> Path:
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette([c for colour in colours for c in colour])
+    image.save(path)
+    assert Image.open(path).mode == "P"
     return path
 
 
 @pytest.mark.parametrize("encoding", ["1-bit png", "{0,1} png", "{0,255} png", "anti-aliased png",
-                                      "24-bit gray bmp"])
+                                      "24-bit gray bmp", "palette, crack dark red (VOC)",
+                                      "palette, crack index 0 white on index 1 black",
+                                      "palette, crack index 7 light gray"])
 def test_every_mask_encoding_binarises_to_the_same_crack(tmp_path, encoding):
     suffix = ".bmp" if "bmp" in encoding else ".png"
     mask = read_mask(write_mask(tmp_path / f"m{suffix}", encoding))
@@ -53,6 +70,29 @@ def test_colour_and_16_bit_masks_are_refused_with_the_file_name(tmp_path):
     cv2.imwrite(str(tmp_path / "deep.png"), CRACK.astype(np.uint16) * 65535)
     with pytest.raises(DatasetError, match="deep.png.*uint16"):
         read_mask(tmp_path / "deep.png")
+
+
+@pytest.mark.parametrize("top", [2, 3, 127])
+def test_label_maps_are_refused_not_read_as_empty(tmp_path, top):
+    labels = np.where(CRACK, top, 0).astype(np.uint8)   # e.g. CrackForest's {0, 1, 2} classes
+    labels[0, 0] = 1
+    cv2.imwrite(str(tmp_path / "labels.png"), labels)
+    with pytest.raises(DatasetError, match=f"labels.png.*up to {top}.*label map"):
+        read_mask(tmp_path / "labels.png")
+    cv2.imwrite(str(tmp_path / "soft.png"), np.where(CRACK, 128, 0).astype(np.uint8))
+    np.testing.assert_array_equal(read_mask(tmp_path / "soft.png"), CRACK)   # max 128: > 127 holds
+
+
+@pytest.mark.parametrize("indices, colours, message", [
+    (np.where(CRACK, 1, 255), [(0, 0, 0), (128, 0, 0)] + [(0, 0, 0)] * 253 + [(224, 224, 192)], "void"),
+    (np.where(CRACK, 1, 2), [(0, 0, 0), (128, 0, 0), (0, 128, 0)], "both used palette entries are coloured"),
+    (np.where(CRACK, 0, 1), [(9, 9, 9), (9, 9, 9)], "look alike"),
+    (np.arange(48).reshape(6, 8) % 3, [(0, 0, 0), (128, 0, 0), (0, 128, 0)], "3 palette entries"),
+])
+def test_palette_masks_that_cannot_be_read_are_refused(tmp_path, indices, colours, message):
+    path = write_palette(tmp_path / "p.png", indices.astype(np.uint8), colours)
+    with pytest.raises(DatasetError, match=f"p.png.*{message}"):
+        read_mask(path)
 
 
 def test_gray_and_rgba_images_become_rgb(tmp_path):
