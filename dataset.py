@@ -265,13 +265,15 @@ def preprocess(image: np.ndarray, intensity: Intensity, name: str) -> np.ndarray
     return x
 
 
-def train_transform(crop: int, resize: bool = False, scale_aug: bool = False) -> A.Compose:
+def train_transform(crop: int, resize: bool = False, scale_aug: bool = False, camera_scale: bool = False) -> A.Compose:
     """METHOD.md section 2: rot90, flips, then a random crop (images padded up to the crop).
 
-    Option beyond the reference: random scale and small rotations (cameras differ in resolution)."""
+    Options beyond the reference: random scale and small rotations (--scale-aug: 0.7-1.4, +-20
+    degrees; --camera-aug scale: 0.5-2, cameras at other distances and resolutions)."""
     steps = [A.RandomRotate90(), A.HorizontalFlip(), A.VerticalFlip()]
-    if scale_aug:
-        steps.append(A.Affine(scale=(0.7, 1.4), rotate=(-20, 20), border_mode=cv2.BORDER_REFLECT_101, p=0.8))
+    if scale_aug or camera_scale:
+        steps.append(A.Affine(scale=(0.5, 2.0) if camera_scale else (0.7, 1.4), rotate=(-20, 20) if scale_aug else 0,
+                              border_mode=cv2.BORDER_REFLECT_101, p=0.8))
     if resize:
         steps.append(A.Resize(crop, crop))
     else:
@@ -280,13 +282,35 @@ def train_transform(crop: int, resize: bool = False, scale_aug: bool = False) ->
     return A.Compose(steps)
 
 
-def photo_transform(photometric: bool = False) -> A.Compose | None:
+CAMERA_PARTS = ("colour", "gamma", "blur", "noise", "jpeg", "light", "resolution", "scale")
+
+
+def camera_steps(part: str) -> list:
+    """What another camera, lens, light or file format does to a photo; "scale" is geometric (train_transform)."""
+    return {
+        "colour": [A.ColorJitter(brightness=0, contrast=0, saturation=(0.6, 1.4), hue=(-0.04, 0.04), p=0.5),
+                   A.PlanckianJitter(p=0.3)],                                    # white balance
+        "gamma": [A.RandomGamma(gamma_limit=(60, 160), p=0.5)],                  # tone curves survive min-max
+        "blur": [A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 1.2)), A.MotionBlur(blur_limit=(3, 5)),
+                          A.Defocus(radius=(1, 2), alias_blur=(0.1, 0.3))], p=0.3)],
+        "noise": [A.OneOf([A.GaussNoise(std_range=(0.01, 0.06)), A.ISONoise()], p=0.3)],
+        "jpeg": [A.ImageCompression(quality_range=(30, 90), p=0.3)],
+        "light": [A.Illumination(mode="linear", intensity_range=(0.05, 0.2), p=0.2),
+                  A.Illumination(mode="gaussian", intensity_range=(0.05, 0.2), p=0.2),
+                  A.RandomShadow(shadow_roi=(0, 0, 1, 1), shadow_intensity_range=(0.15, 0.45), p=0.15)],
+        "resolution": [A.Downscale(scale_range=(0.4, 0.9), p=0.3)],              # down and back up
+        "scale": [],
+    }[part]
+
+
+def photo_transform(photometric: bool = False, camera: tuple[str, ...] = ()) -> A.Compose | None:
     """Changes to the photo alone, made on its uint8 pixels before any scaling, as a camera makes them.
 
     On scaled floats albumentations clips to [0, 1], which zeroed every below-mean value of a
     --normalize input. Per-image min-max scaling undoes an affine brightness/contrast change except
     where it clips at 0 or 255, so under min-max --photometric only saturates shadows or highlights."""
     steps = [A.RandomBrightnessContrast(0.2, 0.2)] if photometric else []
+    steps += [step for part in CAMERA_PARTS if part in camera for step in camera_steps(part)]
     return A.Compose(steps) if steps else None
 
 
@@ -333,6 +357,42 @@ class CrackDataset(Dataset):
         item["image"] = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
         item["mask"] = torch.from_numpy(np.ascontiguousarray(y))[None]
         return item
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The training indices of one epoch (as many crops as training images) for one rank.
+
+    The training set is the datasets' images one after another (`sizes` of them each).
+    "proportional": every image once, shuffled. "equal": each dataset gives the same number of
+    crops, its images drawn in shuffled passes (a small dataset is repeated, a large one sampled).
+    The order depends on (seed, epoch) only, identical on every rank, which takes its own share."""
+
+    def __init__(self, sizes: list[int], policy: str = "proportional", seed: int = 0, rank: int = 0, world: int = 1):
+        self.sizes, self.policy, self.seed, self.rank, self.world = list(sizes), policy, seed, rank, world
+        self.epoch = 0
+        total = sum(self.sizes)
+        self.per_rank = total // world if total >= world else 1   # the tail that does not divide is dropped
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        total = sum(self.sizes)
+        if self.policy == "proportional":
+            return rng.permutation(total)
+        starts = np.cumsum([0, *self.sizes[:-1]])
+        share = [total // len(self.sizes) + (k < total % len(self.sizes)) for k in range(len(self.sizes))]
+        drawn = [start + np.concatenate([rng.permutation(size) for _ in range(-(-n // size))])[:n]
+                 for start, size, n in zip(starts, self.sizes, share, strict=True)]
+        return rng.permutation(np.concatenate(drawn))
+
+    def __iter__(self):
+        indices = np.resize(self.epoch_indices(), self.per_rank * self.world)
+        return iter(indices[self.rank::self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 def split_ids(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -13,7 +13,6 @@ kept): metrics.json, per_image.csv and, with --save-images, <stem>_prob.png and 
 """
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import cv2
@@ -23,7 +22,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
-from utils import MODELS_DIR, RUNS_DIR, RunError, evaluate, json_dump, load_config, load_runs, make_engine, run_cli
+from utils import (MODELS_DIR, RUNS_DIR, RunError, evaluate, json_dump, load_config, load_runs, make_engine, read_split,
+                   run_cli, run_datasets)
 from visuals import error_overlay, save_probability, side_by_side
 
 
@@ -45,21 +45,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def get_args(argv=None) -> argparse.Namespace:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if min(args.tolerance) < 0:
+        parser.error("--tolerance values must be >= 0 pixels (0 = strict matching)")
+    return args
+
+
 # ---------------------------------------------------------------- datasets
 
 def test_samples(data_dir: Path, dataset: str, runs: list[str]):
-    """A run's own training dataset is scored on its saved validation split only.
+    """A run's own training dataset is scored on that dataset's saved validation split only.
 
     For an ensemble: on the images in the validation split of every member trained on it,
     so that no member is scored on an image it trained on."""
     samples = scan_dataset(data_dir, dataset)[0]
-    own = [run for run in runs if load_config(run)["dataset"] == dataset]   # by name: no other path can leak
+    own = [run for run in runs if dataset in run_datasets(load_config(run))]   # by name: no other path can leak
     if own:
-        val = set.intersection(*(set(json.loads((MODELS_DIR / run / "split.json").read_text())["val"]) for run in own))
+        val = set.intersection(*(set(read_split(run)[dataset]["val"]) for run in own))
         samples = [s for s in samples if s.stem in val]
         if not samples:
-            raise RunError(f"{', '.join(own)} were trained on different splits of {dataset}: no image is "
-                           "outside every member's training set; evaluate them one by one")
+            raise RunError(f"{', '.join(own)} left no image of {dataset} outside every member's training set "
+                           "(different or empty validation splits); evaluate them one by one")
         print(f"{dataset} is {' and '.join(own)}'s training set: scoring its {len(samples)} validation images only")
     return samples
 
@@ -104,14 +112,26 @@ def score_run(model, engine, config: dict, samples, args, out_dir: Path) -> dict
 
 # ---------------------------------------------------------------- reporting
 
-def summarize_all(result: dict, dataset: str, tolerances) -> tuple[dict, list[dict]]:
+def summarize_all(result: dict, dataset: str, tolerances, threshold: float | None = None) -> tuple[dict, list[dict]]:
+    """metrics.json's content and per_image.csv's rows; with a run's threshold, also the scores at it
+    (what predict.py's masks get), per tolerance and per image."""
     summary = {"dataset": dataset, "images": len(result["names"]), "results": []}
     per_image = []
     for t in tolerances:
-        s = metrics.summarize(result["counts"][t])
-        summary["results"].append({"tolerance": t, **{k: s[k] for k in ("ods", "ois", "ods_mean", "ois_mean", "ap")}})
-        rows = zip(result["names"], s["per_image"], strict=True)
-        per_image += [{"tolerance": t, "name": name, **row} for name, row in rows]
+        counts = result["counts"][t]
+        s = metrics.summarize(counts)
+        entry = {"tolerance": t, **{k: s[k] for k in ("ods", "ois", "ods_mean", "ois_mean", "ap")}}
+        rows = [{"tolerance": t, "name": name, **row}
+                for name, row in zip(result["names"], s["per_image"], strict=True)]
+        if threshold is not None:
+            k = metrics.threshold_index(threshold)
+            at_run = metrics.scores_at(counts, k)
+            entry["at_run_threshold"] = {"threshold": threshold,
+                                         **{m: at_run[m] for m in ("precision", "recall", "f1")}}
+            for row, image in zip(rows, counts, strict=True):
+                row["f1_at_run"] = metrics.scores_at(image, k)["f1"]
+        summary["results"].append(entry)
+        per_image += rows
     return summary, per_image
 
 
@@ -119,21 +139,21 @@ def write_results(out_dir: Path, summary: dict, per_image: list[dict]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_dump(out_dir / "metrics.json", summary)
     with open(out_dir / "per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["tolerance", "name", "best_threshold", "precision",
-                                               "recall", "f1", "f1_at_ods"])
+        writer = csv.DictWriter(f, fieldnames=list(per_image[0]))
         writer.writeheader()
         writer.writerows(per_image)
 
 
 def print_table(summaries: list[dict]) -> None:
     print(f"{'dataset':<18}{'tol':>4}{'images':>7}{'ODS t':>7}{'ODS P':>7}{'ODS R':>7}{'ODS F':>7}"
-          f"{'OIS F':>7}{'mODS F':>8}{'mOIS F':>8}{'AP':>7}")
+          f"{'OIS F':>7}{'mODS F':>8}{'mOIS F':>8}{'AP':>7}{'run t':>7}{'run F':>7}")
     for s in summaries:
         for r in s["results"]:
-            o = r["ods"]
+            o, run = r["ods"], r.get("at_run_threshold")
             print(f"{s['dataset']:<18}{r['tolerance']:>4}{s['images']:>7}{o['threshold']:>7.2f}"
                   f"{o['precision']:>7.4f}{o['recall']:>7.4f}{o['f1']:>7.4f}{r['ois']['f1']:>7.4f}"
-                  f"{r['ods_mean']['f1']:>8.4f}{r['ois_mean']['f1']:>8.4f}{r['ap']:>7.4f}")
+                  f"{r['ods_mean']['f1']:>8.4f}{r['ois_mean']['f1']:>8.4f}{r['ap']:>7.4f}"
+                  + (f"{run['threshold']:>7.2f}{run['f1']:>7.4f}" if run else f"{'-':>7}{'-':>7}"))
 
 
 def write_panels(out_dir: Path, samples, threshold: float) -> list[np.ndarray]:
@@ -165,7 +185,7 @@ def log_tensorboard(run: str, summary: dict, result: dict, panels: list[np.ndarr
 
 def main() -> int:
     # 1. arguments, device, model
-    args = get_args_parser().parse_args()
+    args = get_args()
     config = model = engine = None
     if args.name:
         engine = make_engine(args.device, args.precision)
@@ -184,7 +204,7 @@ def main() -> int:
         else:
             result = score_pred_dir(args.pred_dir, samples, args.tolerance)
         # 4. reports
-        summary, per_image = summarize_all(result, dataset, args.tolerance)
+        summary, per_image = summarize_all(result, dataset, args.tolerance, config["threshold"] if config else None)
         write_results(out_dir, summary, per_image)
         if args.name:
             panels = write_panels(out_dir, samples, summary["results"][0]["ods"]["threshold"]) \

@@ -193,6 +193,28 @@ def scores_at(counts, threshold_index):
     return {"precision": float(p), "recall": float(r), "f1": float(f), "iou": float(iou)}
 
 
+def f1_curve(counts):
+    """Dataset-summed F1 at every threshold, shape (T,); counts (N, T, 4) or (T, 4); 0/0 = 0."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return _prf(counts.sum(axis=0) if counts.ndim == 3 else counts)[2]
+
+
+def best_mean_threshold(curves, thresholds=None):
+    """The threshold that maximises the mean of several datasets' F1 curves (ties: the highest),
+    so that each dataset counts the same however many images or crack pixels it has."""
+    grid, _ = _grid(thresholds)
+    return float(grid[int(_best(np.mean(curves, axis=0)))])
+
+
+def threshold_index(threshold, thresholds=None):
+    """Index of a threshold on the grid; refuses one that is not on it (counts exist only there)."""
+    grid, _ = _grid(thresholds)
+    k = int(np.argmin(np.abs(grid - threshold)))
+    if abs(grid[k] - threshold) > 1e-9:
+        raise ValueError(f"threshold {threshold} is not on the grid of {grid.size} thresholds")
+    return k
+
+
 def pr_curve(counts, num_pixels=None):
     """Dataset-summed PR curve, keyword-compatible with SummaryWriter.add_pr_curve_raw:
     curve = pr_curve(counts)

@@ -13,7 +13,6 @@ last.pt, best.pt) and runs/<name>/ (TensorBoard).
 import argparse
 import copy
 import csv
-import json
 import math
 import random
 import shutil
@@ -25,31 +24,37 @@ import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import metrics
-from dataset import CrackDataset, Intensity, photo_transform, scan_dataset, split_ids, train_transform
+from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, EpochSampler, Intensity, photo_transform, scan_dataset,
+                     split_ids, train_transform)
 from losses import LOSSES, compute_loss
 from models import ARCHS
 from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
                    load_checkpoint, load_config, load_weights, make_engine, model_from_config,
-                   provenance, run_cli, save_checkpoint, signals_held)
+                   provenance, read_split, run_cli, run_datasets, save_checkpoint, signals_held)
 
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
-    "fast": {"dataset": "SYNTHETIC", "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
+    "fast": {"dataset": ["SYNTHETIC"], "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
              "scheduler": "CosineAnnealingLR", "max_minutes": 4.5},
 }
 RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache", "panels_every"}
 F1_THRESHOLD_INDEX = 50  # t = 0.50 in metrics.DEFAULT_THRESHOLDS
+THRESHOLD_TOLERANCE = 2  # px: the run's threshold is chosen at the literature's tolerance
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, help="fast: synthetic data, 128 crops, 40 epochs")
     # data
-    p.add_argument("--dataset", default="SYNTHETIC", help="folder under --data-dir; SYNTHETIC is made on first use")
+    p.add_argument("--dataset", nargs="+", default=["SYNTHETIC"], metavar="DATASET",
+                   help="folders under --data-dir, one model on all of them; SYNTHETIC is made on first use")
+    p.add_argument("--sampling", default="proportional", choices=["proportional", "equal"],
+                   help="how an epoch (as many crops as training images) draws from several datasets: "
+                        "each image once, or the same number of crops from each dataset")
     p.add_argument("--data-dir", default="inputs")
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--crop", type=int, default=512, help="random crop side; 512 as in the reference, 256 on a CPU")
@@ -61,6 +66,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--clahe", action="store_true", help="contrast-limited histogram equalisation first")
     p.add_argument("--photometric", action="store_true", help="random brightness/contrast augmentation")
     p.add_argument("--scale-aug", action="store_true", help="random scale 0.7-1.4 and rotation +-20 degrees")
+    p.add_argument("--camera-aug", nargs="*", choices=CAMERA_PARTS, metavar="PART",
+                   help="imitate other cameras on the uint8 photo: " + ", ".join(CAMERA_PARTS) + " (no PART: all)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes; 0 = in the main process")
     p.add_argument("--cache", action="store_true", help="keep decoded images in memory")
     # model and loss
@@ -131,6 +138,7 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         (0 <= args.ema < 1, "--ema must be in [0, 1) (0 = off)"),
         (0 <= args.seed < 2**32, "--seed must be in [0, 2**32)"),
         (args.panels_every >= 1, "--panels-every must be >= 1"),
+        (len(set(args.dataset)) == len(args.dataset), "--dataset names a dataset twice"),
         (not args.deep_supervision or args.arch == "NestedUNet",
          f"--deep-supervision needs --arch NestedUNet ({args.arch} has one output)"),
         (args.val_split > 0 or args.scheduler != "ReduceLROnPlateau",
@@ -147,8 +155,11 @@ def get_args(argv=None) -> argparse.Namespace:
     if preset:
         parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
+    if args.camera_aug == []:
+        args.camera_aug = list(CAMERA_PARTS)
     if args.resume:
         args = resumed_args(args, typed_options(argv))
+        args.dataset = run_datasets(vars(args))
     check_values(parser, args)
     return args
 
@@ -168,37 +179,59 @@ def resumed_args(args: argparse.Namespace, typed: set[str]) -> argparse.Namespac
 # ---------------------------------------------------------------- data
 
 def prepare_data(args, engine):
-    """Scan every file once (all problems reported before a run directory exists), then split."""
+    """Scan every file of every dataset once (all problems reported together, before a run directory
+    exists), then split each dataset with its own seeded validation split.
+
+    Returns (training set, {dataset: validation set}, split, training images per dataset)."""
     data_dir = Path(args.data_dir)
-    if args.dataset == "SYNTHETIC" and not (data_dir / "SYNTHETIC").exists() and engine.main:
+    if "SYNTHETIC" in args.dataset and not (data_dir / "SYNTHETIC").exists() and engine.main:
         from prepare_data import make_synthetic_dataset
         print(f"generating the synthetic dataset in {data_dir / 'SYNTHETIC'}")
         make_synthetic_dataset(data_dir, "SYNTHETIC")
     if engine.world > 1:
         dist.barrier()
-    samples, decoded, notes = scan_dataset(data_dir, args.dataset, keep=args.cache)
-    for note in notes:
-        print("note:", note)
+    scanned = scan_datasets(data_dir, args.dataset, keep=args.cache)
     if args.resume:
-        split = json.loads((MODELS_DIR / args.name / "split.json").read_text())
+        split = read_split(args.name)
     else:
-        train_ids, val_ids = split_ids([s.stem for s in samples], args.val_split, args.seed)
-        split = {"seed": args.seed, "val_split": args.val_split, "train": train_ids, "val": val_ids}
+        split = {name: dict(zip(("train", "val"), split_ids([s.stem for s in samples], args.val_split, args.seed),
+                                strict=True)) for name, (samples, _) in scanned.items()}
     intensity = Intensity(minmax=args.minmax, clahe=args.clahe,
                           normalize=tuple(args.normalize) if args.normalize else None)
-    by_stem = {s.stem: i for i, s in enumerate(samples)}
-
-    def subset(ids, transform):
-        missing = [i for i in ids if i not in by_stem]
+    train_samples, train_arrays, val = [], [], {}
+    for name, (samples, decoded) in scanned.items():
+        by_stem = {s.stem: i for i, s in enumerate(samples)}
+        missing = [i for part in ("train", "val") for i in split[name][part] if i not in by_stem]
         if missing:
-            raise RunError(f"the run's split names images no longer in {data_dir / args.dataset}: {missing[:5]}")
-        idx = [by_stem[i] for i in ids]
-        cached = [decoded[i] for i in idx] if decoded else None
-        return CrackDataset([samples[i] for i in idx], intensity, transform, cached)
+            raise RunError(f"the run's split names images no longer in {data_dir / name}: {missing[:5]}")
+        train_idx, val_idx = ([by_stem[i] for i in split[name][part]] for part in ("train", "val"))
+        train_samples += [samples[i] for i in train_idx]
+        train_arrays += [decoded[i] for i in train_idx] if decoded else []
+        if val_idx:
+            val[name] = CrackDataset([samples[i] for i in val_idx], intensity,
+                                     decoded=[decoded[i] for i in val_idx] if decoded else None)
+    camera = tuple(args.camera_aug or ())
+    train_set = CrackDataset(train_samples, intensity,
+                             train_transform(args.crop, args.resize, args.scale_aug, "scale" in camera),
+                             train_arrays or None, photo_transform(args.photometric, camera))
+    return train_set, val, split, [len(split[name]["train"]) for name in scanned]
 
-    train_set = subset(split["train"], train_transform(args.crop, args.resize, args.scale_aug))
-    train_set.photo = photo_transform(args.photometric)
-    return train_set, subset(split["val"], None), split
+
+def scan_datasets(data_dir: Path, names: list[str], keep: bool) -> dict[str, tuple[list, list]]:
+    """{name: (samples, decoded arrays if keep)}; the problems of every dataset in one error."""
+    scanned, problems = {}, []
+    for name in names:
+        try:
+            samples, decoded, notes = scan_dataset(data_dir, name, keep=keep)
+        except DatasetError as err:
+            problems.append(str(err))
+            continue
+        for note in notes:
+            print("note:", note)
+        scanned[name] = (samples, decoded)
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return scanned
 
 
 def seed_worker(worker_id: int) -> None:
@@ -211,13 +244,12 @@ def seed_worker(worker_id: int) -> None:
     random.seed(info.seed)
 
 
-def make_train_loader(train_set, args, engine) -> DataLoader:
-    sampler = DistributedSampler(train_set, num_replicas=engine.world, rank=engine.rank,
-                                 shuffle=True, seed=args.seed, drop_last=len(train_set) >= engine.world)
+def make_train_loader(train_set, sizes: list[int], args, engine) -> DataLoader:
+    sampler = EpochSampler(sizes, args.sampling, args.seed, engine.rank, engine.world)
     return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
                       num_workers=args.workers, worker_init_fn=seed_worker,
                       persistent_workers=args.workers > 0, pin_memory=engine.device.type == "cuda",
-                      drop_last=len(train_set) // engine.world >= args.batch_size)
+                      drop_last=len(sampler) >= args.batch_size)
 
 
 def start_epoch(loader: DataLoader, args, engine, epoch: int) -> None:
@@ -465,21 +497,31 @@ def keep_log_rows_before(log_path: Path, epoch: int) -> None:
     log_path.write_text("".join(kept))
 
 
-def validate(model, val_set, engine, args, epoch: int, writer) -> dict:
+def validate(model, val_sets: dict, engine, args, epoch: int, writer) -> dict:
+    """Each training dataset's validation split scored on its own. Means over datasets (a small set
+    counts as much as a large one): val_ods_f1 (strict) chooses best.pt; val_threshold, the threshold
+    that maximises the mean F at THRESHOLD_TOLERANCE px, becomes the run's threshold. Both rules see
+    only the training sources, never a test source."""
     panels = []
     want_panels = engine.main and epoch % args.panels_every == 0
 
     def keep_panel(item, prob):
         if want_panels and len(panels) < 3:
             panels.append(panel(item, prob))
-    result = evaluate(model, val_set, engine, loss_name=args.loss, on_image=keep_panel)
-    counts = result["counts"][0]
-    summary = metrics.summarize(counts)
-    at_half = metrics.scores_at(counts, F1_THRESHOLD_INDEX)
+    results = {name: evaluate(model, val_set, engine, loss_name=args.loss, on_image=keep_panel,
+                              tolerances=(0, THRESHOLD_TOLERANCE)) for name, val_set in val_sets.items()}
+    strict = {name: metrics.summarize(r["counts"][0])["ods"]["f1"] for name, r in results.items()}
+    at_half = [metrics.scores_at(r["counts"][0], F1_THRESHOLD_INDEX) for r in results.values()]
     for i, image in enumerate(panels):
         writer.add_image(f"val_panels/{i}", image, epoch)
-    return {"val_loss": result["loss"], "val_iou": at_half["iou"], "val_f1": at_half["f1"],
-            "val_ods_f1": summary["ods"]["f1"], "val_ods_threshold": summary["ods"]["threshold"]}
+    row = {"val_loss": float(np.mean([r["loss"] for r in results.values()])),
+           "val_iou": float(np.mean([s["iou"] for s in at_half])), "val_f1": float(np.mean([s["f1"] for s in at_half])),
+           "val_ods_f1": float(np.mean(list(strict.values()))),
+           "val_threshold": metrics.best_mean_threshold(
+               [metrics.f1_curve(r["counts"][THRESHOLD_TOLERANCE]) for r in results.values()])}
+    if len(val_sets) > 1:
+        row.update({f"val_ods_f1_{name}": f for name, f in strict.items()})
+    return row
 
 
 # ---------------------------------------------------------------- main
@@ -498,13 +540,13 @@ def main() -> int:
     np.random.seed(args.seed)
 
     # 2. data: every problem is found before anything is written
-    train_set, val_set, split = prepare_data(args, engine)
+    train_set, val_sets, split, sizes = prepare_data(args, engine)
     fine_tune = args.init_from and not args.resume   # a resumed run has its own weights: never the parent's
     init_state = load_checkpoint(MODELS_DIR / args.init_from / "best.pt") if fine_tune else None
     resume_state = load_checkpoint(MODELS_DIR / args.name / "last.pt") if args.resume else None
 
     # 3. model, optimiser, schedule
-    loader = make_train_loader(train_set, args, engine)
+    loader = make_train_loader(train_set, sizes, args, engine)
     model, optimizer, scheduler, scaler = build_training(args, engine)
     if init_state:
         load_weights(model, init_state, MODELS_DIR / args.init_from / "best.pt")
@@ -520,7 +562,8 @@ def main() -> int:
     # 4. the run directory (only the main process writes)
     run_dir, config = open_run_dir(args, engine, split, start)
     if engine.main:
-        print(f"run {run_dir}: {len(train_set)} training / {len(val_set)} validation images, "
+        print(f"run {run_dir}: {len(train_set)} training / {sum(map(len, val_sets.values()))} validation images"
+              f"{' from ' + ', '.join(args.dataset) if len(args.dataset) > 1 else ''}, "
               f"{engine.device} {engine.dtype or 'fp32'}{' channels_last' if engine.channels_last else ''}")
     writer = SummaryWriter(RUNS_DIR / args.name) if engine.main else None
 
@@ -534,12 +577,12 @@ def main() -> int:
             row = {"epoch": epoch, **train_one_epoch(ddp_model, loader, optimizer, scaler, engine, args, epoch,
                                                        run_dir, progress, average)}
             sync_buffers(evaluated, engine)
-            if len(val_set):
-                row.update(validate(evaluated, val_set, engine, args, epoch, writer))
+            if val_sets:
+                row.update(validate(evaluated, val_sets, engine, args, epoch, writer))
             if scheduler is not None:
                 scheduler.step(row["val_loss"])
-            improved = row.get("val_ods_f1", 1.0) > best   # without validation every epoch is the best
-            best = max(best, row.get("val_ods_f1", 1.0))
+            improved = "val_ods_f1" not in row or row["val_ods_f1"] > best   # no validation: the last is best
+            best = max(best, row.get("val_ods_f1", -1.0))
             if engine.main:
                 with signals_held():   # the log row and last.pt always describe the same epoch
                     log_epoch(writer, run_dir / "log.csv", row)
@@ -557,7 +600,7 @@ def main() -> int:
         dist.barrier()
         dist.destroy_process_group()   # an orderly gloo/NCCL shutdown: no "terminate called" at exit
     if engine.main:
-        print(f"best validation ODS F {best:.4f}; checkpoints in {run_dir}" if len(val_set) else
+        print(f"best validation ODS F {best:.4f}; checkpoints in {run_dir}" if val_sets else
               f"no validation split: best.pt is the last epoch; checkpoints in {run_dir}")
     return 0
 
@@ -602,7 +645,7 @@ def open_run_dir(args, engine, split: dict, start: int) -> tuple[Path, dict]:
     so no evaluation, prediction or TensorBoard curve of the old run mixes into the new one."""
     if not args.resume:
         if engine.main:
-            args.name = fresh_run_name(args.name, f"{args.dataset}_{args.arch}", args.overwrite)
+            args.name = fresh_run_name(args.name, f"{'-'.join(args.dataset)}_{args.arch}", args.overwrite)
         if engine.world > 1:
             names = [args.name]
             dist.broadcast_object_list(names)
@@ -638,7 +681,7 @@ def save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, pr
     save_checkpoint(run_dir / "last.pt", state)
     if improved:
         save_checkpoint(run_dir / "best.pt", state)
-        config["threshold"] = row.get("val_ods_threshold", 0.5)   # 0.5 without validation
+        config["threshold"] = row.get("val_threshold", 0.5)   # 0.5 without validation
         config["best_epoch"] = row["epoch"]
         json_dump(run_dir / "config.json", config)
 

@@ -73,6 +73,19 @@ def load_config(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def run_datasets(config: dict) -> list[str]:
+    """The training datasets of a run (runs of one dataset stored a name, not a list)."""
+    return [config["dataset"]] if isinstance(config["dataset"], str) else list(config["dataset"])
+
+
+def read_split(name: str) -> dict[str, dict[str, list[str]]]:
+    """{DATASET: {"train": [...], "val": [...]}} of a run; runs of one dataset stored {"train", "val", ...}."""
+    split = json.loads((MODELS_DIR / name / "split.json").read_text())
+    if "train" in split:
+        return {run_datasets(load_config(name))[0]: {"train": split["train"], "val": split["val"]}}
+    return split
+
+
 def provenance() -> dict:
     """Git commit and package versions, saved with every run."""
     import albumentations
@@ -202,8 +215,12 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
 
 
 def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
-    """The model of a run, with the run's config; ready for inference."""
+    """The model of a run, with the run's config (its threshold checked, 0.5 if absent); ready for inference."""
     config = load_config(name)
+    config["threshold"] = config.get("threshold", 0.5)
+    if not (0 <= config["threshold"] < 1 and round(config["threshold"], 2) == config["threshold"]):
+        raise RunError(f"{MODELS_DIR / name / 'config.json'}: threshold {config['threshold']!r} must be one of "
+                       "0.00, 0.01, ..., 0.99 (the grid every score is counted on)")
     path = MODELS_DIR / name / which
     state = load_checkpoint(path, engine.device)
     model = model_from_config(config)
@@ -242,7 +259,7 @@ def load_runs(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.
         if len({json.dumps(c.get(key)) for c in configs}) > 1:
             raise RunError(f"runs {', '.join(names)} differ in {key}; an ensemble needs one preprocessing")
     config = {**configs[0], "members": list(names),
-              "threshold": float(np.mean([c.get("threshold", 0.5) for c in configs]))}
+              "threshold": round(float(np.mean([c["threshold"] for c in configs])), 2)}   # on the 0.01 grid
     return Ensemble([model for model, _ in loaded]).eval(), config
 
 

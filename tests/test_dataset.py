@@ -1,3 +1,4 @@
+import random
 from pathlib import Path
 
 import cv2
@@ -7,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset import (CrackDataset, DatasetError, Intensity, Sample, preprocess, read_image, read_mask,
-                     scan_dataset, split_ids, train_transform)
+from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, EpochSampler, Intensity, Sample, photo_transform,
+                     preprocess, read_image, read_mask, scan_dataset, split_ids, train_transform)
 from prepare_data import synthetic_pair
 from train import seed_worker
 
@@ -146,6 +147,27 @@ def test_augmentation_keeps_image_and_mask_aligned(scale_aug):
         assert agree >= (0.97 if scale_aug else 1.0)   # interpolation may shift an edge pixel when scaling
 
 
+def test_photometric_changes_the_uint8_photo_before_scaling(tmp_path):
+    """On scaled floats albumentations clipped to [0, 1]: every below-mean value of a --normalize input became 0."""
+    image, mask = synthetic_pair(np.random.default_rng(0), 96, 128)
+    cv2.imwrite(str(tmp_path / "i.png"), image)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    mean, std = 0.5, 0.135
+    data = CrackDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")] * 6, Intensity(minmax=False,
+                        normalize=(mean, std)), train_transform(64), photo=photo_transform(True))
+    data.reseed(0)
+    plain = CrackDataset(data.samples, data.intensity, train_transform(64))
+    plain.reseed(0)
+    changed = 0
+    for i in range(6):
+        x = data[i]["image"].numpy()
+        levels = (x * std + mean) * 255   # the uint8 values the network input was scaled from
+        np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+        assert x.min() < 0   # below-mean pixels survive (clipping at 0 left x >= 0)
+        changed += not np.array_equal(x, plain[i]["image"].numpy())
+    assert changed >= 4
+
+
 def test_small_images_are_padded_up_to_the_crop():
     out = train_transform(64)(image=np.ones((40, 30, 3), np.float32), mask=np.ones((40, 30), np.float32))
     assert out["image"].shape == (64, 64, 3) and out["mask"].sum() == 40 * 30
@@ -166,6 +188,7 @@ def test_two_workers_and_two_epochs_see_different_crops(tmp_path):
     data = CrackDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")] * 8, Intensity(),
                         train_transform(32))   # one image, eight times: only the random streams differ
     torch.manual_seed(0)
+    cv2.setNumThreads(1)   # as train.py does before forking workers (a live OpenCV pool can deadlock them)
     loader = DataLoader(data, batch_size=1, num_workers=2, worker_init_fn=seed_worker, persistent_workers=True)
     crops = [batch["image"].numpy().tobytes() for _ in range(2) for batch in loader]
     assert len(crops) == 16 and len(set(crops)) == 16
@@ -191,3 +214,75 @@ def test_reseeding_draws_all_eight_orientations(tmp_path):
     data = CrackDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")], Intensity(), train_transform(32))
     data.reseed(0)
     assert len({data[0]["image"].numpy().tobytes() for _ in range(100)}) == 8
+
+
+# ---------------------------------------------------------------- several datasets, camera augmentation
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_proportional_sampling_shows_every_image_once_per_epoch(world):
+    sizes = [7, 3, 12]
+    epochs = []
+    for epoch in (1, 2):
+        shares = []
+        for rank in range(world):
+            sampler = EpochSampler(sizes, "proportional", seed=5, rank=rank, world=world)
+            sampler.set_epoch(epoch)
+            shares.append(list(sampler))
+            assert len(shares[-1]) == len(sampler) == 22 // world
+        epochs.append(sorted(i for share in shares for i in share))
+        assert epochs[-1] == list(range(22))                 # the ranks partition the epoch
+    again = EpochSampler(sizes, "proportional", seed=5)
+    again.set_epoch(1)
+    first = EpochSampler(sizes, "proportional", seed=5)
+    first.set_epoch(1)
+    other = EpochSampler(sizes, "proportional", seed=5)
+    other.set_epoch(2)
+    assert list(again) == list(first) != list(other)          # (seed, epoch) decides the order
+
+
+def test_equal_sampling_draws_the_same_number_of_crops_from_each_dataset():
+    sizes = [40, 5, 15]                                       # an epoch is 60 crops: 20 from each
+    sampler = EpochSampler(sizes, "equal", seed=0)
+    bounds = np.cumsum([0, *sizes])
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        indices = np.array(list(sampler))
+        per_dataset = np.histogram(indices, bins=bounds)[0]
+        assert per_dataset.tolist() == [20, 20, 20]
+        small = np.bincount(indices[(indices >= 40) & (indices < 45)] - 40, minlength=5)
+        assert small.tolist() == [4] * 5                      # the small set in whole shuffled passes
+        assert len(set(indices[indices < 40].tolist())) == 20  # the large one sampled without repeats
+
+
+@pytest.mark.parametrize("scale_aug", [False, True])
+def test_camera_scale_keeps_image_and_mask_aligned_and_binary(scale_aug):
+    """The geometric part of --camera-aug (random scale 0.5-2): the mask follows the image."""
+    image, mask = synthetic_pair(np.random.default_rng(4), 160, 200)
+    image = np.repeat((mask > 0)[..., None] * 200 + 20, 3, axis=2).astype(np.float32) / 255
+    target = (mask > 0).astype(np.float32)
+    transform = train_transform(64, scale_aug=scale_aug, camera_scale=True)
+    transform.set_random_seed(7)
+    for _ in range(20):
+        out = transform(image=image, mask=target)
+        assert set(np.unique(out["mask"]).tolist()) <= {0.0, 1.0}
+        agree = ((out["image"][..., 0] > 0.5) == (out["mask"] > 0.5)).mean()
+        assert agree >= 0.97                                   # interpolation may move an edge pixel
+
+
+@pytest.mark.parametrize("part", [p for p in CAMERA_PARTS if p != "scale"])
+def test_each_photo_part_of_camera_aug_changes_the_uint8_photo_only(tmp_path, part):
+    image, mask = synthetic_pair(np.random.default_rng(1), 96, 128)
+    cv2.imwrite(str(tmp_path / "i.png"), image)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    transform = photo_transform(camera=(part,))
+    transform.set_random_state(np.random.default_rng(0), random.Random(0))   # one stream, as CrackDataset.reseed
+    rgb = read_image(tmp_path / "i.png")
+    outs = [transform(image=rgb)["image"] for _ in range(30)]
+    assert all(o.dtype == np.uint8 and o.shape == rgb.shape for o in outs)
+    assert any(not np.array_equal(o, rgb) for o in outs)
+    data = CrackDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")] * 4, Intensity(), train_transform(64),
+                        photo=transform)
+    data.reseed(0)
+    for item in (data[i] for i in range(4)):
+        assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert 0 <= float(item["image"].min()) and float(item["image"].max()) <= 1   # min-max scaled after

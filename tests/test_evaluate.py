@@ -40,12 +40,15 @@ def test_a_runs_own_dataset_is_scored_on_its_validation_split_only(evaluated):
     assert summary["dataset"] == "SYN" and summary["images"] == len(val) == 3
     assert [r["tolerance"] for r in summary["results"]] == [0, 2]
     first = summary["results"][0]
-    assert set(first) == {"tolerance", "ods", "ois", "ods_mean", "ois_mean", "ap"}
+    assert set(first) == {"tolerance", "ods", "ois", "ods_mean", "ois_mean", "ap", "at_run_threshold"}
+    threshold = json.loads((evaluated / "models" / "r" / "config.json").read_text())["threshold"]
+    assert set(first["at_run_threshold"]) == {"threshold", "precision", "recall", "f1"}
+    assert first["at_run_threshold"]["threshold"] == threshold
     assert set(first["ods"]) == set(first["ods_mean"]) == {"threshold", "precision", "recall", "f1"}
     assert set(first["ois"]) == {"precision", "recall", "f1"} and set(first["ois_mean"]) == {"f1"}
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
-    assert sorted({r["name"] for r in rows}) == val and len(rows) == 6
+    assert sorted({r["name"] for r in rows}) == val and len(rows) == 6 and "f1_at_run" in rows[0]
     assert sorted(p.name for p in out.glob("*_panel.jpg")) == [f"{v}_panel.jpg" for v in val]
     panel = cv2.imread(str(out / f"{val[0]}_panel.jpg"))
     assert panel.shape[1] > 4 * 128          # input | truth | prediction | overlay
@@ -71,6 +74,7 @@ def test_pred_dir_scores_saved_maps_exactly_like_the_metric_functions(evaluated,
         expected = metrics.summarize(counts)
         assert scored["results"][i]["ods"] == pytest.approx(expected["ods"])
         assert scored["results"][i]["ap"] == pytest.approx(expected["ap"])
+        assert "at_run_threshold" not in scored["results"][i]     # maps from elsewhere have no run threshold
 
 
 def test_missing_or_mis_sized_maps_are_named(evaluated, synthetic_root, tmp_path):
@@ -119,17 +123,46 @@ def test_an_ensemble_scores_the_mean_probability_of_its_members(evaluated, synth
         assert np.abs(both - (single_r + single_s1) / 2).max() <= 1.0   # 8-bit rounding of three maps
         assert np.abs(single_r - single_s1).max() > 5                   # two different models
 
-    # on the members' own dataset: only images in every member's validation split
-    vals = [set(json.loads((work / "models" / n / "split.json").read_text())["val"]) for n in ("r", "s1")]
-    own = cli(work, "evaluate.py", "--name", "r+s1", "--test", "SYN", "--tolerance", "0")
-    if vals[0] & vals[1]:
-        assert own.returncode == 0, own.stderr[-2000:]
-        assert json.loads((work / "models" / "r+s1" / "eval" / "SYN" / "metrics.json").read_text())["images"] == \
-            len(vals[0] & vals[1])
-    else:
-        assert own.returncode == 2 and "different splits" in own.stderr
+    # on the members' own dataset: only images in every member's validation split (two of three shared here,
+    # then none: the split files are edited so that both cases are tested whatever the seeds draw)
+    r_split = json.loads((work / "models" / "r" / "split.json").read_text())
+    stems = sorted(r_split["train"] + r_split["val"])
+    for s1_val, images in ((r_split["val"][:2] + [r_split["train"][0]], 2), (r_split["train"][:3], 0)):
+        s1_split = {"seed": 1, "val_split": 0.25, "train": sorted(set(stems) - set(s1_val)), "val": sorted(s1_val)}
+        (work / "models" / "s1" / "split.json").write_text(json.dumps(s1_split))
+        own = cli(work, "evaluate.py", "--name", "r+s1", "--test", "SYN", "--tolerance", "0")
+        if images:
+            assert own.returncode == 0, own.stderr[-2000:]
+            assert json.loads((work / "models" / "r+s1" / "eval" / "SYN" / "metrics.json").read_text())["images"] == 2
+        else:
+            assert own.returncode == 2 and "left no image of SYN" in own.stderr
 
     mixed = cli(work, "evaluate.py", "--name", "r+c", "--test", "OTHER", "--data-dir", work / "inputs")
     assert mixed.returncode == 2 and "clahe" in mixed.stderr and "Traceback" not in mixed.stderr
     plus = cli(work, "train.py", *common, "--name", "a+b")
     assert plus.returncode == 2 and "ensemble" in plus.stderr
+
+
+def test_at_run_threshold_is_an_explicit_count_at_that_threshold():
+    import evaluate
+    rng = np.random.default_rng(0)
+    probs = [rng.random((9, 11)) for _ in range(3)]
+    gts = [rng.random((9, 11)) > 0.7 for _ in range(3)]
+    result = {"names": ["a", "b", "c"], "counts": {0: np.stack([metrics.image_counts(p, g) for p, g in
+                                                               zip(probs, gts, strict=True)])}}
+    summary, per_image = evaluate.summarize_all(result, "D", [0], threshold=0.37)
+    predicted = [p > 0.37 for p in probs]
+    tp = sum(int((p & g).sum()) for p, g in zip(predicted, gts, strict=True))
+    precision, recall = tp / sum(int(p.sum()) for p in predicted), tp / sum(int(g.sum()) for g in gts)
+    at_run = summary["results"][0]["at_run_threshold"]
+    assert at_run == pytest.approx({"threshold": 0.37, "precision": precision, "recall": recall,
+                                    "f1": 2 * precision * recall / (precision + recall)})
+    first = (predicted[0] & gts[0]).sum()
+    assert per_image[0]["f1_at_run"] == pytest.approx(2 * first / (predicted[0].sum() + gts[0].sum()))
+
+
+def test_a_negative_tolerance_exits_2_with_a_message(capsys):
+    import evaluate
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.get_args(["--name", "r", "--test", "SYN", "--tolerance", "-1"])
+    assert exit_.value.code == 2 and "--tolerance values must be >= 0" in capsys.readouterr().err

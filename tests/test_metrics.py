@@ -321,11 +321,21 @@ def test_scores_at_and_pr_curve_match_reference(tolerance):
 
 
 def test_pr_curve_feeds_tensorboard(tmp_path):
-    tensorboard = pytest.importorskip("torch.utils.tensorboard")
+    """Written with add_pr_curve_raw and read back from the event file: the curve TensorBoard shows."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+    from torch.utils.tensorboard import SummaryWriter
     counts = image_counts(np.array([[0.9, 0.4, 0.6, 0.1]]), np.array([[1, 1, 0, 0]]))
-    with tensorboard.SummaryWriter(tmp_path) as writer:
-        curve = pr_curve(counts)
+    curve = pr_curve(counts, num_pixels=4)
+    with SummaryWriter(tmp_path) as writer:
         writer.add_pr_curve_raw("pr", **curve, num_thresholds=len(curve["precision"]), global_step=0)
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    stored = make_ndarray(events.Tensors("pr")[0].tensor_proto)   # rows: TP, FP, TN, FN, precision, recall
+    k = 50   # t = 0.5: predicted {0.9, 0.6}, one of them on a crack
+    assert stored[:4, k].tolist() == [1, 1, 1, 1]
+    assert stored[4, k] == pytest.approx(0.5) and stored[5, k] == pytest.approx(0.5)
+    np.testing.assert_allclose(stored[4], curve["precision"], atol=1e-6)
 
 
 # ----------------------------------------------------------------- validation

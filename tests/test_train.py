@@ -1,12 +1,19 @@
 """train.py end to end on generated data, in subprocesses exactly as a user runs it."""
+import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
+
+import metrics
+from losses import compute_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "SYN", "--crop", "64", "--batch-size", "4", "--base-width", "4", "--workers", "0",
@@ -96,9 +103,9 @@ def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_r
     args = [*TINY, "--data-dir", synthetic_root, "--epochs", "3", "--ema", "0.9", "--precision", "fp32",
             "--no-channels-last", "--lr", "3e-3", "--deterministic"]
     run("train.py", *args, "--name", "straight", cwd=tmp_path)
-    run("train.py", *args, "--name", "cut", "--max-minutes", "1e-6", cwd=tmp_path)   # stops after epoch 1
+    run("train.py", *args, "--name", "cut", "--epochs", "1", cwd=tmp_path)
     assert len(log_rows(tmp_path / "models" / "cut")) == 1
-    run("train.py", "--resume", "cut", "--max-minutes", "100", cwd=tmp_path)
+    run("train.py", "--resume", "cut", "--epochs", "3", cwd=tmp_path)
     for column in ("train_loss", "val_loss", "val_ods_f1"):
         assert [float(r[column]) for r in log_rows(tmp_path / "models" / "cut")] == pytest.approx(
             [float(r[column]) for r in log_rows(tmp_path / "models" / "straight")], abs=1e-5)
@@ -116,3 +123,209 @@ def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_r
                                             abs=1e-5)
     assert abs(losses["raw_model"] - losses["model"]) > 1e-4
     assert state["average_updates"] == 3 * 2   # 9 training images, batch 4, last partial batch dropped
+
+
+# ---------------------------------------------------------------- schedule, resume, overwrite (review findings)
+
+def test_progress_is_the_larger_of_steps_and_budget_and_the_cosine_ends_at_min_lr():
+    import train
+    assert train.planned_fraction(10, 0.0, 100, None) == 0.1
+    assert train.planned_fraction(10, 30.0, 100, 1.0) == 0.5           # half of one minute spent
+    assert train.planned_fraction(90, 30.0, 100, 1.0) == 0.9
+    assert train.planned_fraction(10, 90.0, 100, 1.0) == 1.0           # capped
+    assert train.cosine_lr(0.0, 1e-3, 1e-6) == 1e-3
+    assert train.cosine_lr(1.0, 1e-3, 1e-6) == pytest.approx(1e-6)
+    assert train.cosine_lr(0.5, 1e-3, 0.0) == pytest.approx(5e-4)
+
+
+def test_a_budgeted_cosine_run_stops_on_time_and_ends_annealed(tmp_path, synthetic_root):
+    """Before, T_max was --epochs: a run the clock stopped after a few of 1000 epochs kept its full lr."""
+    done = run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1000", "--max-minutes", "0.25",
+               "--batch-size", "1", "--scheduler", "CosineAnnealingLR", "--lr", "1e-2", "--min-lr", "0", "--name", "b",
+               cwd=tmp_path)
+    assert "stopped: --max-minutes 0.25 spent" in done.stdout
+    rows = log_rows(tmp_path / "models" / "b")
+    assert 2 <= len(rows) < 1000
+    # the last step's lr: the cosine at the last fraction checked, short of 1 by one step and one validation
+    assert float(rows[-1]["lr"]) < 0.1 * 1e-2 < float(rows[0]["lr"])
+    finished = run("train.py", "--resume", "b", cwd=tmp_path, check=False)
+    assert finished.returncode == 2 and "finished its plan" in finished.stderr
+
+
+def test_resume_continues_the_schedule_or_recomputes_it_and_says_so(tmp_path, synthetic_root):
+    common = [*TINY, "--data-dir", synthetic_root, "--scheduler", "CosineAnnealingLR", "--lr", "1e-2", "--min-lr", "0"]
+    run("train.py", *common, "--epochs", "2", "--name", "whole", cwd=tmp_path)
+    run("train.py", *common, "--epochs", "4", "--name", "long", cwd=tmp_path)
+    more = run("train.py", "--resume", "whole", "--epochs", "4", cwd=tmp_path)
+    assert "learning rate jumps from 0 to 0.005" in more.stdout
+    # recomputed over the new plan: epochs 3-4 follow the 4-epoch cosine exactly
+    lrs = [float(r["lr"]) for r in log_rows(tmp_path / "models" / "whole")]
+    assert lrs[2:] == pytest.approx([float(r["lr"]) for r in log_rows(tmp_path / "models" / "long")][2:])
+
+
+def test_resume_honours_typed_values_and_names_what_it_ignores(tmp_path, monkeypatch, capsys):
+    import train
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "r").mkdir(parents=True)
+    (tmp_path / "models" / "r" / "config.json").write_text(json.dumps(
+        {**vars(train.get_args(["--preset", "fast"])), "epochs": 40, "lr": 0.001}))
+    args = train.get_args(["--resume", "r", "--epochs", "100", "--lr", "5"])   # 100 is --epochs' default
+    assert (args.epochs, args.lr, args.name) == (100, 0.001, "r")
+    assert "ignored: --lr (the run has 0.001)" in capsys.readouterr().out
+
+
+def test_resuming_a_fine_tuned_run_never_reloads_its_parent(tmp_path, synthetic_root):
+    run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "parent", cwd=tmp_path)
+    run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "child", "--init-from", "parent",
+        cwd=tmp_path)
+    shutil.rmtree(tmp_path / "models" / "parent")
+    run("train.py", "--resume", "child", "--epochs", "2", cwd=tmp_path)
+    assert len(log_rows(tmp_path / "models" / "child")) == 2
+
+
+def test_overwrite_removes_the_old_run_whole_first(tmp_path, synthetic_root):
+    run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "r", cwd=tmp_path)
+    for folder in ("eval/SYN", "predictions/sub"):   # what evaluate.py and predict.py leave in a run
+        (tmp_path / "models" / "r" / folder).mkdir(parents=True)
+        (tmp_path / "models" / "r" / folder / "x.png").write_bytes(b"old")
+    old_events = sorted((tmp_path / "runs" / "r").iterdir())
+    run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "r", "--overwrite", cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "models" / "r").iterdir()) == ["best.pt", "config.json", "last.pt",
+                                                                            "log.csv", "split.json"]
+    events = sorted((tmp_path / "runs" / "r").iterdir())
+    assert len(events) == 1 and events != old_events
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--crop", "100"], "--crop must be a positive multiple of 16"),
+    (["--deep-supervision"], "--deep-supervision needs --arch NestedUNet"),
+    (["--panels-every", "0"], "--panels-every must be >= 1"),
+    (["--val-split", "1"], "--val-split must be in"),
+    (["--val-split", "0"], "ReduceLROnPlateau"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--max-minutes", "-1"], "--max-minutes must be > 0"),
+    (["--ema", "1"], "--ema must be in"),
+    (["--workers", "-1"], "--workers must be >= 0"),
+    (["--base-width", "0"], "--base-width must be >= 1"),
+    (["--factor", "1"], "--factor must be in"),
+])
+def test_bad_values_are_refused_at_parse_time(bad, message, capsys):
+    import train
+    with pytest.raises(SystemExit) as exit_:
+        train.get_args(bad)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_bad_crop_exits_2_before_a_run_folder_exists(tmp_path, synthetic_root):
+    result = run("train.py", *TINY, "--data-dir", synthetic_root, "--crop", "100", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "multiple of 16" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_val_split_zero_trains_on_every_image_and_saves_the_last_epoch_as_best(tmp_path, synthetic_root):
+    run("train.py", *TINY, "--data-dir", synthetic_root, "--val-split", "0", "--scheduler", "none", "--epochs", "2",
+        "--name", "all", cwd=tmp_path)
+    run_dir = tmp_path / "models" / "all"
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["val"] == [] and len(split["train"]) == 12
+    best, last = (torch.load(run_dir / f, weights_only=True) for f in ("best.pt", "last.pt"))
+    assert best["epoch"] == last["epoch"] == 2
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    assert json.loads((run_dir / "config.json").read_text())["threshold"] == 0.5
+    rows = log_rows(run_dir)
+    assert len(rows) == 2 and not any(k.startswith("val") for k in rows[0])
+
+
+def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp_path):
+    """Training's validation, evaluate.py and predict.py share predict_probability (tiles over 1024 px)."""
+    import train
+    import utils
+    from dataset import CrackDataset, Intensity, Sample
+    from models import build_model
+    from prepare_data import synthetic_pair
+    image, mask = synthetic_pair(np.random.default_rng(0), 64, 1100)
+    cv2.imwrite(str(tmp_path / "i.png"), image)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    val_set = CrackDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")], Intensity())
+    torch.manual_seed(0)
+    model = build_model("UNet", base_width=4)
+    for module in model.modules():   # BatchNorm statistics of this image: outputs spread over (0, 1)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        model(val_set[0]["image"][None, :, :, :1024])
+    model.eval()
+    engine = utils.make_engine("cpu", "fp32", False)
+    args = argparse.Namespace(loss="BCEDiceLoss", panels_every=1000)
+    row = train.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
+    x, truth = val_set[0]["image"][None], val_set[0]["mask"][None]
+    tiled = utils.predict_probability(model, x, engine)
+    with torch.inference_mode():
+        one_pass = torch.sigmoid(utils.forward_logits(model, x, engine))
+    assert (tiled - one_pass).abs().max() > 1e-3            # the two paths differ on this image
+    assert row["val_loss"] == pytest.approx(float(compute_loss("BCEDiceLoss", utils.probability_logits(tiled), truth)),
+                                            abs=1e-6)
+    counts = metrics.image_counts(tiled[0, 0].numpy(), truth[0, 0].numpy())[None]
+    assert row["val_ods_f1"] == metrics.summarize(counts)["ods"]["f1"]
+
+
+def test_cudnn_benchmark_only_where_input_shapes_are_fixed(monkeypatch):
+    import utils
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    utils.make_engine("cuda")                                # evaluate.py, predict.py: a new size per image
+    assert torch.backends.cudnn.benchmark is False
+    utils.make_engine("cuda", fixed_shapes=True)             # training crops
+    assert torch.backends.cudnn.benchmark is True
+
+
+def test_importing_the_dataset_module_leaves_opencv_threads_alone():
+    code = "import cv2; n = cv2.getNumThreads(); import dataset; print(n, cv2.getNumThreads())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    before, after = out.split()
+    assert before == after
+
+
+# ---------------------------------------------------------------- several datasets
+
+def test_several_datasets_train_together_each_with_its_own_split_and_score(tmp_path, synthetic_root):
+    from dataset import split_ids
+    from prepare_data import make_synthetic_dataset
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root / "SYN", data / "SYN")
+    make_synthetic_dataset(data, "SMALL", count=8, size=(64, 80), seed=3)     # another image size
+    common = [*TINY, "--dataset", "SYN", "SMALL", "--data-dir", data, "--epochs", "1", "--sampling", "equal"]
+    run("train.py", *common, cwd=tmp_path)
+    run_dir = tmp_path / "models" / "SYN-SMALL_UNet"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["dataset"] == ["SYN", "SMALL"] and config["sampling"] == "equal"
+    split = json.loads((run_dir / "split.json").read_text())
+    for name in ("SYN", "SMALL"):
+        stems = sorted(p.stem for p in (data / name / "images").iterdir())
+        assert (split[name]["train"], split[name]["val"]) == split_ids(stems, 0.25, 0)
+    run("train.py", *common, "--name", "again", cwd=tmp_path)
+    assert json.loads((tmp_path / "models" / "again" / "split.json").read_text()) == split
+
+    row = log_rows(run_dir)[0]
+    per_dataset = [float(row["val_ods_f1_SYN"]), float(row["val_ods_f1_SMALL"])]
+    assert float(row["val_ods_f1"]) == pytest.approx(sum(per_dataset) / 2)
+    for name, logged in zip(("SYN", "SMALL"), per_dataset, strict=True):   # evaluate.py: same split, same score
+        scored = run("evaluate.py", "--name", "SYN-SMALL_UNet", "--test", name, "--tolerance", "0", cwd=tmp_path)
+        assert f"scoring its {len(split[name]['val'])} validation images only" in scored.stdout
+        metrics_json = json.loads((run_dir / "eval" / name / "metrics.json").read_text())
+        assert metrics_json["results"][0]["ods"]["f1"] == pytest.approx(logged, abs=1e-12)
+
+
+def test_runs_of_one_dataset_written_before_still_load(tmp_path, monkeypatch):
+    import utils
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "old").mkdir(parents=True)
+    (tmp_path / "models" / "old" / "config.json").write_text(json.dumps({"dataset": "CFD"}))
+    (tmp_path / "models" / "old" / "split.json").write_text(json.dumps(
+        {"seed": 0, "val_split": 0.1, "train": ["a", "b"], "val": ["c"]}))
+    assert utils.read_split("old") == {"CFD": {"train": ["a", "b"], "val": ["c"]}}
+    assert utils.run_datasets({"dataset": "CFD"}) == ["CFD"]
