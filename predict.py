@@ -1,5 +1,6 @@
 """Predict crack maps for photos of any size with a trained run, and measure the cracks.
 
+    python predict.py photo.jpg                                    # the bundled model (when shipped)
     python predict.py --name dc_main photo.jpg                     # -> models/dc_main/predictions/
     python predict.py --name dc_main survey/ --out survey_cracks --overlay   # a folder, recursively
     python predict.py --name dc_main "site/**/*.jpg" --mm-per-px 0.25 --min-area 50
@@ -39,7 +40,8 @@ import torch
 from tqdm import tqdm
 
 from dataset import IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess
-from utils import MODELS_DIR, OVERLAP, TILE, RunError, load_runs, make_engine, predict_probability, run_cli
+from utils import (DEFAULT_BUNDLE, MODELS_DIR, OVERLAP, PRETRAINED_DIR, TILE, RunError, bundle_dir, load_runs,
+                   make_engine, predict_probability, run_cli)
 from visuals import crack_overlay, save_probability
 
 COLUMNS = ["image", "width", "height", "threshold", "crack_fraction", "components", "length_px",
@@ -49,8 +51,8 @@ MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True,
-                   help="run under models/ whose checkpoint predicts; RUN1+RUN2 = their ensemble (mean probability)")
+    p.add_argument("--name", help="run under models/ (or bundled model) that predicts; RUN1+RUN2 = their ensemble "
+                                  f"(mean probability); default: the bundled {DEFAULT_BUNDLE}")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted glob patterns")
     p.add_argument("--out", type=Path, help="output folder (default: models/RUN/predictions/)")
     p.add_argument("--threshold", type=float, help="crack where p > this (default: the run's, else 0.5)")
@@ -288,6 +290,12 @@ def summary_row(rel: Path, mask: np.ndarray, threshold: float, args) -> dict:
 def main(argv=None) -> int:
     # 1. arguments, device, model and threshold
     args = get_args(argv)
+    if args.name is None:
+        if not bundle_dir(DEFAULT_BUNDLE):
+            raise RunError(f"no --name given and no bundled model in {PRETRAINED_DIR / DEFAULT_BUNDLE}; "
+                           "name a run under models/ with --name")
+        args.name = DEFAULT_BUNDLE
+        print(f"no --name: using the bundled model {DEFAULT_BUNDLE} ({bundle_dir(DEFAULT_BUNDLE)})")
     out_dir = args.out or MODELS_DIR / args.name / "predictions"
     engine = make_engine(args.device, args.precision)
     model, config = load_runs(args.name, engine, args.checkpoint)

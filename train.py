@@ -35,7 +35,7 @@ from losses import LOSSES, compute_loss
 from models import ARCHS
 from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
                    load_checkpoint, load_config, load_weights, make_engine, model_from_config,
-                   provenance, read_split, run_cli, run_datasets, save_checkpoint, signals_held)
+                   provenance, read_split, run_cli, run_datasets, run_state, save_checkpoint, signals_held)
 
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
     "fast": {"dataset": ["SYNTHETIC"], "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
@@ -542,14 +542,14 @@ def main() -> int:
     # 2. data: every problem is found before anything is written
     train_set, val_sets, split, sizes = prepare_data(args, engine)
     fine_tune = args.init_from and not args.resume   # a resumed run has its own weights: never the parent's
-    init_state = load_checkpoint(MODELS_DIR / args.init_from / "best.pt") if fine_tune else None
+    init_state, init_path = run_state(args.init_from) if fine_tune else (None, None)
     resume_state = load_checkpoint(MODELS_DIR / args.name / "last.pt") if args.resume else None
 
     # 3. model, optimiser, schedule
     loader = make_train_loader(train_set, sizes, args, engine)
     model, optimizer, scheduler, scaler = build_training(args, engine)
     if init_state:
-        load_weights(model, init_state, MODELS_DIR / args.init_from / "best.pt")
+        load_weights(model, init_state, init_path)
     average = WeightAverage(model, args.ema) if args.ema else None
     start, best = 1, -1.0
     progress = Progress(args.epochs * len(loader), args.max_minutes, engine)

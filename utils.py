@@ -2,6 +2,7 @@
 single inference path (pad, tile, TTA) plus the evaluation routine used by train.py and
 evaluate.py alike.
 """
+import hashlib
 import json
 import os
 import pickle
@@ -26,6 +27,8 @@ from models import build_model
 
 MODELS_DIR = Path("models")
 RUNS_DIR = Path("runs")
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"   # found from any working directory
+DEFAULT_BUNDLE = "crackseg-general"
 
 
 class RunError(Exception):
@@ -49,6 +52,9 @@ def json_dump(path: Path, obj) -> None:
 
 def fresh_run_name(name: str | None, default: str, overwrite: bool) -> str:
     """An explicit name must be new (or --overwrite); the default gets _2, _3, ... instead."""
+    if name and bundle_dir(name):
+        raise RunError(f"{name!r} is the name of a bundled model ({bundle_dir(name)}); choose another --name "
+                       f"(fine-tune it with --init-from {name})")
     if name:
         if "+" in name:
             raise RunError(f"run name {name!r} contains '+', which evaluate.py and predict.py read as an "
@@ -64,8 +70,15 @@ def fresh_run_name(name: str | None, default: str, overwrite: bool) -> str:
     return candidate
 
 
+def bundle_dir(name: str) -> Path | None:
+    """pretrained/NAME/ when NAME is a model shipped with crackseg, else None."""
+    folder = PRETRAINED_DIR / name
+    return folder if name and (folder / "config.json").is_file() else None
+
+
 def load_config(name: str) -> dict:
-    path = MODELS_DIR / name / "config.json"
+    """A run's config.json, or a bundled model's (bundled names come first: train.py refuses them)."""
+    path = (bundle_dir(name) or MODELS_DIR / name) / "config.json"
     if not path.is_file():
         runs = sorted(p.name for p in MODELS_DIR.glob("*/config.json"))
         known = ", ".join(p.split("/")[0] for p in runs) or "none"
@@ -80,7 +93,7 @@ def run_datasets(config: dict) -> list[str]:
 
 def read_split(name: str) -> dict[str, dict[str, list[str]]]:
     """{DATASET: {"train": [...], "val": [...]}} of a run; runs of one dataset stored {"train", "val", ...}."""
-    split = json.loads((MODELS_DIR / name / "split.json").read_text())
+    split = json.loads(((bundle_dir(name) or MODELS_DIR / name) / "split.json").read_text())
     if "train" in split:
         return {run_datasets(load_config(name))[0]: {"train": split["train"], "val": split["val"]}}
     return split
@@ -182,8 +195,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
         os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """weights_only=True: a checkpoint from a stranger cannot run code when loaded."""
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", bare: bool = False) -> dict:
+    """weights_only=True: a checkpoint from a stranger cannot run code when loaded.
+    bare: a plain state dict (a bundled model.pt), not a crackseg training checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"checkpoint {path} does not exist")
@@ -195,7 +209,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise RunError(f"{path} is truncated or not a PyTorch checkpoint ({err}); "
                        "use another checkpoint of the run (last.pt or best.pt)") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or not (bare or ("model" in state and "config" in state)):
         raise RunError(f"{path} is not a crackseg checkpoint (no 'model' and 'config' entries)")
     return state
 
@@ -214,15 +228,65 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
                        f"(it was saved by a {state['config'].get('arch')} run): {detail}") from None
 
 
+def run_state(name: str, which: str = "best.pt", device: torch.device | str = "cpu") -> tuple[dict, Path]:
+    """The weights of a run (its checkpoint) or of a bundled model, as {"model", "config"}, and their file."""
+    bundle = bundle_dir(name)
+    if bundle:
+        return load_bundle(bundle, device), bundle / "model.pt"
+    path = MODELS_DIR / name / which
+    return load_checkpoint(path, device), path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(folder: Path, device: torch.device | str = "cpu") -> dict:
+    """A bundled model: model.pt (half-precision weights only) checked against the sha256 in config.json
+    before it is opened, loaded with weights_only=True, and widened to fp32 (the engine picks the precision)."""
+    config = json.loads((folder / "config.json").read_text())
+    path = folder / "model.pt"
+    restore = f"restore it with `git checkout -- pretrained/{folder.name}/model.pt`"
+    if not path.is_file():
+        raise RunError(f"{path} is missing: {restore}")
+    found = file_sha256(path)
+    if found != config.get("sha256"):
+        raise RunError(f"{path} does not match the sha256 in {folder / 'config.json'} (expected "
+                       f"{config.get('sha256')}, found {found}): the file is damaged or was replaced; {restore}")
+    state = load_checkpoint(path, device, bare=True)
+    return {"model": {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, "config": config}
+
+
+LOCAL_KEYS = ("data_dir", "name", "resume", "overwrite", "init_from", "device", "workers", "cache", "preset",
+              "panels_every")   # paths and machine settings: meaningless in a shipped model
+
+
+def export_bundle(run: str, folder: Path) -> dict:
+    """Write a finished run as a bundled model: model.pt (best.pt's weights only, half precision),
+    config.json (no local paths, with model.pt's sha256) and split.json. Returns the config."""
+    state, _ = run_state(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(half, folder / "model.pt")
+    config = {k: v for k, v in load_config(run).items() if k not in LOCAL_KEYS}
+    config.update({"exported_from": run, "weights": "fp16", "sha256": file_sha256(folder / "model.pt")})
+    json_dump(folder / "config.json", config)
+    json_dump(folder / "split.json", read_split(run))
+    return config
+
+
 def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
-    """The model of a run, with the run's config (its threshold checked, 0.5 if absent); ready for inference."""
+    """The model of a run or bundle, with its config (threshold checked, 0.5 if absent); ready for inference."""
     config = load_config(name)
     config["threshold"] = config.get("threshold", 0.5)
     if not (0 <= config["threshold"] < 1 and round(config["threshold"], 2) == config["threshold"]):
-        raise RunError(f"{MODELS_DIR / name / 'config.json'}: threshold {config['threshold']!r} must be one of "
+        raise RunError(f"{name}'s config.json: threshold {config['threshold']!r} must be one of "
                        "0.00, 0.01, ..., 0.99 (the grid every score is counted on)")
-    path = MODELS_DIR / name / which
-    state = load_checkpoint(path, engine.device)
+    state, path = run_state(name, which, engine.device)
     model = model_from_config(config)
     load_weights(model, state, path)
     model.to(engine.device).eval()

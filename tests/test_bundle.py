@@ -1,0 +1,117 @@
+"""Bundled models (pretrained/NAME/): export in half precision, checked loading, and predict.py's default."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import predict
+import utils
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, synthetic_root) -> Path:
+    """A tiny run trained here, exported as tmp/pretrained/tiny/ (the shipped layout)."""
+    work = tmp_path_factory.mktemp("bundle")
+    trained = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--dataset", "SYN", "--data-dir", str(synthetic_root), "--crop",
+         "64", "--base-width", "4", "--workers", "0", "--epochs", "2", "--val-split", "0.25", "--name", "run"],
+        cwd=work, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        config = utils.export_bundle("run", work / "pretrained" / "tiny")
+    assert config["weights"] == "fp16" and "data_dir" not in config and "name" not in config
+    return work
+
+
+@pytest.fixture
+def shipped(bundle, monkeypatch) -> Path:
+    monkeypatch.setattr(utils, "PRETRAINED_DIR", bundle / "pretrained")
+    return bundle / "pretrained" / "tiny"
+
+
+def test_the_bundle_holds_half_precision_weights_only(shipped):
+    state = torch.load(shipped / "model.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert not {"optimizer", "raw_model", "config"} & set(state)
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.pt", "split.json"]
+
+
+def test_half_precision_predicts_within_0_01_of_the_fp32_run(bundle, shipped, monkeypatch, synthetic_root):
+    monkeypatch.chdir(bundle)
+    engine = utils.make_engine("cpu", "fp32", False)
+    run_model, _ = utils.load_run_model("run", engine)
+    half_model, config = utils.load_run_model("tiny", engine)
+    x = torch.from_numpy(predict.preprocess(predict.read_photo(next((synthetic_root / "SYN" / "images").iterdir())),
+                                            predict.Intensity.from_config(config), "x").transpose(2, 0, 1).copy())[None]
+    difference = (utils.predict_probability(run_model, x, engine) - utils.predict_probability(half_model, x, engine))
+    assert 0 < difference.abs().max() < 0.01
+
+
+def test_predict_finds_the_bundle_by_name_from_any_directory_and_by_default(shipped, tmp_path, monkeypatch,
+                                                                             synthetic_root, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    photo = next((synthetic_root / "SYN" / "images").iterdir())
+    assert predict.main(["--name", "tiny", str(photo), "--device", "cpu"]) == 0
+    assert (elsewhere / "models" / "tiny" / "predictions" / f"{photo.stem}_prob.png").is_file()   # never in pretrained/
+    monkeypatch.setattr(predict, "DEFAULT_BUNDLE", "tiny")
+    assert predict.main([str(photo), "--device", "cpu", "--out", "default"]) == 0
+    assert "using the bundled model tiny" in capsys.readouterr().out
+    with open(elsewhere / "default" / "summary.csv") as f:
+        assert len(f.read().splitlines()) == 2
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.pt", "split.json"]
+
+
+def test_a_changed_byte_fails_the_sha256_check(shipped, tmp_path, monkeypatch):
+    copy = tmp_path / "pretrained" / "tiny"
+    copy.mkdir(parents=True)
+    for name in ("config.json", "split.json"):
+        (copy / name).write_bytes((shipped / name).read_bytes())
+    data = bytearray((shipped / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.pt").write_bytes(bytes(data))
+    monkeypatch.setattr(utils, "PRETRAINED_DIR", tmp_path / "pretrained")
+    with pytest.raises(utils.RunError, match="does not match the sha256"):
+        utils.load_run_model("tiny", utils.make_engine("cpu", "fp32", False))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+def test_a_file_that_would_run_code_is_refused_even_with_a_matching_sha256(shipped, tmp_path, monkeypatch):
+    copy = tmp_path / "pretrained" / "tiny"
+    copy.mkdir(parents=True)
+    torch.save({"weight": torch.zeros(1), "payload": Payload()}, copy / "model.pt")
+    config = json.loads((shipped / "config.json").read_text())
+    config["sha256"] = utils.file_sha256(copy / "model.pt")   # the tamperer updated the checksum too
+    (copy / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(utils, "PRETRAINED_DIR", tmp_path / "pretrained")
+    with pytest.raises(utils.RunError, match="refused unloaded"):
+        utils.load_run_model("tiny", utils.make_engine("cpu", "fp32", False))
+
+
+def test_train_refuses_a_bundled_name_for_a_new_run(shipped):
+    with pytest.raises(utils.RunError, match="bundled model"):
+        utils.fresh_run_name("tiny", "SYN_UNet", overwrite=True)
+
+
+def test_evaluate_scores_a_bundle_with_its_threshold(bundle, shipped, monkeypatch, synthetic_root):
+    import evaluate
+    monkeypatch.chdir(bundle)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--name", "tiny", "--test", "SYN", "--data-dir",
+                                      str(synthetic_root), "--tolerance", "2", "--device", "cpu"])
+    assert evaluate.main() == 0
+    summary = json.loads((bundle / "models" / "tiny" / "eval" / "SYN" / "metrics.json").read_text())
+    split = json.loads((shipped / "split.json").read_text())
+    assert summary["images"] == len(split["SYN"]["val"])              # its own training set: validation only
+    assert summary["results"][0]["at_run_threshold"]["threshold"] == json.loads(
+        (shipped / "config.json").read_text())["threshold"]
