@@ -120,7 +120,8 @@ def summarize_all(result: dict, dataset: str, tolerances, threshold: float | Non
     for t in tolerances:
         counts = result["counts"][t]
         s = metrics.summarize(counts)
-        entry = {"tolerance": t, **{k: s[k] for k in ("ods", "ois", "ods_mean", "ois_mean", "ap")}}
+        entry = {"tolerance": t, **{k: s[k] for k in ("ods", "ois", "ods_mean", "ois_mean", "ap")},
+                 "f1_curve": [round(float(f), 6) for f in metrics.f1_curve(counts)]}   # F at t = 0.00 ... 1.00
         rows = [{"tolerance": t, "name": name, **row}
                 for name, row in zip(result["names"], s["per_image"], strict=True)]
         if threshold is not None:

@@ -511,17 +511,17 @@ def validate(model, val_sets: dict, engine, args, epoch: int, writer) -> dict:
     results = {name: evaluate(model, val_set, engine, loss_name=args.loss, on_image=keep_panel,
                               tolerances=(0, THRESHOLD_TOLERANCE)) for name, val_set in val_sets.items()}
     strict = {name: metrics.summarize(r["counts"][0])["ods"]["f1"] for name, r in results.items()}
+    curves = {name: metrics.f1_curve(r["counts"][THRESHOLD_TOLERANCE]) for name, r in results.items()}
     at_half = [metrics.scores_at(r["counts"][0], F1_THRESHOLD_INDEX) for r in results.values()]
     for i, image in enumerate(panels):
         writer.add_image(f"val_panels/{i}", image, epoch)
     row = {"val_loss": float(np.mean([r["loss"] for r in results.values()])),
            "val_iou": float(np.mean([s["iou"] for s in at_half])), "val_f1": float(np.mean([s["f1"] for s in at_half])),
            "val_ods_f1": float(np.mean(list(strict.values()))),
-           "val_threshold": metrics.best_mean_threshold(
-               [metrics.f1_curve(r["counts"][THRESHOLD_TOLERANCE]) for r in results.values()])}
+           "val_threshold": metrics.best_mean_threshold(list(curves.values()))}
     if len(val_sets) > 1:
         row.update({f"val_ods_f1_{name}": f for name, f in strict.items()})
-    return row
+    return row, curves
 
 
 # ---------------------------------------------------------------- main
@@ -577,8 +577,10 @@ def main() -> int:
             row = {"epoch": epoch, **train_one_epoch(ddp_model, loader, optimizer, scaler, engine, args, epoch,
                                                        run_dir, progress, average)}
             sync_buffers(evaluated, engine)
+            curves = {}
             if val_sets:
-                row.update(validate(evaluated, val_sets, engine, args, epoch, writer))
+                scores, curves = validate(evaluated, val_sets, engine, args, epoch, writer)
+                row.update(scores)
             if scheduler is not None:
                 scheduler.step(row["val_loss"])
             improved = "val_ods_f1" not in row or row["val_ods_f1"] > best   # no validation: the last is best
@@ -587,7 +589,7 @@ def main() -> int:
                 with signals_held():   # the log row and last.pt always describe the same epoch
                     log_epoch(writer, run_dir / "log.csv", row)
                     save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, progress, best, row,
-                               improved)
+                               improved, curves)
                 print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     finally:
         if writer:
@@ -669,8 +671,10 @@ def open_run_dir(args, engine, split: dict, start: int) -> tuple[Path, dict]:
     return run_dir, config
 
 
-def save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, progress, best, row, improved) -> None:
-    """last.pt every epoch, best.pt when validation improved; "model" is always the weights validated."""
+def save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, progress, best, row, improved,
+               curves: dict) -> None:
+    """last.pt every epoch, best.pt when validation improved; "model" is always the weights validated.
+    config.json keeps the best epoch's validation F curves at 2 px, from which its threshold was chosen."""
     weights = {"model": model.state_dict()} if average is None else {
         "model": average.model.state_dict(), "raw_model": model.state_dict(), "average_updates": average.updates}
     state = {**weights, "optimizer": optimizer.state_dict(),
@@ -683,6 +687,7 @@ def save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, pr
         save_checkpoint(run_dir / "best.pt", state)
         config["threshold"] = row.get("val_threshold", 0.5)   # 0.5 without validation
         config["best_epoch"] = row["epoch"]
+        config["val_f1_curves"] = {name: [round(float(f), 6) for f in curve] for name, curve in curves.items()}
         json_dump(run_dir / "config.json", config)
 
 

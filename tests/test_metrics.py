@@ -369,3 +369,17 @@ def test_float_noise_at_the_ends_is_accepted():
 def test_bad_arguments_raise(call):
     with pytest.raises((TypeError, ValueError)):
         call()
+
+
+def test_the_run_threshold_maximises_the_mean_of_the_datasets_f1_curves():
+    from metrics import best_mean_threshold, f1_curve, threshold_index
+    grid = np.arange(101) / 100
+    small = np.exp(-((grid - 0.2) / 0.1) ** 2)            # one dataset peaks at 0.2, the other at 0.6
+    large = 0.9 * np.exp(-((grid - 0.6) / 0.3) ** 2)
+    assert best_mean_threshold([small, large]) == grid[np.argmax(small + large)]
+    assert best_mean_threshold([np.ones(101), np.ones(101)]) == 1.0          # ties: the highest
+    counts = image_counts(np.array([[0.9, 0.4, 0.6, 0.1]]), np.array([[1, 1, 0, 0]]))
+    assert f1_curve(counts)[50] == scores_at(counts, 50)["f1"] == 0.5
+    assert threshold_index(0.37) == 37
+    with pytest.raises(ValueError, match="not on the grid"):
+        threshold_index(0.375)

@@ -259,7 +259,7 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
     model.eval()
     engine = utils.make_engine("cpu", "fp32", False)
     args = argparse.Namespace(loss="BCEDiceLoss", panels_every=1000)
-    row = train.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
+    row, curves = train.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
     x, truth = val_set[0]["image"][None], val_set[0]["mask"][None]
     tiled = utils.predict_probability(model, x, engine)
     with torch.inference_mode():
@@ -269,6 +269,9 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
                                             abs=1e-6)
     counts = metrics.image_counts(tiled[0, 0].numpy(), truth[0, 0].numpy())[None]
     assert row["val_ods_f1"] == metrics.summarize(counts)["ods"]["f1"]
+    tolerant = metrics.image_counts(tiled[0, 0].numpy(), truth[0, 0].numpy(), tolerance=2)[None]
+    np.testing.assert_array_equal(curves["SYN"], metrics.f1_curve(tolerant))
+    assert row["val_threshold"] == metrics.summarize(tolerant)["ods"]["threshold"]   # one dataset: its 2 px ODS t
 
 
 def test_cudnn_benchmark_only_where_input_shapes_are_fixed(monkeypatch):
