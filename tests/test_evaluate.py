@@ -36,11 +36,12 @@ def evaluated(tmp_path_factory, synthetic_root) -> Path:
 def test_a_runs_own_dataset_is_scored_on_its_validation_split_only(evaluated):
     out = evaluated / "models" / "r" / "eval" / "SYN"
     summary = json.loads((out / "metrics.json").read_text())
-    val = json.loads((evaluated / "models" / "r" / "split.json").read_text())["val"]
+    val = json.loads((evaluated / "models" / "r" / "split.json").read_text())["SYN"]["val"]
     assert summary["dataset"] == "SYN" and summary["images"] == len(val) == 3
     assert [r["tolerance"] for r in summary["results"]] == [0, 2]
     first = summary["results"][0]
-    assert set(first) == {"tolerance", "ods", "ois", "ods_mean", "ois_mean", "ap", "at_run_threshold"}
+    assert set(first) == {"tolerance", "ods", "ois", "ods_mean", "ois_mean", "ap", "at_run_threshold", "f1_curve"}
+    assert max(first["f1_curve"]) == pytest.approx(first["ods"]["f1"], abs=1e-6)
     threshold = json.loads((evaluated / "models" / "r" / "config.json").read_text())["threshold"]
     assert set(first["at_run_threshold"]) == {"threshold", "precision", "recall", "f1"}
     assert first["at_run_threshold"]["threshold"] == threshold
@@ -56,7 +57,7 @@ def test_a_runs_own_dataset_is_scored_on_its_validation_split_only(evaluated):
 
 def test_pred_dir_scores_saved_maps_exactly_like_the_metric_functions(evaluated, synthetic_root, tmp_path):
     maps = evaluated / "models" / "r" / "eval" / "SYN"
-    val = json.loads((evaluated / "models" / "r" / "split.json").read_text())["val"]
+    val = json.loads((evaluated / "models" / "r" / "split.json").read_text())["SYN"]["val"]
     data = tmp_path / "data" / "VAL"
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)
@@ -125,10 +126,10 @@ def test_an_ensemble_scores_the_mean_probability_of_its_members(evaluated, synth
 
     # on the members' own dataset: only images in every member's validation split (two of three shared here,
     # then none: the split files are edited so that both cases are tested whatever the seeds draw)
-    r_split = json.loads((work / "models" / "r" / "split.json").read_text())
+    r_split = json.loads((work / "models" / "r" / "split.json").read_text())["SYN"]
     stems = sorted(r_split["train"] + r_split["val"])
     for s1_val, images in ((r_split["val"][:2] + [r_split["train"][0]], 2), (r_split["train"][:3], 0)):
-        s1_split = {"seed": 1, "val_split": 0.25, "train": sorted(set(stems) - set(s1_val)), "val": sorted(s1_val)}
+        s1_split = {"SYN": {"train": sorted(set(stems) - set(s1_val)), "val": sorted(s1_val)}}
         (work / "models" / "s1" / "split.json").write_text(json.dumps(s1_split))
         own = cli(work, "evaluate.py", "--name", "r+s1", "--test", "SYN", "--tolerance", "0")
         if images:

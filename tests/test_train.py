@@ -42,7 +42,7 @@ def test_short_training_run_leaves_a_complete_run_directory(tmp_path, synthetic_
     assert config["arch"] == "UNet" and config["lr"] == 0.01 and "torch" in config["provenance"]
     assert 0 <= config["threshold"] <= 1
     split = json.loads((run_dir / "split.json").read_text())
-    assert len(split["val"]) == 3 and len(split["train"]) == 9
+    assert list(split) == ["SYN"] and len(split["SYN"]["val"]) == 3 and len(split["SYN"]["train"]) == 9
     rows = log_rows(run_dir)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"train_loss", "val_loss", "val_iou", "val_f1", "lr", "data_wait"} <= set(rows[0])
@@ -113,7 +113,7 @@ def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_r
     # the logged validation loss is that of the averaged weights, saved as "model"
     state = torch.load(tmp_path / "models" / "straight" / "last.pt", weights_only=True)
     engine = make_engine("cpu", "fp32", False)
-    _, val_set, _ = train.prepare_data(train.get_args([str(a) for a in args]), engine)
+    val_set = train.prepare_data(train.get_args([str(a) for a in args]), engine)[1]["SYN"]
     losses = {}
     for key in ("model", "raw_model"):
         model = model_from_config(state["config"])
@@ -229,7 +229,7 @@ def test_val_split_zero_trains_on_every_image_and_saves_the_last_epoch_as_best(t
         "--name", "all", cwd=tmp_path)
     run_dir = tmp_path / "models" / "all"
     split = json.loads((run_dir / "split.json").read_text())
-    assert split["val"] == [] and len(split["train"]) == 12
+    assert split["SYN"]["val"] == [] and len(split["SYN"]["train"]) == 12
     best, last = (torch.load(run_dir / f, weights_only=True) for f in ("best.pt", "last.pt"))
     assert best["epoch"] == last["epoch"] == 2
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
