@@ -300,9 +300,8 @@ def main(argv=None) -> int:
     engine = make_engine(args.device, args.precision)
     model, config = load_runs(args.name, engine, args.checkpoint)
     intensity = Intensity.from_config(config)
-    saved = config.get("threshold")
-    threshold = args.threshold if args.threshold is not None else (0.5 if saved is None else saved)
-    source = "--threshold" if args.threshold is not None else ("config.json" if saved is not None else "default")
+    threshold = config["threshold"] if args.threshold is None else args.threshold
+    source = config["threshold_source"] if args.threshold is None else "--threshold"
     # 2. the images: a missing INPUT stops everything before any work, as a typo should
     items = find_inputs(args.inputs, out_dir.resolve())
     print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.device} {engine.dtype or 'fp32'}, "

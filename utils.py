@@ -282,6 +282,7 @@ def export_bundle(run: str, folder: Path) -> dict:
 def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
     """The model of a run or bundle, with its config (threshold checked, 0.5 if absent); ready for inference."""
     config = load_config(name)
+    config["threshold_source"] = "config.json" if "threshold" in config else "default"
     config["threshold"] = config.get("threshold", 0.5)
     if not (0 <= config["threshold"] < 1 and round(config["threshold"], 2) == config["threshold"]):
         raise RunError(f"{name}'s config.json: threshold {config['threshold']!r} must be one of "
@@ -322,7 +323,7 @@ def load_runs(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.
     for key in PREPROCESSING:
         if len({json.dumps(c.get(key)) for c in configs}) > 1:
             raise RunError(f"runs {', '.join(names)} differ in {key}; an ensemble needs one preprocessing")
-    config = {**configs[0], "members": list(names),
+    config = {**configs[0], "members": list(names), "threshold_source": "the members' mean",
               "threshold": round(float(np.mean([c["threshold"] for c in configs])), 2)}   # on the 0.01 grid
     return Ensemble([model for model, _ in loaded]).eval(), config
 
