@@ -30,6 +30,7 @@ ABLATION_SOURCES = ["CRACKMAP", "MASONRY"]
 ABLATION_ARMS = {   # name -> extra train.py arguments, relative to the multi-source recipe
     "nocam": [],
     "allcam": ["--camera-aug"],
+    "allcam_seed1": ["--camera-aug", "--seed", "1"],   # the seed-to-seed spread the other arms are judged by
     "allcam_equal": ["--camera-aug", "--sampling", "equal"],
     "no_tone": ["--camera-aug", "blur", "noise", "jpeg", "resolution", "scale"],     # without colour, gamma, light
     "no_degrade": ["--camera-aug", "colour", "gamma", "light", "scale"],             # without blur, noise, jpeg, res.
