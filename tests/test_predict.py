@@ -53,12 +53,24 @@ def big_image() -> torch.Tensor:
     return torch.from_numpy(photo(H, W).transpose(2, 0, 1).copy())[None]   # 1x3x2000x3000
 
 
+def test_tiles_cover_each_axis_evenly_on_the_pooling_grid_with_at_least_the_overlap():
+    for size in range(16, 9000, 16):
+        side, starts = utils.tile_layout(size, TILE, OVERLAP)
+        assert side <= TILE and side % 16 == 0 and all(s % 16 == 0 for s in starts)
+        assert starts[0] == 0 and starts[-1] + side == size and starts == sorted(starts)
+        assert all(side - (b - a) >= OVERLAP for a, b in zip(starts, starts[1:], strict=False))
+        fewest = max(1, -(-(size - OVERLAP) // (TILE - OVERLAP)))   # n * TILE - (n - 1) * OVERLAP >= size
+        assert len(starts) <= fewest + 1
+    # a 4000x3000 photo: 5 x 4 tiles of 928x864 px (16.0 Mpx computed) instead of 1024x1024 (21.0 Mpx)
+    assert utils.tile_layout(4000, TILE, OVERLAP)[0] * utils.tile_layout(3008, TILE, OVERLAP)[0] * 20 < 16.1e6
+
+
 def tiled_and_one_pass(model, x):
     engine = utils.make_engine("cpu", "fp32")
     with torch.inference_mode():
         tiled, count = utils.predict_tiled(model, x, engine, TILE, OVERLAP)
     one = utils.predict_probability(model, x, engine, tile=4096)                 # a single pass
-    assert count == len(utils.tile_starts(H, TILE, TILE - OVERLAP)) * len(utils.tile_starts(W, TILE, TILE - OVERLAP))
+    assert count == len(utils.tile_layout(H, TILE, OVERLAP)[1]) * len(utils.tile_layout(W + 8, TILE, OVERLAP)[1])
     assert count == 12
     return tiled[0, 0].numpy(), one[0, 0].numpy()
 
@@ -68,7 +80,8 @@ def tile_edges(size: int) -> list[int]:
     padding to a multiple of 16 (so these tests hold if predict_tiled pads first, as one pass does)."""
     edges = set()
     for padded in (size, -(-size // 16) * 16):
-        edges |= {e for s in utils.tile_starts(padded, TILE, TILE - OVERLAP) for e in (s, s + TILE)}
+        side, starts = utils.tile_layout(padded, TILE, OVERLAP)
+        edges |= {e for s in starts for e in (s, s + side)}
     return sorted(e for e in edges if 0 < e < size)
 
 
@@ -101,9 +114,9 @@ def test_tiles_agree_with_one_pass_within_the_receptive_field_bound(big_image):
 def test_unet_tiles_leave_no_seam(big_image):
     """Blending hides tile edges: the step across every tile edge line is no larger than the one pass's.
 
-    Pixel values are NOT compared: models.UNet upsamples with align_corners=True and the last tile
-    starts off the 16-pixel pooling grid, so the UNet's output depends on the frame it sees and the
-    two predictions differ everywhere (mean ~0.05, max ~1 for this random net)."""
+    Pixel values are NOT compared: models.UNet upsamples with align_corners=True, so its output
+    depends on the frame it sees and the two predictions differ everywhere (mean ~0.05, max ~1 for
+    this random net)."""
     torch.manual_seed(0)
     model = calibrate_batchnorm(build_model("UNet", base_width=4), big_image[..., :256, :256])
     tiled, one = tiled_and_one_pass(model, big_image)
