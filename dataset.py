@@ -314,6 +314,12 @@ def photo_transform(photometric: bool = False, camera: tuple[str, ...] = ()) -> 
     return A.Compose(steps) if steps else None
 
 
+def thicken_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Dilate a bool mask by a disc of radius `pixels`: a centre-line label becomes 2 * pixels wider."""
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    return cv2.dilate(mask.astype(np.uint8), disc) > 0
+
+
 class CrackDataset(Dataset):
     """Training items (transform given) are random crops; evaluation items are full images.
 
@@ -321,12 +327,13 @@ class CrackDataset(Dataset):
     preprocessed image and its mask together."""
 
     def __init__(self, samples: list[Sample], intensity: Intensity, transform: A.Compose | None = None,
-                 decoded: list | None = None, photo: A.Compose | None = None):
+                 decoded: list | None = None, photo: A.Compose | None = None, thicken: list[int] | None = None):
         self.samples = samples
         self.intensity = intensity
         self.transform = transform
         self.photo = photo
         self.decoded = decoded  # cached (image, mask, roi) arrays, or None to read each time
+        self.thicken = thicken  # per sample: dilate its mask by this many pixels (0: as labelled)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -344,6 +351,8 @@ class CrackDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image, mask, roi = self.decoded[index] if self.decoded else read_sample(sample)
+        if self.thicken and self.thicken[index]:
+            mask = thicken_mask(mask, self.thicken[index])
         if self.photo is not None:
             image = self.photo(image=image)["image"]
         x = preprocess(image, self.intensity, str(sample.image))
@@ -360,31 +369,32 @@ class CrackDataset(Dataset):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """The training indices of one epoch (as many crops as training images) for one rank.
+    """The training indices of one epoch (`length` crops, by default as many as training images) for one rank.
 
     The training set is the datasets' images one after another (`sizes` of them each).
-    "proportional": every image once, shuffled. "equal": each dataset gives the same number of
+    "proportional": every image once per pass, shuffled. "equal": each dataset gives the same number of
     crops, its images drawn in shuffled passes (a small dataset is repeated, a large one sampled).
     The order depends on (seed, epoch) only, identical on every rank, which takes its own share."""
 
-    def __init__(self, sizes: list[int], policy: str = "proportional", seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, sizes: list[int], policy: str = "proportional", seed: int = 0, rank: int = 0, world: int = 1,
+                 length: int | None = None):
         self.sizes, self.policy, self.seed, self.rank, self.world = list(sizes), policy, seed, rank, world
         self.epoch = 0
-        total = sum(self.sizes)
-        self.per_rank = total // world if total >= world else 1   # the tail that does not divide is dropped
+        self.length = length or sum(self.sizes)
+        self.per_rank = self.length // world if self.length >= world else 1   # the tail that does not divide is dropped
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def epoch_indices(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
-        total = sum(self.sizes)
+        n, total = self.length, sum(self.sizes)
         if self.policy == "proportional":
-            return rng.permutation(total)
+            return shuffled_passes(rng, total, n)
         starts = np.cumsum([0, *self.sizes[:-1]])
-        share = [total // len(self.sizes) + (k < total % len(self.sizes)) for k in range(len(self.sizes))]
-        drawn = [start + np.concatenate([rng.permutation(size) for _ in range(-(-n // size))])[:n]
-                 for start, size, n in zip(starts, self.sizes, share, strict=True)]
+        share = [n // len(self.sizes) + (k < n % len(self.sizes)) for k in range(len(self.sizes))]
+        drawn = [start + shuffled_passes(rng, size, m)
+                 for start, size, m in zip(starts, self.sizes, share, strict=True)]
         return rng.permutation(np.concatenate(drawn))
 
     def __iter__(self):
@@ -393,6 +403,11 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+def shuffled_passes(rng: np.random.Generator, size: int, n: int) -> np.ndarray:
+    """n indices below size: whole shuffled passes, the last one cut short."""
+    return np.concatenate([rng.permutation(size) for _ in range(-(-n // size))])[:n]
 
 
 def split_ids(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:

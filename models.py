@@ -139,5 +139,25 @@ def build_model(arch: str, *, deep_supervision: bool = False, base_width: int = 
     return ARCHS[arch](base_width=base_width)
 
 
+def encoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of the contracting path (before any decoder sees them)."""
+    if isinstance(model, NestedUNet):
+        return [model.nodes[f"x{i}_0"] for i in range(5)]
+    return list(model.enc)
+
+
+def freeze_encoder(model: nn.Module) -> None:
+    """Fix the encoder's weights and BatchNorm statistics: fine-tuning on a few images then adapts
+    only the decoder, and cannot drift the features learned from many."""
+    for block in encoder_blocks(model):
+        block.requires_grad_(False)
+        block.eval()
+        block.train = _stay_in_eval.__get__(block)   # model.train() must not switch its BatchNorm back
+
+
+def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

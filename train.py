@@ -32,7 +32,7 @@ import metrics
 from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, EpochSampler, Intensity, photo_transform, scan_dataset,
                      split_ids, train_transform)
 from losses import LOSSES, compute_loss
-from models import ARCHS
+from models import ARCHS, freeze_encoder
 from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
                    load_checkpoint, load_config, load_weights, make_engine, model_from_config,
                    provenance, read_split, run_cli, run_datasets, run_state, save_checkpoint, signals_held)
@@ -40,7 +40,12 @@ from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
     "fast": {"dataset": ["SYNTHETIC"], "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
              "scheduler": "CosineAnnealingLR", "max_minutes": 4.5},
+    # a few labelled photos of a new surface, with --init-from (benchmarks/finetune.py measured it)
+    "finetune": {"crop": 256, "batch_size": 4, "lr": 1e-3, "scheduler": "CosineAnnealingLR", "photometric": True,
+                 "scale_aug": True, "camera_aug": list(CAMERA_PARTS), "cache": True, "epochs": 1000,
+                 "epoch_size": 64, "max_minutes": 5},
 }
+PARENT_KEYS = ("arch", "base_width", "deep_supervision", "minmax", "normalize", "clahe")  # --init-from's
 RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache", "panels_every"}
 F1_THRESHOLD_INDEX = 50  # t = 0.50 in metrics.DEFAULT_THRESHOLDS
 THRESHOLD_TOLERANCE = 2  # px: the run's threshold is chosen at the literature's tolerance
@@ -48,13 +53,17 @@ THRESHOLD_TOLERANCE = 2  # px: the run's threshold is chosen at the literature's
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=PRESETS, help="fast: synthetic data, 128 crops, 40 epochs")
+    p.add_argument("--preset", choices=PRESETS, help="fast: synthetic data, 128 crops, 40 epochs; "
+                   "finetune: 5 minutes on a few photos of your own (with --init-from)")
     # data
     p.add_argument("--dataset", nargs="+", default=["SYNTHETIC"], metavar="DATASET",
                    help="folders under --data-dir, one model on all of them; SYNTHETIC is made on first use")
     p.add_argument("--sampling", default="proportional", choices=["proportional", "equal"],
                    help="how an epoch (as many crops as training images) draws from several datasets: "
                         "each image once, or the same number of crops from each dataset")
+    p.add_argument("--thicken-labels", nargs="+", default=[], type=dataset_pixels, metavar="DATASET=PX",
+                   help="read DATASET's masks dilated by PX pixels (training and validation), for sources "
+                        "labelled with thinner lines than the others (benchmarks/label_widths.py)")
     p.add_argument("--data-dir", default="inputs")
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--crop", type=int, default=512, help="random crop side; 512 as in the reference, 256 on a CPU")
@@ -68,6 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-aug", action="store_true", help="random scale 0.7-1.4 and rotation +-20 degrees")
     p.add_argument("--camera-aug", nargs="*", choices=CAMERA_PARTS, metavar="PART",
                    help="imitate other cameras on the uint8 photo: " + ", ".join(CAMERA_PARTS) + " (no PART: all)")
+    p.add_argument("--epoch-size", type=int, default=0, metavar="CROPS",
+                   help="crops per epoch (0: as many as training images); a few images need more per epoch")
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes; 0 = in the main process")
     p.add_argument("--cache", action="store_true", help="keep decoded images in memory")
     # model and loss
@@ -106,9 +117,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name; default <DATASET>_<arch>, suffixed _2, _3 if taken")
     p.add_argument("--resume", metavar="RUN", help="continue RUN after its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --name")
-    p.add_argument("--init-from", metavar="RUN", help="start from RUN's best weights (fine-tuning)")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from RUN's best weights (fine-tuning; crackseg-general is the bundled model); "
+                        "the network and preprocessing options come from RUN")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train only the decoder: encoder weights and BatchNorm statistics stay fixed")
     p.add_argument("--panels-every", type=int, default=5, help="epochs between TensorBoard panels")
     return p
+
+
+def dataset_pixels(text: str) -> tuple[str, int]:
+    name, _, pixels = text.partition("=")
+    if not name or not pixels.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=PIXELS (e.g. CFD=2)")
+    return name, int(pixels)
 
 
 def typed_options(argv=None) -> set[str]:
@@ -125,6 +147,7 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         (args.crop >= 16 and args.crop % 16 == 0, "--crop must be a positive multiple of 16 (4 poolings)"),
         (0 <= args.val_split < 1, "--val-split must be in [0, 1) (0: train on every image, no validation)"),
         (args.workers >= 0, "--workers must be >= 0"),
+        (args.epoch_size >= 0, "--epoch-size must be >= 0 (0: one crop per training image)"),
         (args.base_width >= 1, "--base-width must be >= 1"),
         (args.epochs >= 1, "--epochs must be >= 1"),
         (args.batch_size >= 1, "--batch-size must be >= 1"),
@@ -139,6 +162,8 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         (0 <= args.seed < 2**32, "--seed must be in [0, 2**32)"),
         (args.panels_every >= 1, "--panels-every must be >= 1"),
         (len(set(args.dataset)) == len(args.dataset), "--dataset names a dataset twice"),
+        (all(name in args.dataset for name, _ in args.thicken_labels),
+         "--thicken-labels names a dataset that --dataset does not"),
         (not args.deep_supervision or args.arch == "NestedUNet",
          f"--deep-supervision needs --arch NestedUNet ({args.arch} has one output)"),
         (args.val_split > 0 or args.scheduler != "ReduceLROnPlateau",
@@ -160,6 +185,8 @@ def get_args(argv=None) -> argparse.Namespace:
     if args.resume:
         args = resumed_args(args, typed_options(argv))
         args.dataset = run_datasets(vars(args))
+    elif args.init_from:
+        inherit_parent(parser, args, typed_options(argv))
     check_values(parser, args)
     return args
 
@@ -174,6 +201,19 @@ def resumed_args(args: argparse.Namespace, typed: set[str]) -> argparse.Namespac
               + ", ".join(f"--{k.replace('_', '-')} (the run has {saved.get(k)!r})" for k in ignored))
     saved.update({k: getattr(args, k) for k in RESUME_OVERRIDES & typed})
     return argparse.Namespace(**{**saved, "resume": args.resume, "name": args.resume})
+
+
+def inherit_parent(parser: argparse.ArgumentParser, args: argparse.Namespace, typed: set[str]) -> None:
+    """A fine-tuned run has its parent's network and input scaling: other weights would not load,
+    another scaling would feed the weights images they never saw. Typing a different value is an error."""
+    config = load_config(args.init_from)
+    for key in PARENT_KEYS:
+        parent = config.get(key, parser.get_default(key))
+        if key in typed and getattr(args, key) != parent:
+            option = f"--{key.replace('_', '-')} {getattr(args, key)}"
+            parser.error(f"{option} differs from --init-from {args.init_from}'s {parent}: a fine-tuned run"
+                         " keeps its parent's network and preprocessing (drop the option)")
+        setattr(args, key, parent)
 
 
 # ---------------------------------------------------------------- data
@@ -198,7 +238,8 @@ def prepare_data(args, engine):
                                 strict=True)) for name, (samples, _) in scanned.items()}
     intensity = Intensity(minmax=args.minmax, clahe=args.clahe,
                           normalize=tuple(args.normalize) if args.normalize else None)
-    train_samples, train_arrays, val = [], [], {}
+    train_samples, train_arrays, train_thicken, val = [], [], [], {}
+    thicken = dict(args.thicken_labels)
     for name, (samples, decoded) in scanned.items():
         by_stem = {s.stem: i for i, s in enumerate(samples)}
         missing = [i for part in ("train", "val") for i in split[name][part] if i not in by_stem]
@@ -207,13 +248,15 @@ def prepare_data(args, engine):
         train_idx, val_idx = ([by_stem[i] for i in split[name][part]] for part in ("train", "val"))
         train_samples += [samples[i] for i in train_idx]
         train_arrays += [decoded[i] for i in train_idx] if decoded else []
+        train_thicken += [thicken.get(name, 0)] * len(train_idx)
         if val_idx:
             val[name] = CrackDataset([samples[i] for i in val_idx], intensity,
-                                     decoded=[decoded[i] for i in val_idx] if decoded else None)
+                                     decoded=[decoded[i] for i in val_idx] if decoded else None,
+                                     thicken=[thicken.get(name, 0)] * len(val_idx))
     camera = tuple(args.camera_aug or ())
     train_set = CrackDataset(train_samples, intensity,
                              train_transform(args.crop, args.resize, args.scale_aug, "scale" in camera),
-                             train_arrays or None, photo_transform(args.photometric, camera))
+                             train_arrays or None, photo_transform(args.photometric, camera), train_thicken)
     return train_set, val, split, [len(split[name]["train"]) for name in scanned]
 
 
@@ -245,7 +288,7 @@ def seed_worker(worker_id: int) -> None:
 
 
 def make_train_loader(train_set, sizes: list[int], args, engine) -> DataLoader:
-    sampler = EpochSampler(sizes, args.sampling, args.seed, engine.rank, engine.world)
+    sampler = EpochSampler(sizes, args.sampling, args.seed, engine.rank, engine.world, args.epoch_size or None)
     return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
                       num_workers=args.workers, worker_init_fn=seed_worker,
                       persistent_workers=args.workers > 0, pin_memory=engine.device.type == "cuda",
@@ -263,15 +306,18 @@ def start_epoch(loader: DataLoader, args, engine, epoch: int) -> None:
 
 def build_training(args, engine):
     model = model_from_config(vars(args))
+    if args.freeze_encoder:
+        freeze_encoder(model)
     if args.sync_bn and engine.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(engine.device)
     if engine.channels_last:
         model.to(memory_format=torch.channels_last)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == "Adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = torch.optim.Adam(trainable, lr=args.lr, weight_decay=args.weight_decay)
     else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+        optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay, nesterov=True)
     scheduler = None   # CosineAnnealingLR follows Progress (cosine_lr); "none" keeps --lr
     if args.scheduler == "ReduceLROnPlateau":

@@ -216,6 +216,19 @@ def test_reseeding_draws_all_eight_orientations(tmp_path):
     assert len({data[0]["image"].numpy().tobytes() for _ in range(100)}) == 8
 
 
+def test_thickened_labels_widen_a_centre_line_by_twice_the_radius_for_their_samples_only(tmp_path):
+    mask = np.zeros((40, 48), np.uint8)
+    mask[20, 5:43] = 255                                     # a 1-pixel centre line
+    cv2.imwrite(str(tmp_path / "i.png"), np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    sample = Sample("i", tmp_path / "i.png", tmp_path / "m.png")
+    data = CrackDataset([sample, sample], Intensity(), thicken=[0, 2])
+    plain, thick = (data[i]["mask"][0].numpy() > 0 for i in (0, 1))
+    assert plain.sum() == 38 and np.array_equal(plain, mask > 0)
+    assert thick[:, 24].sum() == 5 and thick[18:23, 24].all()   # width 1 + 2 * 2 across the line
+    assert thick[plain].all() and set(np.unique(data[1]["mask"]).tolist()) == {0.0, 1.0}
+
+
 # ---------------------------------------------------------------- several datasets, camera augmentation
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -252,6 +265,22 @@ def test_equal_sampling_draws_the_same_number_of_crops_from_each_dataset():
         small = np.bincount(indices[(indices >= 40) & (indices < 45)] - 40, minlength=5)
         assert small.tolist() == [4] * 5                      # the small set in whole shuffled passes
         assert len(set(indices[indices < 40].tolist())) == 20  # the large one sampled without repeats
+
+
+@pytest.mark.parametrize("policy", ["proportional", "equal"])
+def test_an_epoch_size_repeats_a_few_images_in_whole_shuffled_passes(policy):
+    sizes = [3, 2]                                            # 5 images, 23 crops an epoch
+    sampler = EpochSampler(sizes, policy, seed=1, length=23)
+    indices = np.array(list(sampler))
+    assert len(sampler) == len(indices) == 23
+    counts = np.bincount(indices, minlength=5)
+    if policy == "proportional":                               # 4 whole passes and 3 of the fifth
+        assert sorted(counts.tolist()) == [4, 4, 5, 5, 5] and sorted(indices[:5]) == [0, 1, 2, 3, 4]
+    else:                                                      # 12 and 11 crops, each set in passes
+        assert counts[:3].sum() == 12 and counts[3:].sum() == 11
+        assert counts[:3].tolist() == [4, 4, 4] and sorted(counts[3:].tolist()) == [5, 6]
+    default = EpochSampler(sizes, policy, seed=1)
+    assert len(default) == 5
 
 
 @pytest.mark.parametrize("scale_aug", [False, True])

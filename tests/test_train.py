@@ -183,6 +183,39 @@ def test_resuming_a_fine_tuned_run_never_reloads_its_parent(tmp_path, synthetic_
     assert len(log_rows(tmp_path / "models" / "child")) == 2
 
 
+def test_a_fine_tuned_run_takes_its_parents_network_and_can_train_only_the_decoder(tmp_path, synthetic_root):
+    run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "parent",
+        "--normalize", "0.5", "0.25", cwd=tmp_path)
+    child = ["--dataset", "SYN", "--data-dir", synthetic_root, "--crop", "64", "--workers", "0", "--epochs", "1",
+             "--init-from", "parent", "--name", "child"]
+    run("train.py", *child, "--freeze-encoder", "--epoch-size", "10", cwd=tmp_path)
+    config = json.loads((tmp_path / "models" / "child" / "config.json").read_text())
+    assert (config["base_width"], config["normalize"]) == (4, [0.5, 0.25])   # not the defaults 32, None
+    assert log_rows(tmp_path / "models" / "child")[0]["steps"] == "2"         # 10 crops, batches of 4
+    parent = torch.load(tmp_path / "models" / "parent" / "best.pt", weights_only=True)["model"]
+    tuned = torch.load(tmp_path / "models" / "child" / "last.pt", weights_only=True)["model"]
+    for key in parent:   # the encoder's weights and BatchNorm statistics are the parent's, the rest moved
+        same = torch.equal(parent[key].float(), tuned[key].float())
+        if key.startswith("enc."):
+            assert same, key
+        elif key.endswith("running_mean") or key.endswith(".weight") and key.startswith("head"):
+            assert not same, key
+    refused = run("train.py", *child, "--base-width", "8", "--overwrite", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "--base-width 8 differs from --init-from parent's 4" in refused.stderr
+
+
+def test_thickened_labels_reach_training_and_validation_of_that_dataset(synthetic_root):
+    import train
+    from utils import make_engine
+    args = train.get_args(["--dataset", "SYN", "--data-dir", str(synthetic_root), "--thicken-labels", "SYN=2",
+                           "--val-split", "0.25"])
+    train_set, val_sets, _, _ = train.prepare_data(args, make_engine("cpu", "fp32"))
+    assert train_set.thicken == [2] * 9 and val_sets["SYN"].thicken == [2] * 3
+    thick = val_sets["SYN"][0]["mask"].sum()
+    val_sets["SYN"].thicken = None
+    assert thick > 1.5 * val_sets["SYN"][0]["mask"].sum()
+
+
 def test_overwrite_removes_the_old_run_whole_first(tmp_path, synthetic_root):
     run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "r", cwd=tmp_path)
     for folder in ("eval/SYN", "predictions/sub"):   # what evaluate.py and predict.py leave in a run
@@ -198,6 +231,9 @@ def test_overwrite_removes_the_old_run_whole_first(tmp_path, synthetic_root):
 
 @pytest.mark.parametrize("bad, message", [
     (["--crop", "100"], "--crop must be a positive multiple of 16"),
+    (["--thicken-labels", "CFD=2"], "--thicken-labels names a dataset that --dataset does not"),
+    (["--thicken-labels", "SYNTHETIC"], "is not DATASET=PIXELS"),
+    (["--epoch-size", "-1"], "--epoch-size must be >= 0"),
     (["--deep-supervision"], "--deep-supervision needs --arch NestedUNet"),
     (["--panels-every", "0"], "--panels-every must be >= 1"),
     (["--val-split", "1"], "--val-split must be in"),
