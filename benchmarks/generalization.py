@@ -31,6 +31,7 @@ ABLATION_ARMS = {   # name -> extra train.py arguments, relative to the multi-so
     "nocam": [],
     "allcam": ["--camera-aug"],
     "allcam_seed1": ["--camera-aug", "--seed", "1"],   # the seed-to-seed spread the other arms are judged by
+    "thick_cfd": ["--camera-aug", "--thicken-labels", "CFD=2"],   # CFD's 3 px centre lines drawn 7 px wide
     "allcam_equal": ["--camera-aug", "--sampling", "equal"],
     "no_tone": ["--camera-aug", "blur", "noise", "jpeg", "resolution", "scale"],     # without colour, gamma, light
     "no_degrade": ["--camera-aug", "colour", "gamma", "light", "scale"],             # without blur, noise, jpeg, res.
@@ -68,8 +69,9 @@ EXPERIMENTS = experiments()
 PREFIX = "gen_"
 
 
-def commands(name: str, args) -> list[list[str]]:
-    e, run = EXPERIMENTS[name], PREFIX + name
+def commands(name: str, args, e: dict | None = None, run: str | None = None) -> list[list[str]]:
+    """train.py then evaluate.py of an experiment (another script's experiment `e`, run name `run`)."""
+    e, run = e or EXPERIMENTS[name], run or PREFIX + name
     train = [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", run,
              "--overwrite", "--max-minutes", str(e["minutes"]), *RECIPE, *e["extra"]]
     evaluate = [sys.executable, "evaluate.py", "--name", run, "--test", *e["tests"], "--data-dir", args.data_dir,
@@ -77,10 +79,10 @@ def commands(name: str, args) -> list[list[str]]:
     return [train, evaluate]
 
 
-def summarize(name: str) -> dict:
-    e = EXPERIMENTS[name]
+def summarize(name: str, e: dict | None = None, run: str | None = None) -> dict:
+    e, run = e or EXPERIMENTS[name], run or PREFIX + name
     return {"trained_on": e["train"], "budget_minutes": e["minutes"], "extra": e["extra"],
-            "training": training_summary(PREFIX + name), "metrics": eval_results(PREFIX + name)}
+            "training": training_summary(run), "metrics": eval_results(run)}
 
 
 def gap(metrics: dict | None) -> str:

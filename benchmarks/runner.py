@@ -67,13 +67,15 @@ def append_and_commit(path: Path, line: dict) -> None:
 
 
 def training_summary(run: str) -> dict:
-    """What the table shows of a training run: epochs fitted, best epoch, final validation loss, threshold."""
+    """What the table shows of a training run: epochs fitted, best epoch, final validation loss, threshold,
+    and the validation F curves the threshold was chosen from."""
     run_dir = MODELS / run
     with open(run_dir / "log.csv") as f:
         log = list(csv.DictReader(f))
     config = json.loads((run_dir / "config.json").read_text())
     last = log[-1]
     return {"epochs": len(log), "best_epoch": config.get("best_epoch"), "threshold": config.get("threshold"),
+            "val_f1_curves": config.get("val_f1_curves"),   # per training dataset: other threshold rules, offline
             "final_val_loss": float(last["val_loss"]) if last.get("val_loss") else None,
             "final_val_ods_f1": float(last["val_ods_f1"]) if last.get("val_ods_f1") else None}
 

@@ -1,0 +1,105 @@
+"""Wall time of predict.py on one 4000x3000 photo, start-up included, as a user runs it.
+
+    python benchmarks/bench_predict.py                        # the bundled model against the width-32 UNet
+    python benchmarks/bench_predict.py --candidates UNet:32 UNet:16 NestedUNet:16   # speed of networks
+
+Each arm is `python predict.py photo.jpg [--name RUN]` in a fresh process (imports, loading,
+tiling, the probability map, mask, widths and summary.csv), run --repeat times in turn with the
+other arms so that machine load hits them alike; the median is reported. Speed does not depend on
+the weights, so a candidate is a network of that shape with random weights saved as a run. The
+last line is `ratio: <width-32 UNet / bundled model>` (or / the last candidate).
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models import build_model, count_parameters  # noqa: E402
+from prepare_data import synthetic_pair  # noqa: E402
+from utils import DEFAULT_BUNDLE, bundle_dir  # noqa: E402
+
+HEIGHT, WIDTH = 3000, 4000
+REFERENCE = "UNet:32"
+
+
+def write_photo(path: Path) -> None:
+    """A 4000x3000 JPEG with crack-like lines on texture (the content does not change the work)."""
+    image, _ = synthetic_pair(np.random.default_rng(0), HEIGHT, WIDTH)
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def write_random_run(models: Path, candidate: str) -> str:
+    """models/<arch>_w<width>/ with config.json and best.pt of a randomly initialised network."""
+    arch, width = candidate.split(":")
+    name = f"{arch}_w{width}"
+    model = build_model(arch, base_width=int(width)).eval()
+    config = {"arch": arch, "base_width": int(width), "deep_supervision": False, "minmax": True,
+              "normalize": None, "clahe": False, "threshold": 0.5, "dataset": ["SYNTHETIC"]}
+    (models / name).mkdir(parents=True, exist_ok=True)
+    (models / name / "config.json").write_text(json.dumps(config))
+    torch.save({"model": model.state_dict(), "config": config}, models / name / "best.pt")
+    return name
+
+
+def time_predict(cwd: Path, photo: Path, name: str | None) -> float:
+    cmd = [sys.executable, str(ROOT / "predict.py"), str(photo), "--out", str(cwd / "out")]
+    cmd += ["--name", name] if name else []
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"predict.py failed for {name or 'the bundled model'}:\n{result.stderr[-2000:]}")
+    return seconds
+
+
+def parameters(candidate: str) -> int:
+    arch, width = candidate.split(":")
+    return count_parameters(build_model(arch, base_width=int(width)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--candidates", nargs="+", metavar="ARCH:WIDTH",
+                   help="time these networks (random weights) instead of the bundled model")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", type=Path, help="also write the times here (benchmarks/architecture.py reads it)")
+    args = p.parse_args()
+    if not args.candidates and not bundle_dir(DEFAULT_BUNDLE):
+        sys.exit(f"no bundled model in pretrained/{DEFAULT_BUNDLE}/; time networks with --candidates")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        photo = tmp / "photo.jpg"
+        write_photo(photo)
+        arms = {c: write_random_run(tmp / "models", c) for c in dict.fromkeys([REFERENCE, *(args.candidates or [])])}
+        if not args.candidates:
+            arms["bundled"] = None   # predict.py without --name
+        times = {arm: [] for arm in arms}
+        time_predict(tmp, photo, arms[REFERENCE])   # warm the file cache; not counted
+        for _ in range(args.repeat):
+            for arm, name in arms.items():
+                times[arm].append(time_predict(tmp, photo, name))
+    print(f"predict.py on one {WIDTH}x{HEIGHT} photo, {torch.get_num_threads()} threads, median of {args.repeat}:")
+    for arm, seconds in times.items():
+        size = f"{parameters(arm) / 1e6:.2f} M parameters" if arm != "bundled" else DEFAULT_BUNDLE
+        print(f"  {arm:>16}: {statistics.median(seconds):6.2f} s  ({size}; runs: "
+              f"{', '.join(f'{s:.2f}' for s in seconds)})")
+    if args.json:
+        args.json.write_text(json.dumps({arm: {"median_s": round(statistics.median(seconds), 2), "runs": seconds,
+                                               "threads": torch.get_num_threads()} for arm, seconds in times.items()}))
+    last = list(times)[-1]
+    print(f"ratio: {statistics.median(times[REFERENCE]) / statistics.median(times[last]):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Adapting the general recipe to a new surface with a few labelled photos: how much do they buy?
+
+    python benchmarks/finetune.py --list          # every experiment's exact commands
+    python benchmarks/finetune.py --only ...      # run (skips what benchmarks/finetune.jsonl has)
+    python benchmarks/finetune.py --table-only    # the README table
+
+For each source S in CFD, CRACKMAP, MASONRY, the parent is the leave-one-dataset-out model that never
+saw S (generalization.py's lodo_S; retrain it from that script's --list if this machine lost it).
+Draw d (0, 1) takes a seeded pool of 20 images of S; k = 5 uses the pool's first 5. Every arm is
+scored on the images of S outside the pool (the same for every arm of a draw), strict and 2 px:
+  none      the parent as shipped, at its own threshold
+  finetune  train.py --dataset <the k images> --init-from <parent> --preset finetune (5 CPU-minutes)
+  scratch   the same images, budget and recipe from random weights
+and, to choose the defaults, finetune variants on k = 20 (--lr 1e-4; --freeze-encoder).
+The k images are linked (not copied) under inputs/finetune/ as ordinary datasets, so each arm
+is exactly the command a user runs on their own folder; its --val-split takes 1 (k = 5) or 2
+(k = 20) of them to choose best.pt and the threshold.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import generalization  # noqa: E402
+from runner import MODELS, ROOT, add_common_args, read_record, run_all, score, training_summary  # noqa: E402
+
+SOURCES = ["CFD", "CRACKMAP", "MASONRY"]
+DRAWS, POOL, SHOTS = (0, 1), 20, (5, 20)
+LINKS = ROOT / "inputs" / "finetune"   # gitignored; rebuilt from the data on any machine
+RECIPE = ["--preset", "finetune"]     # train.py's fine-tuning defaults, which these arms chose
+NETWORK = ["--base-width", "32"]        # the parents' network: scratch runs train the same one
+VARIANTS = {"finetune_lr1e-4": ["--lr", "1e-4"], "finetune_frozen": ["--freeze-encoder"]}
+
+
+def parent(source: str) -> str:
+    return generalization.PREFIX + f"lodo_{source}"
+
+
+def subset(source: str, draw: int, k: int | None) -> str:
+    """The dataset name of draw d's k training images (k None: the images outside the pool)."""
+    return f"{source}_d{draw}_" + (f"k{k}" if k else "rest")
+
+
+def draw_pool(stems: list[str], draw: int) -> list[str]:
+    """The seeded pool of a draw, in drawing order (its first 5 are the k = 5 images)."""
+    order = np.random.default_rng([draw, POOL]).permutation(len(stems))
+    return [sorted(stems)[i] for i in order[:POOL]]
+
+
+def link_subsets(data_dir: Path) -> None:
+    """inputs/finetune/<S>_d<d>_{k5,k20,rest}/{images,masks}: links to the source's files."""
+    for source in SOURCES:
+        images = {p.stem: p for p in (data_dir / source / "images").iterdir()}
+        masks = {p.stem: p for p in (data_dir / source / "masks").iterdir()}
+        for draw in DRAWS:
+            pool = draw_pool(list(images), draw)
+            parts = {subset(source, draw, k): pool[:k] for k in SHOTS}
+            parts[subset(source, draw, None)] = sorted(set(images) - set(pool))
+            for name, stems in parts.items():
+                for kind, files in (("images", images), ("masks", masks)):
+                    folder = LINKS / name / kind
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for stem in stems:
+                        link = folder / files[stem].name
+                        if not link.exists():
+                            os.symlink(files[stem].resolve(), link)
+
+
+def experiments() -> dict[str, dict]:
+    found = {}
+    for source in SOURCES:
+        for draw in DRAWS:
+            found[f"none_{source}_d{draw}"] = {"source": source, "draw": draw, "k": 0, "arm": "none"}
+            for k in SHOTS:
+                for arm in ("finetune", "scratch", *(VARIANTS if k == max(SHOTS) else ())):
+                    found[f"{arm}_{source}_d{draw}_k{k}"] = {"source": source, "draw": draw, "k": k, "arm": arm}
+    return found
+
+
+EXPERIMENTS = experiments()
+PREFIX = "ft_"
+
+
+def commands(name: str, args) -> list[list[str]]:
+    e = EXPERIMENTS[name]
+    run = parent(e["source"]) if e["arm"] == "none" else PREFIX + name
+    scored = [sys.executable, "evaluate.py", "--name", run, "--test", subset(e["source"], e["draw"], None),
+              "--data-dir", str(LINKS.relative_to(ROOT)), "--tolerance", "0", "2"]
+    if e["arm"] == "none":
+        return [scored]
+    start = NETWORK if e["arm"] == "scratch" else ["--init-from", parent(e["source"])]
+    train = [sys.executable, "train.py", "--dataset", subset(e["source"], e["draw"], e["k"]),
+             "--data-dir", str(LINKS.relative_to(ROOT)), "--name", run, "--overwrite", *RECIPE, *start,
+             *VARIANTS.get(e["arm"], [])]
+    return [train, scored]
+
+
+def summarize(name: str) -> dict:
+    e = EXPERIMENTS[name]
+    run = parent(e["source"]) if e["arm"] == "none" else PREFIX + name
+    metrics = MODELS / run / "eval" / subset(e["source"], e["draw"], None) / "metrics.json"
+    line = {**e, "run": run, "metrics": __import__("json").loads(metrics.read_text())}
+    if e["arm"] != "none":
+        line["training"] = training_summary(run)
+    return line
+
+
+def two_px(line: dict) -> tuple[float, float]:
+    r = score(line["metrics"], 2)
+    return r["ods"]["f1"], r["at_run_threshold"]["f1"]
+
+
+def spread_cell(values: list[float]) -> str:
+    """Mean over the draws, and their half-range (the draw-to-draw spread) when both are done."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 draw)"
+    return f"{np.mean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}"
+
+
+def render_table(record: Path) -> str:
+    done = read_record(record)
+    arms = ["none", "scratch", "finetune", *VARIANTS]
+    rows = ["| held-out source | k images | " + " | ".join(f"{a}: 2 px ODS / F at t" for a in arms) + " |",
+            "|---" * (len(arms) + 2) + "|"]
+    for source in SOURCES:
+        for k in SHOTS:
+            cells = []
+            for arm in arms:
+                names = [f"none_{source}_d{d}" if arm == "none" else f"{arm}_{source}_d{d}_k{k}" for d in DRAWS]
+                lines = [done[name] for name in names if name in done]
+                scores = [two_px(line) for line in lines]
+                cells.append(f"{spread_cell([s[0] for s in scores])} / {spread_cell([s[1] for s in scores])}"
+                             if scores else "-")
+            rows.append(f"| {source} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, ROOT / "benchmarks" / "finetune.jsonl", list(EXPERIMENTS))
+    args = p.parse_args()
+    if not args.table_only and not args.list:
+        link_subsets(Path(args.data_dir) if Path(args.data_dir).is_absolute() else ROOT / args.data_dir)
+        missing = sorted({parent(EXPERIMENTS[n]["source"]) for n in args.only or EXPERIMENTS
+                          if not (MODELS / parent(EXPERIMENTS[n]["source"]) / "best.pt").exists()})
+        if missing:
+            sys.exit(f"parents missing in {MODELS}: {', '.join(missing)}; train them first with "
+                     f"python benchmarks/generalization.py --only {' '.join(m[len('gen_'):] for m in missing)} --rerun")
+    if not args.table_only:
+        run_all({name: commands(name, args) for name in EXPERIMENTS}, args, summarize)
+    if not args.list and args.record.exists():
+        print(render_table(args.record))
+
+
+if __name__ == "__main__":
+    main()
