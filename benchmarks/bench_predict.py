@@ -5,9 +5,11 @@
 
 Each arm is `python predict.py photo.jpg [--name RUN]` in a fresh process (imports, loading,
 tiling, the probability map, mask, widths and summary.csv), run --repeat times in turn with the
-other arms so that machine load hits them alike; the median is reported. Speed does not depend on
-the weights, so a candidate is a network of that shape with random weights saved as a run. The
-last line is `ratio: <width-32 UNet / bundled model>` (or / the last candidate).
+other arms so that machine load hits them alike; the median is reported. The network's time does
+not depend on its weights, so a candidate is a network of that shape with random weights, saved as
+a run, its output bias set so that 2% of the photo comes out as crack (measuring the cracks then
+costs what it does on a trained model's masks). The last line is `ratio: <width-32 UNet / bundled
+model>` (or / the last candidate).
 """
 import argparse
 import json
@@ -39,17 +41,34 @@ def write_photo(path: Path) -> None:
     cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
-def write_random_run(models: Path, candidate: str) -> str:
-    """models/<arch>_w<width>/ with config.json and best.pt of a randomly initialised network."""
+def write_random_run(models: Path, candidate: str, photo: Path) -> str:
+    """models/<arch>_w<width>/ with config.json and best.pt of a randomly initialised network whose
+    output bias is set so that CRACK_FRACTION of the photo's pixels pass 0.5, as a trained model's
+    masks do: measuring the cracks (skeleton, widths) costs what it costs on real predictions."""
     arch, width = candidate.split(":")
     name = f"{arch}_w{width}"
     model = build_model(arch, base_width=int(width)).eval()
+    calibrate_head(model, photo)
     config = {"arch": arch, "base_width": int(width), "deep_supervision": False, "minmax": True,
               "normalize": None, "clahe": False, "threshold": 0.5, "dataset": ["SYNTHETIC"]}
     (models / name).mkdir(parents=True, exist_ok=True)
     (models / name / "config.json").write_text(json.dumps(config))
     torch.save({"model": model.state_dict(), "config": config}, models / name / "best.pt")
     return name
+
+
+CRACK_FRACTION = 0.02
+
+
+@torch.no_grad()
+def calibrate_head(model: torch.nn.Module, photo: Path) -> None:
+    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)[:512, :512].astype(np.float32)
+    x = torch.from_numpy(((image - image.min()) / (image.max() - image.min())).transpose(2, 0, 1).copy())[None]
+    logits = model(x).flatten()
+    head = model.head if hasattr(model, "head") else model.heads[-1]
+    scale = 1 / logits.std()   # logits spread like a trained model's, so bf16 rounding keeps the fraction
+    head.weight *= scale
+    head.bias.copy_((head.bias - torch.quantile(logits, 1 - CRACK_FRACTION)) * scale)
 
 
 def time_predict(cwd: Path, photo: Path, name: str | None) -> float:
@@ -81,7 +100,8 @@ def main() -> None:
         tmp = Path(tmp)
         photo = tmp / "photo.jpg"
         write_photo(photo)
-        arms = {c: write_random_run(tmp / "models", c) for c in dict.fromkeys([REFERENCE, *(args.candidates or [])])}
+        arms = {c: write_random_run(tmp / "models", c, photo)
+                for c in dict.fromkeys([REFERENCE, *(args.candidates or [])])}
         if not args.candidates:
             arms["bundled"] = None   # predict.py without --name
         times = {arm: [] for arm in arms}
