@@ -375,3 +375,18 @@ def test_predict_starts_without_the_training_only_packages():
     code = "import sys, predict; print(sorted({'sklearn', 'albumentations'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_widths_block_by_block_equal_the_whole_image_at_once():
+    """The reference: the 2x-upsampled distance transform of the whole (padded) mask in one piece."""
+    rng = np.random.default_rng(3)
+    mask = np.zeros((700, 900), np.uint8)
+    for _ in range(25):   # cracks of many widths and directions, some touching the border
+        ends = [tuple(map(int, rng.integers(-50, 950, 2))) for _ in range(2)]
+        cv2.line(mask, *ends, 1, int(rng.integers(1, 12)))
+    cv2.circle(mask, (450, 350), 40, 1, -1)   # a blob much deeper than the cracks are wide
+    mask = mask.astype(bool)
+    skeleton = predict.skeletonize(mask)
+    whole = predict.half_pixel_widths(np.pad(mask, 1))[1:-1, 1:-1][skeleton]
+    for block in (64, 100, 512):
+        assert np.array_equal(predict.crack_widths(mask, skeleton, block), whole)
