@@ -91,8 +91,25 @@ def gap(metrics: dict | None) -> str:
     return f"{r['ods']['f1'] - r['at_run_threshold']['f1']:.3f}" if r and r.get("at_run_threshold") else "-"
 
 
-def render_table(record: Path) -> str:
+def render_ablation(record: Path) -> str:
+    """The camera_* arms: one row per arm, 2 px ODS F / F at the run's threshold per held-out source."""
     done = read_record(record)
+    rows = ["| arm | extra train.py options | " + " | ".join(f"{s}: ODS / F at t" for s in ABLATION_SOURCES)
+            + " | mean ODS | mean F at t |", "|---" * (len(ABLATION_SOURCES) + 4) + "|"]
+    for arm, extra in ABLATION_ARMS.items():
+        found = [score(next(iter(done[f"camera_{arm}_{s}"]["metrics"].values())), 2)
+                 if f"camera_{arm}_{s}" in done else None for s in ABLATION_SOURCES]
+        if not any(found):
+            continue
+        cells = [f"{r['ods']['f1']:.3f} / {r['at_run_threshold']['f1']:.3f}" if r else "-" for r in found]
+        means = [f"{sum(r[k]['f1'] for r in found) / len(found):.3f}" if all(found) else "-"
+                 for k in ("ods", "at_run_threshold")]
+        rows.append(f"| {arm} | `{' '.join(extra) or '(none)'}` | " + " | ".join(cells + means) + " |")
+    return "\n".join(rows)
+
+
+def render_table(record: Path) -> str:
+    done = {name: line for name, line in read_record(record).items() if not name.startswith("camera_")}
     rows = ["| experiment | trained on | scored on | budget | epochs | t | 0 px: ODS (t) / OIS / AP / F at t | "
             "2 px: ODS (t) / OIS / AP / F at t | 2 px ODS - F at t |", "|---" * 9 + "|"]
     for name, line in done.items():
@@ -112,7 +129,7 @@ def main() -> None:
     if not args.table_only:
         run_all({name: commands(name, args) for name in EXPERIMENTS}, args, summarize)
     if not args.list and args.record.exists():
-        print(render_table(args.record))
+        print(render_table(args.record), render_ablation(args.record), sep="\n\n")
 
 
 if __name__ == "__main__":
