@@ -216,6 +216,14 @@ def test_thickened_labels_reach_training_and_validation_of_that_dataset(syntheti
     assert thick > 1.5 * val_sets["SYN"][0]["mask"].sum()
 
 
+def test_the_finetune_preset_sets_the_measured_defaults_and_typed_flags_still_win():
+    import train
+    from dataset import CAMERA_PARTS
+    args = train.get_args(["--preset", "finetune", "--dataset", "MINE", "--lr", "1e-4"])
+    assert (args.max_minutes, args.epoch_size, args.crop, args.scheduler) == (5, 64, 256, "CosineAnnealingLR")
+    assert args.camera_aug == list(CAMERA_PARTS) and args.photometric and args.lr == 1e-4
+
+
 def test_overwrite_removes_the_old_run_whole_first(tmp_path, synthetic_root):
     run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "r", cwd=tmp_path)
     for folder in ("eval/SYN", "predictions/sub"):   # what evaluate.py and predict.py leave in a run
