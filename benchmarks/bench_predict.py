@@ -115,6 +115,7 @@ def main() -> None:
         print(f"  {arm:>16}: {statistics.median(seconds):6.2f} s  ({size}; runs: "
               f"{', '.join(f'{s:.2f}' for s in seconds)})")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({arm: {"median_s": round(statistics.median(seconds), 2), "runs": seconds,
                                                "threads": torch.get_num_threads()} for arm, seconds in times.items()}))
     last = list(times)[-1]
