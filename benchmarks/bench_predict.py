@@ -62,8 +62,9 @@ CRACK_FRACTION = 0.02
 
 @torch.no_grad()
 def calibrate_head(model: torch.nn.Module, photo: Path) -> None:
-    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)[:512, :512].astype(np.float32)
-    x = torch.from_numpy(((image - image.min()) / (image.max() - image.min())).transpose(2, 0, 1).copy())[None]
+    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB).astype(np.float32)
+    image = (image - image.min()) / (image.max() - image.min())   # min-max over the whole photo, as predict.py
+    x = torch.from_numpy(image[1000:1512, 1500:2012].transpose(2, 0, 1).copy())[None]
     logits = model(x).flatten()
     head = model.head if hasattr(model, "head") else model.heads[-1]
     scale = 1 / logits.std()   # logits spread like a trained model's, so bf16 rounding keeps the fraction
