@@ -17,6 +17,7 @@ is exactly the command a user runs on their own folder; its --val-split takes 1 
 (k = 20) of them to choose best.pt and the threshold.
 """
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -103,7 +104,7 @@ def summarize(name: str) -> dict:
     e = EXPERIMENTS[name]
     run = parent(e["source"]) if e["arm"] == "none" else PREFIX + name
     metrics = MODELS / run / "eval" / subset(e["source"], e["draw"], None) / "metrics.json"
-    line = {**e, "run": run, "metrics": __import__("json").loads(metrics.read_text())}
+    line = {**e, "run": run, "metrics": json.loads(metrics.read_text())}
     if e["arm"] != "none":
         line["training"] = training_summary(run)
     return line

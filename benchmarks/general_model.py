@@ -166,7 +166,9 @@ def write_card(line: dict, folder: Path) -> None:
                   - score(line["run_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"])
     half = line["half_precision"]
     speed = line["speed"]
-    params = __import__("models").count_parameters(__import__("utils").model_from_config(config))
+    from models import count_parameters
+    from utils import model_from_config
+    params = count_parameters(model_from_config(config))
     text = f"""# crackseg-general
 
 The crack model that ships with crackseg: `python predict.py photo.jpg` uses it when no `--name`
