@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from models import build_model, count_parameters  # noqa: E402
 from prepare_data import synthetic_pair  # noqa: E402
-from utils import DEFAULT_BUNDLE, bundle_dir  # noqa: E402
+from dataset import Intensity, preprocess  # noqa: E402
+from utils import DEFAULT_BUNDLE, bundle_dir, make_engine, predict_probability  # noqa: E402
 
 HEIGHT, WIDTH = 3000, 4000
 REFERENCE = "UNet:32"
@@ -62,14 +63,26 @@ CRACK_FRACTION = 0.02
 
 @torch.no_grad()
 def calibrate_head(model: torch.nn.Module, photo: Path) -> None:
-    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB).astype(np.float32)
-    image = (image - image.min()) / (image.max() - image.min())   # min-max over the whole photo, as predict.py
-    x = torch.from_numpy(image[1000:1512, 1500:2012].transpose(2, 0, 1).copy())[None]
-    logits = model(x).flatten()
+    """Make a random network's output look like a trained one's: BatchNorm statistics taken from
+    the photo (so activations neither explode nor vanish through the layers), then the output bias
+    shifted so that CRACK_FRACTION of the pixels pass 0.5 when the photo is predicted as predict.py
+    does (whole-photo scaling, tiles, the engine's precision)."""
+    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(preprocess(image, Intensity(minmax=True), photo.name).transpose(2, 0, 1).copy())[None]
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None   # a plain average over the passes below
+    model.train()
+    for top, left in [(0, 0), (1000, 1500), (2000, 3000)]:
+        model(x[..., top:top + 512, left:left + 512])
+    model.eval()
+    prob = predict_probability(model, x, make_engine("cpu"))
+    logits = torch.logit(prob.flatten()[::7], eps=1e-7).numpy()
+    if np.mean(np.abs(logits) > 15) > CRACK_FRACTION:
+        sys.exit("bench_predict: the random network's probabilities saturate; its calibration failed")
     head = model.head if hasattr(model, "head") else model.heads[-1]
-    scale = 1 / logits.std()   # logits spread like a trained model's, so bf16 rounding keeps the fraction
-    head.weight *= scale
-    head.bias.copy_((head.bias - torch.quantile(logits, 1 - CRACK_FRACTION)) * scale)
+    head.bias -= float(np.quantile(logits, 1 - CRACK_FRACTION))
 
 
 def time_predict(cwd: Path, photo: Path, name: str | None) -> float:
