@@ -74,8 +74,10 @@ def calibrate_head(model: torch.nn.Module, photo: Path) -> None:
             layer.reset_running_stats()
             layer.momentum = None   # a plain average over the passes below
     model.train()
-    for top, left in [(0, 0), (1000, 1500), (2000, 3000)]:
-        model(x[..., top:top + 512, left:left + 512])
+    side = min(512, *x.shape[-2:]) // 16 * 16
+    for part in range(3):   # three crops down the diagonal
+        top, left = (part * (n - side) // 2 for n in x.shape[-2:])
+        model(x[..., top:top + side, left:left + side])
     model.eval()
     prob = predict_probability(model, x, make_engine("cpu"))
     logits = torch.logit(prob.flatten()[::7], eps=1e-7).numpy()
