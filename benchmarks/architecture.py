@@ -25,6 +25,8 @@ SOURCES = ["CFD", "CRACKMAP"]            # held out: the two hardest sources for
 # leaves room for 9 s in all (6.6 and 4.6 s measured, 14.7 s at width 32), 8 the fastest, 24 last.
 CANDIDATES = {f"UNet:{w}": ["--base-width", str(w)] for w in (16, 12, 8, 24)}
 REFERENCE = "UNet:32"                    # generalization.py's lodo_S
+SHIPPED = REFERENCE                      # the choice (README "Architecture"): bundle and fine-tuning use it
+PARENT_SOURCES = ["MASONRY"]             # where else fine-tuning needs a leave-one-out parent of SHIPPED
 SPEED_JSON = ROOT / "models" / "architecture_speed.json"
 AS_ACCURATE = 0.02
 
@@ -34,17 +36,29 @@ def experiment_name(candidate: str, source: str) -> str:
     return f"{arch.lower()}_w{width}_{source}"
 
 
+def network_args(candidate: str) -> list[str]:
+    return [] if candidate == REFERENCE else CANDIDATES[candidate]
+
+
+def lodo_run(candidate: str, source: str) -> str:
+    """The run of `candidate` trained without `source` (generalization.py's own for the reference)."""
+    if candidate == REFERENCE:
+        return generalization.PREFIX + f"lodo_{source}"
+    return PREFIX + experiment_name(candidate, source)
+
+
 def experiments() -> dict[str, dict]:
     found = {}
     for candidate, extra in CANDIDATES.items():
-        for source in SOURCES:
+        sources = SOURCES + (PARENT_SOURCES if candidate == SHIPPED else [])
+        for source in sources:
             lodo = generalization.EXPERIMENTS[f"lodo_{source}"]
             found[experiment_name(candidate, source)] = {**lodo, "extra": lodo["extra"] + extra}
     return found
 
 
-EXPERIMENTS = experiments()
 PREFIX = "arch_"
+EXPERIMENTS = experiments()
 
 
 def commands(name: str, args) -> list[list[str]]:

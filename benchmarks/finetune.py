@@ -4,8 +4,9 @@
     python benchmarks/finetune.py --only ...      # run (skips what benchmarks/finetune.jsonl has)
     python benchmarks/finetune.py --table-only    # the README table
 
-For each source S in CFD, CRACKMAP, MASONRY, the parent is the leave-one-dataset-out model that never
-saw S (generalization.py's lodo_S; retrain it from that script's --list if this machine lost it).
+For each source S in CFD, CRACKMAP, MASONRY, the parent is the leave-one-dataset-out model of the
+shipped network that never saw S (architecture.lodo_run: generalization.py's lodo_S for the width-32
+UNet, architecture.py's runs otherwise; retrain it from their --list if this machine lost it).
 Draw d (0, 1) takes a seeded pool of 20 images of S; k = 5 uses the pool's first 5. Every arm is
 scored on the images of S outside the pool (the same for every arm of a draw), strict and 2 px:
   none      the parent as shipped, at its own threshold
@@ -26,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import architecture  # noqa: E402
 import generalization  # noqa: E402
 from runner import MODELS, ROOT, add_common_args, read_record, run_all, score, training_summary  # noqa: E402
 
@@ -33,12 +35,12 @@ SOURCES = ["CFD", "CRACKMAP", "MASONRY"]
 DRAWS, POOL, SHOTS = (0, 1), 20, (5, 20)
 LINKS = ROOT / "inputs" / "finetune"   # gitignored; rebuilt from the data on any machine
 RECIPE = ["--preset", "finetune"]     # train.py's fine-tuning defaults, which these arms chose
-NETWORK = ["--base-width", "32"]        # the parents' network: scratch runs train the same one
+NETWORK = architecture.network_args(architecture.SHIPPED)   # scratch runs train the parents' network
 VARIANTS = {"finetune_lr1e-4": ["--lr", "1e-4"], "finetune_frozen": ["--freeze-encoder"]}
 
 
 def parent(source: str) -> str:
-    return generalization.PREFIX + f"lodo_{source}"
+    return architecture.lodo_run(architecture.SHIPPED, source)
 
 
 def subset(source: str, draw: int, k: int | None) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import architecture  # noqa: E402
 import generalization  # noqa: E402
 from runner import MODELS, ROOT, add_common_args, read_record, run_all, score, training_summary  # noqa: E402
 
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 RUN = "gen_general"
 BUNDLE = "crackseg-general"
 MINUTES = 120
-NETWORK = ["--base-width", "32"]   # benchmarks/architecture.py's choice
+NETWORK = architecture.network_args(architecture.SHIPPED)
 TESTS = ["DEEPCRACK_TEST", "CFD", "CRACKMAP", "MASONRY"]   # CFD, CRACKMAP, MASONRY: their validation splits
 HALF_JSON = MODELS / BUNDLE / "half_precision.json"
 SPEED_JSON = MODELS / BUNDLE / "speed.json"
