@@ -34,3 +34,27 @@ def test_finetune_pools_are_seeded_nested_and_disjoint_from_the_scored_images(tm
         assert pools[0] != pools[1]                   # two draws, two pools
     listed = [f"s{i}" for i in range(30)]
     assert finetune.draw_pool(listed, 0) == finetune.draw_pool(listed[::-1], 0)   # listing order does not matter
+
+
+def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_photo(tmp_path, monkeypatch):
+    """Speed on random weights means something only if their masks are as sparse as a trained model's:
+    a network marking a quarter of the photo makes the crack measurement, not the network, the cost."""
+    import bench_predict
+    import cv2
+    import torch
+
+    from dataset import Intensity, preprocess
+    from utils import load_runs, make_engine, predict_probability
+    monkeypatch.setattr(bench_predict, "HEIGHT", 480)
+    monkeypatch.setattr(bench_predict, "WIDTH", 640)
+    photo = tmp_path / "photo.jpg"
+    bench_predict.write_photo(photo)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    name = bench_predict.write_random_run(tmp_path / "models", "UNet:8", photo)
+    engine = make_engine("cpu")
+    model, _ = load_runs(name, engine)
+    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(preprocess(image, Intensity(), "photo").transpose(2, 0, 1).copy())[None]
+    crack = float((predict_probability(model, x, engine) > 0.5).float().mean())
+    assert 0.25 * bench_predict.CRACK_FRACTION < crack < 4 * bench_predict.CRACK_FRACTION
