@@ -86,7 +86,7 @@ def render_table(record: Path, general_record: Path) -> str:
     done, general = read_record(record), read_record(general_record)
     speed = done.get("speed", {}).get("speed", {})
     header = (["network", "parameters"] + [f"{s} 2 px: ODS / F at t" for s in SOURCES]
-              + ["mean 2 px ODS", "4000x3000 photo (s)"])
+              + ["mean 2 px ODS", "4000x3000 photo (s)", "train.py options beyond the recipe"])
     rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for candidate in [REFERENCE, *CANDIDATES]:
         lines = [general.get(f"lodo_{s}") if candidate == REFERENCE else done.get(experiment_name(candidate, s))
@@ -97,7 +97,9 @@ def render_table(record: Path, general_record: Path) -> str:
         seconds = f"{speed[candidate]['median_s']:.1f}" if candidate in speed else "-"
         arch, width = candidate.split(":")
         params = parameters(arch, int(width))
-        rows.append("| " + " | ".join([f"{arch} width {width}", f"{params / 1e6:.2f} M", *cells, mean, seconds]) + " |")
+        options = f"`{' '.join(network_args(candidate))}`" if network_args(candidate) else "(none)"
+        rows.append("| " + " | ".join([f"{arch} width {width}", f"{params / 1e6:.2f} M", *cells, mean, seconds,
+                                       options]) + " |")
     return "\n".join(rows)
 
 

@@ -28,8 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import architecture  # noqa: E402
-import generalization  # noqa: E402
-from runner import MODELS, ROOT, add_common_args, read_record, run_all, score, training_summary  # noqa: E402
+from runner import MODELS, ROOT, add_common_args, read_record, run_all, score, shell, training_summary  # noqa: E402
 
 SOURCES = ["CFD", "CRACKMAP", "MASONRY"]
 DRAWS, POOL, SHOTS = (0, 1), 20, (5, 20)
@@ -129,8 +128,8 @@ def spread_cell(values: list[float]) -> str:
 def render_table(record: Path) -> str:
     done = read_record(record)
     arms = ["none", "scratch", "finetune", *VARIANTS]
-    rows = ["| held-out source | k images | " + " | ".join(f"{a}: 2 px ODS / F at t" for a in arms) + " |",
-            "|---" * (len(arms) + 2) + "|"]
+    rows = ["| held-out source | k images | " + " | ".join(f"{a}: 2 px ODS / F at t" for a in arms)
+            + " | fine-tuning command (draw 0) |", "|---" * (len(arms) + 3) + "|"]
     for source in SOURCES:
         for k in SHOTS:
             cells = []
@@ -140,7 +139,8 @@ def render_table(record: Path) -> str:
                 scores = [two_px(line) for line in lines]
                 cells.append(f"{spread_cell([s[0] for s in scores])} / {spread_cell([s[1] for s in scores])}"
                              if scores else "-")
-            rows.append(f"| {source} | {k} | " + " | ".join(cells) + " |")
+            train = commands(f"finetune_{source}_d0_k{k}", None)[0]
+            rows.append(f"| {source} | {k} | " + " | ".join(cells) + f" | `{shell(train)}` |")
     return "\n".join(rows)
 
 
@@ -153,8 +153,9 @@ def main() -> None:
         missing = sorted({parent(EXPERIMENTS[n]["source"]) for n in args.only or EXPERIMENTS
                           if not (MODELS / parent(EXPERIMENTS[n]["source"]) / "best.pt").exists()})
         if missing:
-            sys.exit(f"parents missing in {MODELS}: {', '.join(missing)}; train them first with "
-                     f"python benchmarks/generalization.py --only {' '.join(m[len('gen_'):] for m in missing)} --rerun")
+            sys.exit(f"parents missing in {MODELS}: {', '.join(missing)}; train them first: `--list` of "
+                     "benchmarks/generalization.py (gen_ runs) or benchmarks/architecture.py (arch_ runs) has "
+                     "their commands; run them with --only NAME --rerun")
     if not args.table_only:
         run_all({name: commands(name, args) for name in EXPERIMENTS}, args, summarize)
     if not args.list and args.record.exists():
