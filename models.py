@@ -6,6 +6,7 @@ Every model maps a Bx3xHxW image (H, W multiples of 16) to Bx1xHxW logits.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def widths(base_width: int) -> list[int]:
@@ -161,3 +162,20 @@ def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """For inference only: each BatchNorm that directly follows a convolution in a Sequential is
+    folded into that convolution's weights and bias (the same function up to float rounding), so a
+    forward pass skips a full read and write of every normalised feature map. Needs eval mode."""
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (it uses the running statistics)")
+    for block in model.modules():
+        if not isinstance(block, nn.Sequential):
+            continue
+        for i in range(len(block) - 1):
+            if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d):
+                block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
+                block[i + 1] = nn.Identity()
+    return model

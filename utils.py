@@ -24,7 +24,7 @@ from tqdm import tqdm
 import metrics
 from dataset import DatasetError
 from losses import compute_loss
-from models import build_model
+from models import build_model, fold_batchnorm
 
 MODELS_DIR = Path("models")
 RUNS_DIR = Path("runs")
@@ -291,7 +291,7 @@ def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[t
     state, path = run_state(name, which, engine.device)
     model = model_from_config(config)
     load_weights(model, state, path)
-    model.to(engine.device).eval()
+    fold_batchnorm(model.eval()).to(engine.device)
     if engine.channels_last:
         model.to(memory_format=torch.channels_last)
     return model, config

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import ARCHS, build_model, count_parameters
+from models import ARCHS, build_model, count_parameters, fold_batchnorm
 
 
 def test_unet_matches_the_reference_size():
@@ -36,3 +36,24 @@ def test_unknown_arch_and_misplaced_deep_supervision_are_refused():
         build_model("SegNet")
     with pytest.raises(ValueError, match="NestedUNet"):
         build_model("UNet", deep_supervision=True)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_folding_batchnorm_keeps_the_function_and_leaves_no_batchnorm_behind(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, base_width=8)
+    with torch.no_grad():
+        for _ in range(3):                                 # running statistics far from (0, 1)
+            model(torch.rand(2, 3, 64, 64) * 5 + 2)
+    model.eval()
+    x = torch.rand(1, 3, 64, 96) * 5 + 2
+    with torch.no_grad():
+        before = model(x)
+        after = fold_batchnorm(model)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_folding_batchnorm_refuses_a_model_in_training_mode():
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(build_model("UNet", base_width=8))
