@@ -115,3 +115,18 @@ def test_evaluate_scores_a_bundle_with_its_threshold(bundle, shipped, monkeypatc
     assert summary["images"] == len(split["SYN"]["val"])              # its own training set: validation only
     assert summary["results"][0]["at_run_threshold"]["threshold"] == json.loads(
         (shipped / "config.json").read_text())["threshold"]
+
+
+def test_fine_tuning_starts_from_the_bundle_by_name(bundle, shipped, monkeypatch, synthetic_root):
+    import train
+    monkeypatch.chdir(bundle)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--dataset", "SYN", "--data-dir", str(synthetic_root), "--crop", "64",
+                                      "--workers", "0", "--epochs", "1", "--val-split", "0.25", "--init-from", "tiny",
+                                      "--freeze-encoder", "--name", "mine"])
+    assert train.main() == 0
+    config = json.loads((bundle / "models" / "mine" / "config.json").read_text())
+    assert config["base_width"] == 4                                  # the bundle's network, not the default 32
+    shipped_state = torch.load(shipped / "model.pt", weights_only=True)
+    tuned = torch.load(bundle / "models" / "mine" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(tuned["enc.0.0.weight"].half(), shipped_state["enc.0.0.weight"])   # frozen: the bundle's
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.pt", "split.json"]
