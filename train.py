@@ -35,7 +35,8 @@ from losses import LOSSES, compute_loss
 from models import ARCHS, freeze_encoder
 from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
                    load_checkpoint, load_config, load_weights, make_engine, model_from_config,
-                   provenance, read_split, run_cli, run_datasets, run_state, save_checkpoint, signals_held)
+                   provenance, raise_requested_stop, read_split, run_cli, run_datasets, run_state, save_checkpoint,
+                   signals_held)
 
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
     "fast": {"dataset": ["SYNTHETIC"], "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
@@ -440,6 +441,7 @@ def train_one_epoch(model, loader, optimizer, scaler, engine, args, epoch: int, 
     started = tick = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not engine.main, mininterval=1)
     for step, batch in enumerate(bar):
+        raise_requested_stop()   # a Ctrl-C whose exception library code swallowed still stops here
         waited += time.perf_counter() - tick
         fraction = progress.fraction()
         if fraction >= 1:

@@ -178,14 +178,40 @@ def make_engine(device: str = "auto", precision: str = "auto", channels_last: bo
 
 # ---------------------------------------------------------------- checkpoints
 
+# The Ctrl-C or SIGTERM received (0: none) and how many signals_held blocks are open. A flag, not
+# only an exception: an exception the handler raises inside library code that swallows it (a
+# __del__ run by the garbage collector prints "Exception ignored" and goes on) would lose the
+# signal, so train.py also asks raise_requested_stop() at every step.
+_stop = {"signal": 0, "held": 0}
+
+
+def _on_stop_signal(signum, frame):
+    _stop["signal"] = signum
+    if not _stop["held"]:
+        raise_requested_stop()
+
+
+def raise_requested_stop() -> None:
+    """Raise KeyboardInterrupt or Terminated if Ctrl-C or SIGTERM arrived since run_cli started."""
+    if _stop["signal"] == signal.SIGINT:
+        raise KeyboardInterrupt
+    if _stop["signal"] == signal.SIGTERM:
+        raise Terminated()
+
+
 @contextmanager
 def signals_held():
-    """Ctrl-C and SIGTERM wait until the block is done (nests: the previous mask is restored)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Ctrl-C and SIGTERM wait until the block is done, then stop the program (blocks nest).
+
+    A flag rather than a signal mask: a blocked signal is delivered to another thread, and
+    Python then runs the handler in the main thread anyway, inside the block."""
+    _stop["held"] += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _stop["held"] -= 1
+    if not _stop["held"]:
+        raise_requested_stop()
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -484,13 +510,11 @@ class Terminated(BaseException):
     A BaseException, like KeyboardInterrupt: library code's `except Exception` must not swallow it."""
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 def run_cli(main) -> None:
     """Run `main()`: user errors exit 2 with one clear message, Ctrl-C 130, SIGTERM 143."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    _stop.update(signal=0, held=0)
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
     try:
         code = main()
     except (DatasetError, RunError) as err:

@@ -236,3 +236,44 @@ def test_a_non_finite_loss_stops_at_once_naming_the_batch(tmp_path, synthetic_ro
     assert result.returncode == 1, result.stderr[-2000:]
     assert "non-finite loss at epoch 1" in result.stderr and "images: syn_" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def stop_handlers(monkeypatch):
+    """run_cli's signal handlers in this process, restored afterwards."""
+    import utils
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(utils, "_stop", {"signal": 0, "held": 0})
+    for s in previous:
+        signal.signal(s, utils._on_stop_signal)
+    yield utils
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def deliver(sig):
+    os.kill(os.getpid(), sig)
+    time.sleep(0.05)   # Python runs the handler at the next bytecode after delivery
+
+
+def test_a_held_signal_stops_the_program_once_the_block_is_done(stop_handlers):
+    done = []
+    with pytest.raises(stop_handlers.Terminated):
+        with stop_handlers.signals_held():
+            deliver(signal.SIGTERM)
+            done.append("the rest of the block ran")
+    assert done == ["the rest of the block ran"]
+
+
+def test_a_ctrl_c_swallowed_by_library_code_is_raised_at_the_next_check(stop_handlers, monkeypatch):
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: swallowed.append(info.exc_type))
+
+    class FinalisedLater:
+        def __del__(self):   # the interpreter ignores exceptions raised here, as it does in real __del__s
+            deliver(signal.SIGINT)
+    obj = FinalisedLater()
+    del obj
+    assert swallowed == [KeyboardInterrupt]
+    with pytest.raises(KeyboardInterrupt):
+        stop_handlers.raise_requested_stop()
