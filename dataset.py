@@ -8,20 +8,24 @@ Orientation: files are read as stored, ignoring EXIF orientation tags, because
 masks are annotated on the stored pixel grid and almost never carry a tag;
 letting OpenCV rotate only the photo would misalign it from its mask.
 """
+from __future__ import annotations
+
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # the update check stalls 2 s offline
-
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 20000 * 20000  # larger headers are decompression bombs, not photos
@@ -270,6 +274,7 @@ def train_transform(crop: int, resize: bool = False, scale_aug: bool = False, ca
 
     Options beyond the reference: random scale and small rotations (--scale-aug: 0.7-1.4, +-20
     degrees; --camera-aug scale: 0.5-2, cameras at other distances and resolutions)."""
+    import albumentations as A   # here: training needs it, predict.py's start-up does not
     steps = [A.RandomRotate90(), A.HorizontalFlip(), A.VerticalFlip()]
     if scale_aug or camera_scale:
         steps.append(A.Affine(scale=(0.5, 2.0) if camera_scale else (0.7, 1.4), rotate=(-20, 20) if scale_aug else 0,
@@ -287,6 +292,7 @@ CAMERA_PARTS = ("colour", "gamma", "blur", "noise", "jpeg", "light", "resolution
 
 def camera_steps(part: str) -> list:
     """What another camera, lens, light or file format does to a photo; "scale" is geometric (train_transform)."""
+    import albumentations as A
     return {
         "colour": [A.ColorJitter(brightness=0, contrast=0, saturation=(0.6, 1.4), hue=(-0.04, 0.04), p=0.5),
                    A.PlanckianJitter(p=0.3)],                                    # white balance
@@ -309,6 +315,7 @@ def photo_transform(photometric: bool = False, camera: tuple[str, ...] = ()) -> 
     On scaled floats albumentations clips to [0, 1], which zeroed every below-mean value of a
     --normalize input. Per-image min-max scaling undoes an affine brightness/contrast change except
     where it clips at 0 or 255, so under min-max --photometric only saturates shadows or highlights."""
+    import albumentations as A
     steps = [A.RandomBrightnessContrast(0.2, 0.2)] if photometric else []
     steps += [step for part in CAMERA_PARTS if part in camera for step in camera_steps(part)]
     return A.Compose(steps) if steps else None
@@ -417,6 +424,7 @@ def split_ids(stems: list[str], val_fraction: float, seed: int) -> tuple[list[st
         return stems, []
     if len(stems) < 2:
         raise DatasetError(f"a dataset needs at least 2 images to split, found {len(stems)}")
+    from sklearn.model_selection import train_test_split   # here: a second of start-up predict.py never needs
     train, val = train_test_split(stems, test_size=val_fraction, random_state=seed)
     return sorted(train), sorted(val)
 
