@@ -370,6 +370,13 @@ def test_usage_errors_exit_2_without_traceback(tiny_run):
         assert "Traceback" not in result.stderr
 
 
+def test_predict_starts_without_the_training_only_packages():
+    """scikit-learn and albumentations cost 1-2 s of start-up on every predict.py call."""
+    code = "import sys, predict; print(sorted({'sklearn', 'albumentations'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
 def test_widths_block_by_block_equal_the_whole_image_at_once():
     """The reference: the 2x-upsampled distance transform of the whole (padded) mask in one piece."""
     rng = np.random.default_rng(3)
