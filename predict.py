@@ -245,12 +245,18 @@ def crack_widths(mask: np.ndarray, skeleton: np.ndarray, block: int = 512) -> np
     return width[1:-1, 1:-1][skeleton]
 
 
+# On the 2x grid, a pixel's 3x3 neighbourhood of 2x2 half-pixel blocks is the 6x6 window at offsets -2..3.
+NEIGHBOURHOOD_2X = np.ones((6, 6), np.uint8)
+
+
 def half_pixel_widths(mask: np.ndarray) -> np.ndarray:
-    """Per pixel: the 3x3 maximum of the precise distance to background on the mask upsampled 2x."""
+    """Per pixel: the 3x3 maximum of the precise distance to background on the mask upsampled 2x.
+
+    One 6x6 dilation on the 2x grid, then every second row and column: a numpy maximum over the
+    2x2 blocks first took half of predict.py's crack measurement on a 4000x3000 photo."""
     up = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
     dist = cv2.distanceTransform(up, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    h, w = mask.shape
-    return cv2.dilate(dist.reshape(h, 2, w, 2).max(axis=(1, 3)), np.ones((3, 3), np.uint8))
+    return cv2.dilate(dist, NEIGHBOURHOOD_2X, anchor=(2, 2))[::2, ::2]
 
 
 def measure(mask: np.ndarray, min_area: int = 20) -> dict:

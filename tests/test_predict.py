@@ -390,3 +390,19 @@ def test_widths_block_by_block_equal_the_whole_image_at_once():
     whole = predict.half_pixel_widths(np.pad(mask, 1))[1:-1, 1:-1][skeleton]
     for block in (64, 100, 512):   # equal up to float rounding (OpenCV's single-thread path rounds differently)
         np.testing.assert_allclose(predict.crack_widths(mask, skeleton, block), whole, rtol=0, atol=1e-5)
+
+
+def test_half_pixel_widths_equal_the_maximum_over_neighbouring_2x2_blocks():
+    """The slow reference: each pixel's 2x2 half-pixel block maximum, then the maximum over its 3x3
+    neighbours (edges: only the neighbours inside the image), written out with loops."""
+    rng = np.random.default_rng(5)
+    for shape, fraction in [((9, 7), 0.6), ((23, 31), 0.85), ((1, 12), 0.9), ((40, 40), 0.97)]:
+        mask = rng.random(shape) < fraction
+        up = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+        dist = cv2.distanceTransform(up, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        h, w = shape
+        blocks = np.array([[dist[2 * y:2 * y + 2, 2 * x:2 * x + 2].max() for x in range(w)] for y in range(h)])
+        expected = np.array([[blocks[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].max() for x in range(w)]
+                             for y in range(h)])
+        # up to float rounding: OpenCV's distance transform rounds differently with one thread and several
+        np.testing.assert_allclose(predict.half_pixel_widths(mask), expected, rtol=0, atol=1e-5)
