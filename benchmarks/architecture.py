@@ -30,7 +30,6 @@ REFERENCE = "UNet:32"                    # generalization.py's lodo_S
 SHIPPED = "UNet:4"                       # the choice (README "Architecture"): bundle and fine-tuning use it
 PARENT_SOURCES = ["MASONRY"]             # where else fine-tuning needs a leave-one-out parent of SHIPPED
 SPEED_JSON = ROOT / "models" / "architecture_speed.json"
-AS_ACCURATE = 0.02
 
 
 def experiment_name(candidate: str, source: str) -> str:
