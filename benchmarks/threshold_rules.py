@@ -1,8 +1,8 @@
 """Which rule should choose a run's threshold so that it transfers to a source the run never saw?
 
-    python benchmarks/threshold_rules.py      # from benchmarks/generalization.jsonl alone, no training
+    python benchmarks/threshold_rules.py      # from the jsonl records alone, no training
 
-Each line of generalization.jsonl keeps the validation F curves (2 px, t = 0.00 ... 1.00) of every
+Each line of generalization.jsonl and architecture.jsonl keeps the validation F curves (2 px, t = 0.00 ... 1.00) of every
 training dataset at the best epoch, and the F curve of every scored held-out source. A rule maps
 the validation curves to one threshold; what it is worth is the held-out F at that threshold,
 against the held-out ODS F (the best any threshold could do, which needs the held-out labels).
@@ -19,6 +19,7 @@ from runner import ROOT, read_record, score  # noqa: E402
 
 import metrics  # noqa: E402
 
+RECORDS = ("generalization.jsonl", "architecture.jsonl")
 GRID = np.round(np.linspace(0, 1, 101), 2)
 
 
@@ -60,9 +61,9 @@ def held_out_rows(record: Path):
 
 
 def main() -> None:
-    rows = list(held_out_rows(ROOT / "benchmarks" / "generalization.jsonl"))
+    rows = [row for record in RECORDS for row in held_out_rows(ROOT / "benchmarks" / record)]
     if not rows:
-        sys.exit("no line of generalization.jsonl has validation curves and a held-out source yet")
+        sys.exit(f"no line of {' or '.join(RECORDS)} has validation curves and a held-out source yet")
     print("| experiment | held out | ODS F | " + " | ".join(f"{rule}: t / F" for rule in RULES) + " |")
     print("|---" * (len(RULES) + 3) + "|")
     gaps = {rule: [] for rule in RULES}
