@@ -2,10 +2,11 @@
 
     python benchmarks/threshold_rules.py      # from the jsonl records alone, no training
 
-Each line of generalization.jsonl and architecture.jsonl keeps the validation F curves (2 px, t = 0.00 ... 1.00) of every
-training dataset at the best epoch, and the F curve of every scored held-out source. A rule maps
-the validation curves to one threshold; what it is worth is the held-out F at that threshold,
-against the held-out ODS F (the best any threshold could do, which needs the held-out labels).
+Each line of generalization.jsonl and architecture.jsonl keeps the validation F curves (2 px,
+t = 0.00 ... 1.00) of every training dataset at the best epoch, and the F curve of every scored
+held-out source. A rule maps the validation curves to one threshold; what it is worth is the
+held-out F at that threshold, against the held-out ODS F (the best any threshold could do, which
+needs the held-out labels).
 """
 import sys
 from pathlib import Path
