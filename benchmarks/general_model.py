@@ -84,7 +84,13 @@ def half_precision(data_dir: str) -> None:
     HALF_JSON.write_text(json.dumps(found))
 
 
-FAILURES = """(written from failure.jpg once the model is trained)"""   # what the picture shows, in words
+FAILURES = """From the top: straight dark edges are taken for cracks (DEEPCRACK_TEST: the shadowed
+joint between a kerb and a wall, and a stain below it); faint hairline branches on fine asphalt are
+missed where the main crack is found (CFD); on coarse asphalt a wide crack is found along its centre
+but thinner than its annotator drew it (CRACKMAP, whose labels are the full crack body); and the
+mortar joints of a painted brick wall are marked as crack (MASONRY). Expect the same on your photos:
+joints, kerb edges and shadows read as cracks, and the widths follow the annotation style the model
+learned from most."""   # what failure.jpg shows, in words
 
 
 def worst_images(metrics_dir: Path, count: int = 1) -> list[str]:
@@ -171,6 +177,8 @@ def write_card(line: dict, folder: Path) -> None:
     ods_change = (score(line["bundle_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"]
                   - score(line["run_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"])
     half = line["half_precision"]
+    autocast = ", ".join(f"{v['max_abs_dp']:.4f} in {k.replace('torch.', '')} autocast"
+                         for k, v in half.items() if k != "fp32")
     speed = line["speed"]
     from models import count_parameters
     from utils import model_from_config
@@ -189,7 +197,7 @@ photos of any size, min-max scaled per image; images larger than 1024 px are pre
 
 ## How it was made
 
-    {line['commands'][0]}
+    {line['commands'][0].replace(line['data_dir'], '../shared/data')}
 
 at commit {line['commit']} ({line['budget_minutes']} CPU-minutes on a 2-core machine, {line['training']['epochs']}
 epochs, best epoch {line['training']['best_epoch']}), exported with `{line['commands'][2]}`:
@@ -210,8 +218,8 @@ same network and recipe score on a source left out of their training (benchmarks
 {chr(10).join(lodo)}
 
 Half precision: storing the weights in fp16 changes the probabilities on DEEPCRACK_TEST by at most
-{half['fp32']['max_abs_dp']:.4f} computed in fp32 ({', '.join(f"{k}: {v['max_abs_dp']:.4f}" for k, v in half.items()
-if k != 'fp32')}), and its 2 px ODS F by {ods_change:+.4f}.
+{half['fp32']['max_abs_dp']:.4f} computed in fp32 ({autocast}; mean {half['fp32']['mean_abs_dp']:.1e}), and its
+2 px ODS F by {ods_change:+.4f} (evaluate.py's precision).
 
 Speed: predict.py on one 4000x3000 photo, start-up included, takes {speed['bundled']['median_s']:.1f} s on this
 2-core CPU against {speed['UNet:32']['median_s']:.1f} s for the width-32 UNet (benchmarks/bench_predict.py).

@@ -130,3 +130,35 @@ def test_fine_tuning_starts_from_the_bundle_by_name(bundle, shipped, monkeypatch
     tuned = torch.load(bundle / "models" / "mine" / "last.pt", weights_only=True)["model"]
     assert torch.equal(tuned["enc.0.0.weight"].half(), shipped_state["enc.0.0.weight"])   # frozen: the bundle's
     assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.pt", "split.json"]
+
+
+def drawn_crack(size: int = 256) -> tuple:
+    """A grey textured surface with one dark 3-pixel wavy crack, and the crack's mask."""
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(0)
+    surface = 150 + cv2.GaussianBlur(rng.normal(0, 25, (size, size)), (0, 0), 1.5)
+    mask = np.zeros((size, size), np.uint8)
+    xs = np.arange(20, size - 20)
+    path = np.stack([xs, size / 2 + 25 * np.sin(xs / 30)], 1).astype(np.int32)
+    cv2.polylines(mask, [path], False, 255, 3)
+    surface[mask > 0] = 50
+    return np.repeat(surface.clip(0, 255)[..., None], 3, 2).astype(np.uint8), mask > 0
+
+
+def test_the_shipped_general_model_loads_checked_from_another_directory_and_finds_a_crack(tmp_path, monkeypatch):
+    """The committed pretrained/crackseg-general/: its sha256 holds, its size is within 16 MiB, no local
+    path leaked into its config, and at its threshold it marks a drawn crack and little else."""
+    folder = ROOT / "pretrained" / "crackseg-general"
+    config = json.loads((folder / "config.json").read_text())
+    assert utils.file_sha256(folder / "model.pt") == config["sha256"]
+    assert (folder / "model.pt").stat().st_size <= 16 * 2**20
+    assert "/work" not in (folder / "config.json").read_text() and "data_dir" not in config
+    monkeypatch.chdir(tmp_path)
+    engine = utils.make_engine("cpu", "fp32", False)
+    model, loaded = utils.load_run_model("crackseg-general", engine)
+    photo, crack = drawn_crack()
+    x = torch.from_numpy(predict.preprocess(photo, predict.Intensity.from_config(loaded), "x").transpose(2, 0, 1).copy())
+    found = utils.predict_probability(model, x[None], engine)[0, 0].numpy() > loaded["threshold"]
+    assert found[crack].mean() > 0.8 and found[~crack].mean() < 0.03
+    assert not (tmp_path / "pretrained").exists()
