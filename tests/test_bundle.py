@@ -158,7 +158,8 @@ def test_the_shipped_general_model_loads_checked_from_another_directory_and_find
     engine = utils.make_engine("cpu", "fp32", False)
     model, loaded = utils.load_run_model("crackseg-general", engine)
     photo, crack = drawn_crack()
-    x = torch.from_numpy(predict.preprocess(photo, predict.Intensity.from_config(loaded), "x").transpose(2, 0, 1).copy())
+    scaled = predict.preprocess(photo, predict.Intensity.from_config(loaded), "drawn crack")
+    x = torch.from_numpy(scaled.transpose(2, 0, 1).copy())
     found = utils.predict_probability(model, x[None], engine)[0, 0].numpy() > loaded["threshold"]
     assert found[crack].mean() > 0.8 and found[~crack].mean() < 0.03
     assert not (tmp_path / "pretrained").exists()
