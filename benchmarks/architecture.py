@@ -27,7 +27,7 @@ SOURCES = ["CFD", "CRACKMAP"]            # held out: the two hardest sources for
 # the rule could no longer choose it.
 CANDIDATES = {f"UNet:{w}": ["--base-width", str(w)] for w in (16, 8, 4, 2, 24)}
 REFERENCE = "UNet:32"                    # generalization.py's lodo_S
-SHIPPED = "UNet:4"                       # the choice (README "Architecture"): bundle and fine-tuning use it
+SHIPPED = "UNet:4"                       # the choice (README "Which network to ship"): bundle and fine-tuning use it
 # SHIPPED's other leave-one-out runs: fine-tuning's MASONRY parent, and the model card's estimate for
 # unseen photos on every source
 SHIPPED_SOURCES = ["MASONRY", "DEEPCRACK"]
