@@ -116,13 +116,44 @@ def two_px(line: dict) -> tuple[float, float]:
     return r["ods"]["f1"], r["at_run_threshold"]["f1"]
 
 
+def arm_name(arm: str, source: str, draw: int, k: int) -> str:
+    return f"none_{source}_d{draw}" if arm == "none" else f"{arm}_{source}_d{draw}_k{k}"
+
+
+def half_range(values: list[float]) -> float:
+    return (max(values) - min(values)) / 2
+
+
 def spread_cell(values: list[float]) -> str:
     """Mean over the draws, and their half-range (the draw-to-draw spread) when both are done."""
     if not values:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.3f} (1 draw)"
-    return f"{np.mean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}"
+    return f"{np.mean(values):.3f} ± {half_range(values):.3f}"
+
+
+def verdict_rows(done: dict[str, dict]) -> list[str]:
+    """Does fine-tuning on the most images beat no fine-tuning and scratch in every draw, by more
+    than any arm moves between draws (the draws differ in training and in scored images)?"""
+    k = max(SHOTS)
+    rows = ["| held-out source | 2 px score | finetune - none, per draw | finetune - scratch, per draw "
+            "| draw spread (none, scratch, finetune) | beats both beyond the spread |", "|---" * 6 + "|"]
+    for source in SOURCES:
+        names = {arm: [arm_name(arm, source, d, k) for d in DRAWS] for arm in ("none", "scratch", "finetune")}
+        if not all(name in done for arm in names.values() for name in arm):
+            rows.append(f"| {source} | - | - | - | - | not all draws run |")
+            continue
+        for which, label in ((0, "ODS F"), (1, "F at t")):
+            f = {arm: [two_px(done[name])[which] for name in arm_names] for arm, arm_names in names.items()}
+            gains = {rival: [a - b for a, b in zip(f["finetune"], f[rival], strict=True)]
+                     for rival in ("none", "scratch")}
+            spreads = [half_range(f[arm]) for arm in names]
+            beats = min(gains["none"] + gains["scratch"]) > max(spreads)
+            rows.append(f"| {source} | {label} | " + " | ".join(
+                ", ".join(f"{g:+.3f}" for g in gains[rival]) for rival in ("none", "scratch"))
+                + " | " + ", ".join(f"{s:.3f}" for s in spreads) + f" | {'yes' if beats else 'no'} |")
+    return rows
 
 
 def render_table(record: Path) -> str:
@@ -134,14 +165,14 @@ def render_table(record: Path) -> str:
         for k in SHOTS:
             cells = []
             for arm in arms:
-                names = [f"none_{source}_d{d}" if arm == "none" else f"{arm}_{source}_d{d}_k{k}" for d in DRAWS]
+                names = [arm_name(arm, source, d, k) for d in DRAWS]
                 lines = [done[name] for name in names if name in done]
                 scores = [two_px(line) for line in lines]
                 cells.append(f"{spread_cell([s[0] for s in scores])} / {spread_cell([s[1] for s in scores])}"
                              if scores else "-")
             train = commands(f"finetune_{source}_d0_k{k}", None)[0]
             rows.append(f"| {source} | {k} | " + " | ".join(cells) + f" | `{shell(train)}` |")
-    return "\n".join(rows)
+    return "\n".join(rows + [""] + verdict_rows(done))
 
 
 def main() -> None:

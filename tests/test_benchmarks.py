@@ -36,6 +36,29 @@ def test_finetune_pools_are_seeded_nested_and_disjoint_from_the_scored_images(tm
     assert finetune.draw_pool(listed, 0) == finetune.draw_pool(listed[::-1], 0)   # listing order does not matter
 
 
+
+def finetune_line(arm, source, draw, ods, at_t):
+    name = finetune.arm_name(arm, source, draw, max(finetune.SHOTS))
+    result = {"tolerance": 2, "ods": {"f1": ods}, "at_run_threshold": {"f1": at_t}}
+    return name, {"experiment": name, "metrics": {"results": [result]}}
+
+
+def test_finetune_verdict_needs_every_draw_to_win_by_more_than_any_arm_moves_between_draws():
+    scores = {  # source: arm: per draw (2 px ODS F, F at t)
+        "CFD": {"none": [(.76, .75), (.70, .70)], "scratch": [(.85, .84), (.81, .80)],
+                "finetune": [(.90, .89), (.87, .86)]},          # gains >= .05, spreads <= .03: yes
+        "CRACKMAP": {"none": [(.83, .76), (.83, .76)], "scratch": [(.88, .87), (.80, .79)],
+                     "finetune": [(.90, .89), (.87, .86)]},     # beats scratch by .02 and .07, spread .04: no
+    }
+    done = dict(finetune_line(arm, source, draw, *pair)
+                for source, arms in scores.items() for arm, pairs in arms.items() for draw, pair in enumerate(pairs))
+    rows = {tuple(c.strip() for c in row.strip("|").split("|")[:2]): row for row in finetune.verdict_rows(done)}
+    assert rows[("CFD", "ODS F")].rstrip(" |").endswith("yes")
+    assert "+0.050, +0.060" in rows[("CFD", "ODS F")]           # finetune - scratch per draw
+    assert rows[("CRACKMAP", "ODS F")].rstrip(" |").endswith("no")
+    assert rows[("CRACKMAP", "F at t")].rstrip(" |").endswith("no")
+    assert "not all draws run" in rows[("MASONRY", "-")]
+
 def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_photo(tmp_path, monkeypatch):
     """Speed on random weights means something only if their masks are as sparse as a trained model's:
     a network marking a quarter of the photo makes the crack measurement, not the network, the cost."""
