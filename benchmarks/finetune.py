@@ -47,6 +47,10 @@ def subset(source: str, draw: int, k: int | None) -> str:
     return f"{source}_d{draw}_" + (f"k{k}" if k else "rest")
 
 
+def arm_name(arm: str, source: str, draw: int, k: int) -> str:
+    return f"none_{source}_d{draw}" if arm == "none" else f"{arm}_{source}_d{draw}_k{k}"
+
+
 def draw_pool(stems: list[str], draw: int) -> list[str]:
     """The seeded pool of a draw, in drawing order (its first 5 are the k = 5 images)."""
     order = np.random.default_rng([draw, POOL]).permutation(len(stems))
@@ -76,10 +80,10 @@ def experiments() -> dict[str, dict]:
     found = {}
     for source in SOURCES:
         for draw in DRAWS:
-            found[f"none_{source}_d{draw}"] = {"source": source, "draw": draw, "k": 0, "arm": "none"}
+            found[arm_name("none", source, draw, 0)] = {"source": source, "draw": draw, "k": 0, "arm": "none"}
             for k in SHOTS:
                 for arm in ("finetune", "scratch", *(VARIANTS if k == max(SHOTS) else ())):
-                    found[f"{arm}_{source}_d{draw}_k{k}"] = {"source": source, "draw": draw, "k": k, "arm": arm}
+                    found[arm_name(arm, source, draw, k)] = {"source": source, "draw": draw, "k": k, "arm": arm}
     return found
 
 
@@ -114,10 +118,6 @@ def summarize(name: str) -> dict:
 def two_px(line: dict) -> tuple[float, float]:
     r = score(line["metrics"], 2)
     return r["ods"]["f1"], r["at_run_threshold"]["f1"]
-
-
-def arm_name(arm: str, source: str, draw: int, k: int) -> str:
-    return f"none_{source}_d{draw}" if arm == "none" else f"{arm}_{source}_d{draw}_k{k}"
 
 
 def half_range(values: list[float]) -> float:
@@ -170,7 +170,7 @@ def render_table(record: Path) -> str:
                 scores = [two_px(line) for line in lines]
                 cells.append(f"{spread_cell([s[0] for s in scores])} / {spread_cell([s[1] for s in scores])}"
                              if scores else "-")
-            train = commands(f"finetune_{source}_d0_k{k}", None)[0]
+            train = commands(arm_name("finetune", source, 0, k), None)[0]
             rows.append(f"| {source} | {k} | " + " | ".join(cells) + f" | `{shell(train)}` |")
     return "\n".join(rows + [""] + verdict_rows(done))
 

@@ -155,11 +155,11 @@ GPL-3.0-compatible terms."""
 def shipped_lodo_lines() -> dict[str, dict | None]:
     """Per source, the jsonl line of the shipped network's leave-one-out run without it (None: not run)."""
     if architecture.SHIPPED == architecture.REFERENCE:
-        done = read_record(ROOT / "benchmarks" / "generalization.jsonl")
-        return {source: done.get(f"lodo_{source}") for source in generalization.TEST}
-    done = read_record(ROOT / "benchmarks" / "architecture.jsonl")
-    return {source: done.get(architecture.experiment_name(architecture.SHIPPED, source))
-            for source in generalization.TEST}
+        record, name = "generalization.jsonl", lambda source: f"lodo_{source}"
+    else:
+        record, name = "architecture.jsonl", lambda source: architecture.experiment_name(architecture.SHIPPED, source)
+    done = read_record(ROOT / "benchmarks" / record)
+    return {source: done.get(name(source)) for source in generalization.TEST}
 
 
 def write_card(line: dict, folder: Path) -> None:

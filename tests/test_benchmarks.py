@@ -36,7 +36,6 @@ def test_finetune_pools_are_seeded_nested_and_disjoint_from_the_scored_images(tm
     assert finetune.draw_pool(listed, 0) == finetune.draw_pool(listed[::-1], 0)   # listing order does not matter
 
 
-
 def finetune_line(arm, source, draw, ods, at_t):
     name = finetune.arm_name(arm, source, draw, max(finetune.SHOTS))
     result = {"tolerance": 2, "ods": {"f1": ods}, "at_run_threshold": {"f1": at_t}}
@@ -58,6 +57,7 @@ def test_finetune_verdict_needs_every_draw_to_win_by_more_than_any_arm_moves_bet
     assert rows[("CRACKMAP", "ODS F")].rstrip(" |").endswith("no")
     assert rows[("CRACKMAP", "F at t")].rstrip(" |").endswith("no")
     assert "not all draws run" in rows[("MASONRY", "-")]
+
 
 def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_photo(tmp_path, monkeypatch):
     """Speed on random weights means something only if their masks are as sparse as a trained model's:
