@@ -108,6 +108,90 @@ def render_ablation(record: Path) -> str:
     return "\n".join(rows)
 
 
+SEED_PAIRS = [("base_dc", "base_dc_seed1"), ("all4", "all4_seed1"),
+              ("camera_allcam_CRACKMAP", "camera_allcam_seed1_CRACKMAP")]
+BASELINES = {"DEEPCRACK": ["base_cfd"]}   # every other held-out source: the DEEPCRACK_TRAIN-only runs
+DC_ONLY, ALL4 = ["base_dc", "base_dc_seed1"], ["all4", "all4_seed1"]
+MEAN_GAIN = 0.10   # the mean held-out gain the multi-source recipe must reach (2 px ODS F)
+RUN_THRESHOLD_GAP = 0.03   # how far F at the stored threshold may fall below ODS F (2 px)
+
+
+def f1_pair(line: dict, test: str, tolerance: int) -> tuple[float, float] | None:
+    """(ODS F, F at the run's threshold) of a finished experiment on one test set, or None."""
+    r = score(line["metrics"].get(test), tolerance)
+    return (r["ods"]["f1"], r["at_run_threshold"]["f1"]) if r else None
+
+
+def mean_pair(done: dict[str, dict], names: list[str], test: str, tolerance: int = 2):
+    """Mean (ODS F, F at t) over the seeds of `names` that ran and scored `test`, and how many did."""
+    pairs = [p for p in (f1_pair(done[n], test, tolerance) for n in names if n in done) if p]
+    if not pairs:
+        return None, 0
+    return tuple(sum(p[i] for p in pairs) / len(pairs) for i in (0, 1)), len(pairs)
+
+
+def seed_gaps(done: dict[str, dict], pairs, tolerance: int = 2, test: str | None = None) -> list[float]:
+    """ODS F differences between the two seeds of each pair that ran, on `test` or every test set they share."""
+    gaps = []
+    for one, two in pairs:
+        if one not in done or two not in done:
+            continue
+        for t in [test] if test else done[one]["metrics"]:
+            a, b = f1_pair(done[one], t, tolerance), f1_pair(done[two], t, tolerance)
+            if a and b:
+                gaps.append(abs(a[0] - b[0]))
+    return gaps
+
+
+def pair_cell(pair, seeds: int) -> str:
+    return f"{pair[0]:.3f} / {pair[1]:.3f}" + (f" ({seeds} seeds)" if seeds > 1 else "") if pair else "-"
+
+
+def lodo_verdict_rows(done: dict[str, dict]) -> list[str]:
+    """Acceptance of the leave-one-out grid at 2 px: the recipe against the single-source baseline on each
+    held-out source (beyond the seed spread; on the mean by MEAN_GAIN), and F at its own threshold."""
+    spread = max(seed_gaps(done, SEED_PAIRS), default=None)
+    rows = [f"Seed spread (largest 2 px ODS F difference between two seeds of one experiment): "
+            f"{spread:.3f}" if spread is not None else "Seed spread: not measured yet", "",
+            "| held-out source | baseline: ODS / F at t | without --camera-aug | recipe: ODS / F at t "
+            f"| recipe - baseline (ODS) | beyond the spread | ODS - F at t <= {RUN_THRESHOLD_GAP} |",
+            "|---" * 7 + "|"]
+    gains = []
+    for source in TRAIN:
+        base, seeds = mean_pair(done, BASELINES.get(source, DC_ONLY), TEST[source])
+        nocam, _ = mean_pair(done, [f"lodo_{source}_nocam"], TEST[source])
+        ours, _ = mean_pair(done, [f"lodo_{source}"], TEST[source])
+        gain = ours[0] - base[0] if ours and base else None
+        gains.append(gain)
+        beyond = "-" if gain is None or spread is None else ("yes" if gain > spread else "no")
+        close = "-" if not ours else f"{ours[0] - ours[1]:.3f} " + ("yes" if ours[0] - ours[1] <= RUN_THRESHOLD_GAP
+                                                                   else "no")
+        rows.append(f"| {source} | {pair_cell(base, seeds)} | {pair_cell(nocam, 1)} | {pair_cell(ours, 1)} | "
+                    + (f"{gain:+.3f}" if gain is not None else "-") + f" | {beyond} | {close} |")
+    if all(g is not None for g in gains):
+        mean = sum(gains) / len(gains)
+        rows.append(f"| mean | | | | {mean:+.3f} | {'yes' if mean >= MEAN_GAIN else 'no'} "
+                    f"(at least {MEAN_GAIN:.2f}) | |")
+    return rows
+
+
+def in_domain_rows(done: dict[str, dict]) -> list[str]:
+    """All four sources against DEEPCRACK_TRAIN only, on DEEPCRACK_TEST: no worse than the seed spread."""
+    rows = ["| tolerance | DEEPCRACK_TRAIN only: ODS / F at t | all four sources: ODS / F at t "
+            "| all four - DEEPCRACK_TRAIN only (ODS) | seed spread | within the spread or better |", "|---" * 6 + "|"]
+    for tolerance in (0, 2):
+        (dc, dc_seeds), (all4, all4_seeds) = (mean_pair(done, names, "DEEPCRACK_TEST", tolerance)
+                                              for names in (DC_ONLY, ALL4))
+        spreads = seed_gaps(done, [DC_ONLY, ALL4], tolerance, "DEEPCRACK_TEST")
+        spread = max(spreads) if spreads else None
+        diff = all4[0] - dc[0] if dc and all4 else None
+        within = "-" if diff is None or len(spreads) < 2 else ("yes" if diff >= -spread else "no")
+        rows.append(f"| {tolerance} px | {pair_cell(dc, dc_seeds)} | {pair_cell(all4, all4_seeds)} | "
+                    + (f"{diff:+.3f}" if diff is not None else "-") + " | "
+                    + (f"{spread:.3f}" if spread is not None else "-") + f" | {within} |")
+    return rows
+
+
 def render_table(record: Path) -> str:
     done = {name: line for name, line in read_record(record).items() if not name.startswith("camera_")}
     rows = ["| experiment | trained on | scored on | budget | epochs | t | 0 px: ODS (t) / OIS / AP / F at t | "
@@ -129,7 +213,9 @@ def main() -> None:
     if not args.table_only:
         run_all({name: commands(name, args) for name in EXPERIMENTS}, args, summarize)
     if not args.list and args.record.exists():
-        print(render_table(args.record), render_ablation(args.record), sep="\n\n")
+        done = read_record(args.record)
+        print(render_table(args.record), "\n".join(lodo_verdict_rows(done)), "\n".join(in_domain_rows(done)),
+              render_ablation(args.record), sep="\n\n")
 
 
 if __name__ == "__main__":

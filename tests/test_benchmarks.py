@@ -2,6 +2,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -57,6 +59,43 @@ def test_finetune_verdict_needs_every_draw_to_win_by_more_than_any_arm_moves_bet
     assert rows[("CRACKMAP", "ODS F")].rstrip(" |").endswith("no")
     assert rows[("CRACKMAP", "F at t")].rstrip(" |").endswith("no")
     assert "not all draws run" in rows[("MASONRY", "-")]
+
+
+def generalization_line(name, scores):
+    """A finished generalization.py experiment: {test: {tolerance: (ODS F, F at t)}}."""
+    metrics = {test: {"results": [{"tolerance": tol, "ods": {"f1": ods}, "at_run_threshold": {"f1": at_t}}
+                                  for tol, (ods, at_t) in by_tol.items()]} for test, by_tol in scores.items()}
+    return name, {"experiment": name, "metrics": metrics}
+
+
+def test_generalization_verdicts_judge_gains_against_the_largest_seed_spread():
+    import generalization as g
+    tests = ["DEEPCRACK_TEST", "CFD", "CRACKMAP", "MASONRY"]
+    done = dict([
+        generalization_line("base_dc", {t: {2: (.50, .40)} for t in tests} | {"DEEPCRACK_TEST": {0: (.80, .78),
+                                                                                               2: (.88, .86)}}),
+        generalization_line("base_dc_seed1", {t: {2: (.54, .40)} for t in tests} | {"DEEPCRACK_TEST": {
+            0: (.82, .80), 2: (.89, .87)}}),                 # seed spread .04 on the held-out sets
+        generalization_line("base_cfd", {"DEEPCRACK_TEST": {2: (.60, .50)}}),
+        generalization_line("lodo_DEEPCRACK", {"DEEPCRACK_TEST": {2: (.80, .79)}}),   # +.20, gap .01
+        generalization_line("lodo_CFD", {"CFD": {2: (.70, .60)}}),                    # +.18, gap .10
+        generalization_line("lodo_CRACKMAP", {"CRACKMAP": {2: (.557, .54)}}),         # +.037: within .04
+        generalization_line("lodo_MASONRY", {"MASONRY": {2: (.555, .55)}}),           # +.035
+        generalization_line("all4", {"DEEPCRACK_TEST": {0: (.79, .77), 2: (.86, .85)}}),
+        generalization_line("all4_seed1", {"DEEPCRACK_TEST": {0: (.81, .80), 2: (.87, .86)}}),
+    ])
+    assert max(g.seed_gaps(done, g.SEED_PAIRS)) == pytest.approx(.04)
+    rows = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")]
+            for row in g.lodo_verdict_rows(done) if row.startswith("| ")}
+    assert rows["DEEPCRACK"][1] == "0.600 / 0.500" and rows["DEEPCRACK"][4:6] == ["+0.200", "yes"]
+    assert rows["CFD"][1] == "0.520 / 0.400 (2 seeds)" and rows["CFD"][4:] == ["+0.180", "yes", "0.100 no"]
+    assert rows["CRACKMAP"][4:6] == ["+0.037", "no"] and rows["MASONRY"][5] == "no"
+    assert rows["mean"][4] == "+0.113" and rows["mean"][5].startswith("yes")
+    domain = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")]
+              for row in g.in_domain_rows(done)[2:]}
+    # 0 px: means .81 vs .80, spreads .02/.02 -> within; 2 px: .865 vs .885 (-.020), spreads .01/.01 -> no
+    assert domain["0 px"][3:] == ["-0.010", "0.020", "yes"]
+    assert domain["2 px"][3:] == ["-0.020", "0.010", "no"]
 
 
 def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_photo(tmp_path, monkeypatch):
