@@ -98,6 +98,26 @@ def test_generalization_verdicts_judge_gains_against_the_largest_seed_spread():
     assert domain["2 px"][3:] == ["-0.020", "0.010", "no"]
 
 
+def test_folder_threshold_rules_split_two_modes_and_score_each_image_at_its_own_threshold():
+    import folder_thresholds as ft
+    import numpy as np
+    hist = np.zeros(256)
+    hist[[10, 12]], hist[[200, 230]] = 500, 40                 # background near 0.04, cracks near 0.8-0.9
+    assert 12 <= ft.otsu_level(hist, ft.LOGITS) < 200
+    assert 12 <= ft.otsu_level(hist, ft.LEVELS) < 200
+    gt = np.zeros((8, 8), bool)
+    gt[:, 3] = True
+    faint = np.where(gt, 26, 3).astype(np.uint8)                # cracks at p = 0.10, background 0.01
+    strong = np.where(gt, 230, 128).astype(np.uint8)            # cracks at 0.90, background 0.50
+    counts = np.stack([ft.metrics.image_counts(m, gt) for m in (faint, strong)])
+    # faint at t = 0.05 and strong at t = 0.60 both find exactly their 8 crack pixels: F = 1
+    assert ft.f1_at(counts, [ft.grid_index(.05), ft.grid_index(.60)]) == pytest.approx(1.0)
+    # one threshold of 0.05 for both: strong marks all 64 pixels, so P = 16/72, R = 1
+    assert ft.f1_at(counts, [ft.grid_index(.05)] * 2) == pytest.approx(2 * (16 / 72) / (16 / 72 + 1))
+    per_image = ft.rules([faint, strong], stored=.5)["image Otsu on logits"]
+    assert ft.f1_at(counts, per_image) == pytest.approx(1.0)
+
+
 def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_photo(tmp_path, monkeypatch):
     """Speed on random weights means something only if their masks are as sparse as a trained model's:
     a network marking a quarter of the photo makes the crack measurement, not the network, the cost."""

@@ -1,0 +1,93 @@
+"""Can a folder of unlabelled photos say where its own threshold lies? Label-free rules against the
+run's stored threshold, on a source the run never saw (2 px F).
+
+    python evaluate.py --name gen_lodo_CRACKMAP --test CRACKMAP --data-dir ../shared/data --tolerance 2 --save-images
+    python benchmarks/folder_thresholds.py --name gen_lodo_CRACKMAP --test CRACKMAP --data-dir ../shared/data
+
+It reads the 8-bit maps evaluate.py --save-images wrote (models/RUN/eval/DATASET/<stem>_prob.png).
+Every rule but the oracle sees the maps only, never a label. "folder top q" assumes the share of
+crack pixels in the photos, a prior a user does not have; it is here to show how much that would buy.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import metrics  # noqa: E402
+from dataset import read_mask, scan_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = np.arange(256) / 255
+# logit of each 8-bit level; 0 and 255 clipped half a step inside so both stay finite
+LOGITS = np.log(np.clip(LEVELS, .5 / 255, 1 - .5 / 255)) - np.log(np.clip(1 - LEVELS, .5 / 255, 1 - .5 / 255))
+
+
+def otsu_level(hist: np.ndarray, values: np.ndarray) -> int:
+    """The level k that best splits levels <= k from > k (Otsu: largest between-class variance of `values`)."""
+    w = hist / hist.sum()
+    below, mass = np.cumsum(w)[:-1], np.cumsum(w * values)[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mass[-1] + w[-1] * values[-1]) * below - mass
+        between = between ** 2 / (below * (1 - below))
+    return int(np.argmax(np.where(np.isfinite(between), between, -1)))
+
+
+def grid_index(threshold: float) -> int:
+    """The first grid threshold at or above `threshold` (predicted: p > grid[k])."""
+    return int(np.clip(np.searchsorted(metrics.DEFAULT_THRESHOLDS, threshold - 1e-9), 0, 100))
+
+
+def f1_at(counts: np.ndarray, indices) -> float:
+    """Dataset F from each image's counts at its own threshold index."""
+    rows = counts[np.arange(len(counts)), np.asarray(indices)]
+    return metrics.scores_at(rows[:, None], 0)["f1"]
+
+
+def rules(maps: list[np.ndarray], stored: float) -> dict[str, list[int]]:
+    """Rule name -> one threshold index per image."""
+    hists = [np.bincount(m.ravel(), minlength=256) for m in maps]
+    folder = np.sum(hists, axis=0)
+    share_above = np.cumsum(folder[::-1])[::-1] / folder.sum()   # share of pixels at level >= k
+    n = len(maps)
+    found = {"stored threshold": [grid_index(stored)] * n,
+             "folder Otsu on logits": [grid_index(LEVELS[otsu_level(folder, LOGITS)])] * n,
+             "image Otsu on logits": [grid_index(LEVELS[otsu_level(h, LOGITS)]) for h in hists],
+             "image half its max": [grid_index(m.max() / 255 / 2) for m in maps]}
+    for q in (.02, .04, .06):
+        level = int(np.argmax(share_above <= q))
+        found[f"folder top {q:.0%} (a prior)"] = [grid_index(LEVELS[max(level - 1, 0)])] * n
+    return found
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--data-dir", default="../shared/data")
+    args = p.parse_args()
+    maps_dir = ROOT / "models" / args.name / "eval" / args.test
+    samples = scan_dataset(Path(args.data_dir), args.test)[0]
+    paths = [maps_dir / f"{s.stem}_prob.png" for s in samples]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        sys.exit(f"no map {missing[0]} ({len(missing)} missing): run evaluate.py --name {args.name} "
+                 f"--test {args.test} --tolerance 2 --save-images first")
+    maps = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in paths]
+    masks = [read_mask(s.mask) for s in samples]
+    counts = np.stack([metrics.image_counts(m, g, tolerance=2) for m, g in zip(maps, masks, strict=True)])
+    stored = json.loads((ROOT / "models" / args.name / "config.json").read_text())["threshold"]
+    ods = float(metrics.f1_curve(counts).max())
+    print(f"{args.name} on {args.test}, {len(maps)} images, 2 px; ODS F {ods:.3f} (best threshold, needs labels)")
+    print("| rule | median threshold | F | ODS F - F |\n|---|---|---|---|")
+    for name, indices in rules(maps, stored).items():
+        f = f1_at(counts, indices)
+        print(f"| {name} | {np.median(metrics.DEFAULT_THRESHOLDS[indices]):.2f} | {f:.3f} | {ods - f:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
