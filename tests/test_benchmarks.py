@@ -116,6 +116,13 @@ def test_folder_threshold_rules_split_two_modes_and_score_each_image_at_its_own_
     assert ft.f1_at(counts, [ft.grid_index(.05)] * 2) == pytest.approx(2 * (16 / 72) / (16 / 72 + 1))
     per_image = ft.rules([faint, strong], stored=.5)["image Otsu on logits"]
     assert ft.f1_at(counts, per_image) == pytest.approx(1.0)
+    big_gt = np.zeros((64, 256), bool)
+    big_gt[:, 124] = True                                       # tiles 1 and 2 (x 64-191) lie within 8 px of it
+    big = np.where(big_gt, 255, 0).astype(np.uint8)
+    big[5, 5] = 200                                             # one false crack pixel in tile 0
+    tiles = ft.crack_free_tiles([big], [big_gt], size=64)
+    assert len(tiles) == 2 and not any(t.max() == 255 for t in tiles)
+    assert ft.marked_share(tiles, [ft.grid_index(.5)] * 2) == pytest.approx(1 / (2 * 64 * 64))
 
 
 def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_photo(tmp_path, monkeypatch):
