@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import metrics  # noqa: E402
-from dataset import read_mask, scan_dataset  # noqa: E402
+from dataset import DatasetError, read_mask, scan_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = np.arange(256) / 255
@@ -91,7 +91,10 @@ def main() -> None:
     p.add_argument("--data-dir", default="../shared/data")
     args = p.parse_args()
     maps_dir = ROOT / "models" / args.name / "eval" / args.test
-    samples = scan_dataset(Path(args.data_dir), args.test)[0]
+    try:
+        samples = scan_dataset(Path(args.data_dir), args.test)[0]
+    except DatasetError as err:
+        sys.exit(f"error: {err}")
     paths = [maps_dir / f"{s.stem}_prob.png" for s in samples]
     missing = [path for path in paths if not path.is_file()]
     if missing:

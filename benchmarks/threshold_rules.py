@@ -71,11 +71,11 @@ def main() -> None:
     gaps = {rule: [] for rule in RULES}
     in_domain = {rule: [] for rule in RULES}   # what the rule costs on the training sources' validation
     for name, test, curves, held in rows:
-        cells = []
+        cells, mean_curve = [], curves.mean(axis=0)
         for rule, choose in RULES.items():
             k = choose(curves)
             gaps[rule].append(held.max() - held[k])
-            in_domain[rule].append(curves.mean(axis=0).max() - curves.mean(axis=0)[k])
+            in_domain[rule].append(mean_curve.max() - mean_curve[k])
             cells.append(f"{GRID[k]:.2f} / {held[k]:.3f}")
         print(f"| {name} | {test} | {held.max():.3f} | " + " | ".join(cells) + " |")
     print(f"\nODS F minus F at the rule's threshold over {len(rows)} held-out scores:")

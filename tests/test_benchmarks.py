@@ -88,7 +88,8 @@ def test_generalization_verdicts_judge_gains_against_the_largest_seed_spread():
     rows = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")]
             for row in g.lodo_verdict_rows(done) if row.startswith("| ")}
     assert rows["DEEPCRACK"][1] == "0.600 / 0.500" and rows["DEEPCRACK"][4:6] == ["+0.200", "yes"]
-    assert rows["CFD"][1] == "0.520 / 0.400 (2 seeds)" and rows["CFD"][4:] == ["+0.180", "yes", "0.100 no"]
+    assert rows["CFD"][1] == "0.520 / 0.400 (2 seeds)" and rows["CFD"][4:] == ["+0.180", "yes", "0.040", "0.100 no"]
+    assert rows["DEEPCRACK"][6] == "0.010"                      # the seeds differ by .01 on DEEPCRACK_TEST
     assert rows["CRACKMAP"][4:6] == ["+0.037", "no"] and rows["MASONRY"][5] == "no"
     assert rows["mean"][4] == "+0.113" and rows["mean"][5].startswith("yes")
     domain = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")]
