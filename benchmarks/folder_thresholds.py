@@ -9,6 +9,8 @@ Every rule but the oracle sees the maps only, never a label. "folder top q" assu
 crack pixels in the photos, a prior a user does not have; it is here to show how much that would buy.
 The last column applies each rule to a folder of crack-free tiles cut from the same maps: what it
 marks there is false cracks on the crack-free photos that make up most of an inspection.
+A second table asks what a few labelled photos buy instead: the best threshold on k photos drawn
+from the folder (seeded draws), scored on the folder's other photos against their own best.
 """
 import argparse
 import json
@@ -24,6 +26,7 @@ import metrics  # noqa: E402
 from dataset import DatasetError, read_mask, scan_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+LABELLED_DRAWS = 20
 LEVELS = np.arange(256) / 255
 # logit of each 8-bit level; 0 and 255 clipped half a step inside so both stay finite
 LOGITS = np.log(np.clip(LEVELS, .5 / 255, 1 - .5 / 255)) - np.log(np.clip(1 - LEVELS, .5 / 255, 1 - .5 / 255))
@@ -64,6 +67,21 @@ def rules(maps: list[np.ndarray], stored: float) -> dict[str, list[int]]:
         level = int(np.argmax(share_above <= q))
         found[f"folder top {q:.0%} (a prior)"] = [grid_index(LEVELS[max(level - 1, 0)])] * n
     return found
+
+
+def labelled_threshold_losses(counts: np.ndarray, k: int, draws: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw of k images: the threshold best on them, and what it loses on the other images
+    against their own best threshold (ODS F of the rest minus F of the rest at it)."""
+    rng = np.random.default_rng(seed)
+    thresholds, losses = [], []
+    for _ in range(draws):
+        labelled = np.zeros(len(counts), bool)
+        labelled[rng.choice(len(counts), size=k, replace=False)] = True
+        chosen = metrics.threshold_index(metrics.best_mean_threshold([metrics.f1_curve(counts[labelled])]))
+        rest = metrics.f1_curve(counts[~labelled])
+        thresholds.append(metrics.DEFAULT_THRESHOLDS[chosen])
+        losses.append(rest.max() - rest[chosen])
+    return np.array(thresholds), np.array(losses)
 
 
 def crack_free_tiles(maps: list[np.ndarray], masks: list[np.ndarray], size: int = 64) -> list[np.ndarray]:
@@ -114,6 +132,12 @@ def main() -> None:
         f = f1_at(counts, indices)
         false = f"{marked_share(tiles, on_tiles[name]):.2%}" if tiles else "-"
         print(f"| {name} | {np.median(metrics.DEFAULT_THRESHOLDS[indices]):.2f} | {f:.3f} | {ods - f:.3f} | {false} |")
+    print("\n| labelled photos | draws | median threshold | mean loss (the other photos' ODS F - F) | worst loss |")
+    print("|---|---|---|---|---|")
+    for k in (1, 5, 20):
+        if k < len(counts):
+            chosen, losses = labelled_threshold_losses(counts, k, draws=LABELLED_DRAWS)
+            print(f"| {k} | {LABELLED_DRAWS} | {np.median(chosen):.2f} | {losses.mean():.3f} | {losses.max():.3f} |")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,27 @@ def test_folder_threshold_rules_split_two_modes_and_score_each_image_at_its_own_
     assert ft.marked_share(tiles, [ft.grid_index(.5)] * 2) == pytest.approx(1 / (2 * 64 * 64))
 
 
+def test_labelled_threshold_is_chosen_on_the_drawn_photos_and_scored_on_the_others():
+    import folder_thresholds as ft
+    import numpy as np
+    gt = np.zeros((8, 8), bool)
+    gt[:, 3] = True
+    faint = np.where(gt, 26, 3).astype(np.uint8)                # F = 1 only for thresholds in [0.02, 0.10]
+    strong = np.where(gt, 230, 128).astype(np.uint8)            # F = 1 only for thresholds in [0.51, 0.90]
+    counts = np.stack([ft.metrics.image_counts(m, gt) for m in (faint, strong)])
+    thresholds, losses = ft.labelled_threshold_losses(counts, k=1, draws=12, seed=3)
+    # labelled faint: the highest best threshold, 0.10, marks all 64 strong pixels (F = 2P/(P+1), P = 1/8);
+    # labelled strong: 0.90 marks no faint pixel (F = 0); the other photo alone scores 1 at its best
+    faint_drawn = np.isclose(thresholds, 0.10)
+    assert set(np.round(thresholds, 2)) == {0.10, 0.90}
+    assert np.allclose(losses[faint_drawn], 1 - 2 * (1 / 8) / (1 / 8 + 1))
+    assert np.allclose(losses[~faint_drawn], 1.0)
+    again = ft.labelled_threshold_losses(counts, k=1, draws=12, seed=3)
+    assert np.array_equal(again[0], thresholds) and np.array_equal(again[1], losses)
+    same = np.stack([counts[0]] * 5)
+    assert np.all(ft.labelled_threshold_losses(same, k=2, draws=4)[1] == 0)
+
+
 def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_photo(tmp_path, monkeypatch):
     """Speed on random weights means something only if their masks are as sparse as a trained model's:
     a network marking a quarter of the photo makes the crack measurement, not the network, the cost."""
