@@ -192,7 +192,7 @@ def main() -> int:
         engine = make_engine(args.device, args.precision)
         model, config = load_runs(args.name, engine, args.checkpoint)
         print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.device} {engine.dtype or 'fp32'}")
-    data_dir = Path(args.data_dir or (config["data_dir"] if config else "inputs"))
+    data_dir = Path(args.data_dir or (config or {}).get("data_dir", "inputs"))   # a bundle keeps no local path
     summaries = []
     for dataset in args.test:
         # 2. the images to score

@@ -117,6 +117,19 @@ def test_evaluate_scores_a_bundle_with_its_threshold(bundle, shipped, monkeypatc
         (shipped / "config.json").read_text())["threshold"]
 
 
+def test_evaluate_scores_a_bundle_on_the_users_own_dataset_under_inputs_without_data_dir(bundle, shipped,
+                                                                                        monkeypatch):
+    import evaluate
+    from prepare_data import make_synthetic_dataset
+    make_synthetic_dataset(bundle / "inputs", "MINE", count=5, size=(64, 64), seed=7)
+    monkeypatch.chdir(bundle)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--name", "tiny", "--test", "MINE", "--tolerance", "2",
+                                      "--device", "cpu"])
+    assert evaluate.main() == 0
+    summary = json.loads((bundle / "models" / "tiny" / "eval" / "MINE" / "metrics.json").read_text())
+    assert summary["images"] == 5                                      # not a training set: every image
+
+
 def test_fine_tuning_starts_from_the_bundle_by_name(bundle, shipped, monkeypatch, synthetic_root):
     import train
     monkeypatch.chdir(bundle)
