@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                        "ensemble (mean probability), results under models/RUN1+RUN2/")
     source.add_argument("--pred-dir", type=Path, help="folder of 8-bit probability maps from any method")
     p.add_argument("--test", nargs="+", required=True, metavar="DATASET", help="datasets under --data-dir")
-    p.add_argument("--data-dir", help="default: the run's --data-dir (inputs with --pred-dir)")
+    p.add_argument("--data-dir", help="default: the run's --data-dir (inputs with --pred-dir or a bundled model)")
     p.add_argument("--tolerance", type=int, nargs="+", default=[0, 2],
                    help="pixel tolerances; 0 = strict, 2 = the crack-detection literature")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower)")
