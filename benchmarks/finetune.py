@@ -13,6 +13,9 @@ scored on the images of S outside the pool (the same for every arm of a draw), s
   finetune  train.py --dataset <the k images> --init-from <parent> --preset finetune (5 CPU-minutes)
   scratch   the same images, budget and recipe from random weights
 and, to choose the defaults, finetune variants on k = 20 (--lr 1e-4; --freeze-encoder).
+The *_long arms repeat none and finetune (k = 20) from parent_long_S: the same leave-one-out run
+trained for the bundle's budget (general_model.MINUTES) rather than the comparison's 25 minutes, so the
+start is as strong as the model users fine-tune; scratch does not depend on the parent.
 The k images are linked (not copied) under inputs/finetune/ as ordinary datasets, so each arm
 is exactly the command a user runs on their own folder; its --val-split takes 1 (k = 5) or 2
 (k = 20) of them to choose best.pt and the threshold.
@@ -28,6 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import architecture  # noqa: E402
+import general_model  # noqa: E402
+import generalization  # noqa: E402
 from runner import MODELS, ROOT, add_common_args, read_record, run_all, score, shell, training_summary  # noqa: E402
 
 SOURCES = ["CFD", "CRACKMAP", "MASONRY"]
@@ -36,10 +41,25 @@ LINKS = ROOT / "inputs" / "finetune"   # gitignored; rebuilt from the data on an
 RECIPE = ["--preset", "finetune"]     # train.py's fine-tuning defaults, which these arms chose
 NETWORK = architecture.network_args(architecture.SHIPPED)   # scratch runs train the parents' network
 VARIANTS = {"finetune_lr1e-4": ["--lr", "1e-4"], "finetune_frozen": ["--freeze-encoder"]}
+LONG = "_long"                        # arm suffix: started from the parent trained for the bundle's budget
+LABELS = {"none_long": f"none ({general_model.MINUTES}-min parent)",
+          "finetune_long": f"finetune ({general_model.MINUTES}-min parent)"}
 
 
-def parent(source: str) -> str:
+def parent(source: str, arm: str = "") -> str:
+    if arm.endswith(LONG):
+        return PREFIX + long_parent_name(source)
     return architecture.lodo_run(architecture.SHIPPED, source)
+
+
+def long_parent_name(source: str) -> str:
+    return f"parent_long_{source}"
+
+
+def long_parent_experiment(source: str) -> dict:
+    """The shipped network's leave-one-out experiment without `source`, at the bundle's budget."""
+    shipped = architecture.EXPERIMENTS[architecture.experiment_name(architecture.SHIPPED, source)]
+    return {**shipped, "minutes": general_model.MINUTES}
 
 
 def subset(source: str, draw: int, k: int | None) -> str:
@@ -48,7 +68,7 @@ def subset(source: str, draw: int, k: int | None) -> str:
 
 
 def arm_name(arm: str, source: str, draw: int, k: int) -> str:
-    return f"none_{source}_d{draw}" if arm == "none" else f"{arm}_{source}_d{draw}_k{k}"
+    return f"{arm}_{source}_d{draw}" if arm.startswith("none") else f"{arm}_{source}_d{draw}_k{k}"
 
 
 def draw_pool(stems: list[str], draw: int) -> list[str]:
@@ -84,6 +104,13 @@ def experiments() -> dict[str, dict]:
             for k in SHOTS:
                 for arm in ("finetune", "scratch", *(VARIANTS if k == max(SHOTS) else ())):
                     found[arm_name(arm, source, draw, k)] = {"source": source, "draw": draw, "k": k, "arm": arm}
+    for source in SOURCES:
+        found[long_parent_name(source)] = {"source": source, "arm": "parent"}
+        for draw in DRAWS:
+            found[arm_name("none" + LONG, source, draw, 0)] = {"source": source, "draw": draw, "k": 0,
+                                                               "arm": "none" + LONG}
+            found[arm_name("finetune" + LONG, source, draw, max(SHOTS))] = {
+                "source": source, "draw": draw, "k": max(SHOTS), "arm": "finetune" + LONG}
     return found
 
 
@@ -91,14 +118,21 @@ EXPERIMENTS = experiments()
 PREFIX = "ft_"
 
 
+def scored_run(name: str) -> str:
+    e = EXPERIMENTS[name]
+    return parent(e["source"], e["arm"]) if e["arm"].startswith("none") else PREFIX + name
+
+
 def commands(name: str, args) -> list[list[str]]:
     e = EXPERIMENTS[name]
-    run = parent(e["source"]) if e["arm"] == "none" else PREFIX + name
+    if e["arm"] == "parent":
+        return generalization.commands(name, args, long_parent_experiment(e["source"]), PREFIX + name)
+    run = scored_run(name)
     scored = [sys.executable, "evaluate.py", "--name", run, "--test", subset(e["source"], e["draw"], None),
               "--data-dir", str(LINKS.relative_to(ROOT)), "--tolerance", "0", "2"]
-    if e["arm"] == "none":
+    if e["arm"].startswith("none"):
         return [scored]
-    start = NETWORK if e["arm"] == "scratch" else ["--init-from", parent(e["source"])]
+    start = NETWORK if e["arm"] == "scratch" else ["--init-from", parent(e["source"], e["arm"])]
     train = [sys.executable, "train.py", "--dataset", subset(e["source"], e["draw"], e["k"]),
              "--data-dir", str(LINKS.relative_to(ROOT)), "--name", run, "--overwrite", *RECIPE, *start,
              *VARIANTS.get(e["arm"], [])]
@@ -107,10 +141,12 @@ def commands(name: str, args) -> list[list[str]]:
 
 def summarize(name: str) -> dict:
     e = EXPERIMENTS[name]
-    run = parent(e["source"]) if e["arm"] == "none" else PREFIX + name
+    if e["arm"] == "parent":
+        return {**e, **generalization.summarize(name, long_parent_experiment(e["source"]), PREFIX + name)}
+    run = scored_run(name)
     metrics = MODELS / run / "eval" / subset(e["source"], e["draw"], None) / "metrics.json"
     line = {**e, "run": run, "metrics": json.loads(metrics.read_text())}
-    if e["arm"] != "none":
+    if not e["arm"].startswith("none"):
         line["training"] = training_summary(run)
     return line
 
@@ -133,16 +169,19 @@ def spread_cell(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {half_range(values):.3f}"
 
 
-def verdict_rows(done: dict[str, dict]) -> list[str]:
+def verdict_rows(done: dict[str, dict], suffix: str = "") -> list[str]:
     """Does fine-tuning on the most images beat no fine-tuning and scratch in every draw, by more
-    than any arm moves between draws (the draws differ in training and in scored images)?"""
+    than any arm moves between draws (the draws differ in training and in scored images)? `suffix`
+    LONG judges the arms started from the parent trained for the bundle's budget."""
     k = max(SHOTS)
-    rows = ["| held-out source | 2 px score | finetune - none, per draw | finetune - scratch, per draw "
-            "| draw spread (none, scratch, finetune) | beats both beyond the spread |", "|---" * 6 + "|"]
+    rows = ["| held-out source | 2 px score | parent | finetune - none, per draw | finetune - scratch, per draw "
+            "| draw spread (none, scratch, finetune) | beats both beyond the spread |", "|---" * 7 + "|"]
+    budget = f"{general_model.MINUTES} min" if suffix else f"{generalization.MINUTES} min"
     for source in SOURCES:
-        names = {arm: [arm_name(arm, source, d, k) for d in DRAWS] for arm in ("none", "scratch", "finetune")}
+        names = {arm: [arm_name(arm + (suffix if arm != "scratch" else ""), source, d, k) for d in DRAWS]
+                 for arm in ("none", "scratch", "finetune")}
         if not all(name in done for arm in names.values() for name in arm):
-            rows.append(f"| {source} | - | - | - | - | not all draws run |")
+            rows.append(f"| {source} | - | {budget} | - | - | - | not all draws run |")
             continue
         for which, label in ((0, "ODS F"), (1, "F at t")):
             f = {arm: [two_px(done[name])[which] for name in arm_names] for arm, arm_names in names.items()}
@@ -150,7 +189,7 @@ def verdict_rows(done: dict[str, dict]) -> list[str]:
                      for rival in ("none", "scratch")}
             spreads = [half_range(f[arm]) for arm in names]
             beats = min(gains["none"] + gains["scratch"]) > max(spreads)
-            rows.append(f"| {source} | {label} | " + " | ".join(
+            rows.append(f"| {source} | {label} | {budget} | " + " | ".join(
                 ", ".join(f"{g:+.3f}" for g in gains[rival]) for rival in ("none", "scratch"))
                 + " | " + ", ".join(f"{s:.3f}" for s in spreads) + f" | {'yes' if beats else 'no'} |")
     return rows
@@ -158,8 +197,8 @@ def verdict_rows(done: dict[str, dict]) -> list[str]:
 
 def render_table(record: Path) -> str:
     done = read_record(record)
-    arms = ["none", "scratch", "finetune", *VARIANTS]
-    rows = ["| held-out source | k images | " + " | ".join(f"{a}: 2 px ODS / F at t" for a in arms)
+    arms = ["none", "scratch", "finetune", *VARIANTS, *LABELS]
+    rows = ["| held-out source | k images | " + " | ".join(f"{LABELS.get(a, a)}: 2 px ODS / F at t" for a in arms)
             + " | fine-tuning command (draw 0) |", "|---" * (len(arms) + 3) + "|"]
     for source in SOURCES:
         for k in SHOTS:
@@ -172,7 +211,9 @@ def render_table(record: Path) -> str:
                              if scores else "-")
             train = commands(arm_name("finetune", source, 0, k), None)[0]
             rows.append(f"| {source} | {k} | " + " | ".join(cells) + f" | `{shell(train)}` |")
-    return "\n".join(rows + [""] + verdict_rows(done))
+    started_long = any(EXPERIMENTS.get(name, {}).get("arm", "").endswith(LONG) for name in done)
+    long_rows = verdict_rows(done, LONG)[2:] if started_long else []
+    return "\n".join(rows + [""] + verdict_rows(done) + long_rows)
 
 
 def main() -> None:
@@ -181,12 +222,15 @@ def main() -> None:
     args = p.parse_args()
     if not args.table_only and not args.list:
         link_subsets(Path(args.data_dir) if Path(args.data_dir).is_absolute() else ROOT / args.data_dir)
-        missing = sorted({parent(EXPERIMENTS[n]["source"]) for n in args.only or EXPERIMENTS
-                          if not (MODELS / parent(EXPERIMENTS[n]["source"]) / "best.pt").exists()})
+        chosen = args.only or list(EXPERIMENTS)
+        needed = {parent(EXPERIMENTS[n]["source"], EXPERIMENTS[n]["arm"]) for n in chosen
+                  if EXPERIMENTS[n]["arm"] != "parent"}
+        trained_here = {PREFIX + n for n in chosen}
+        missing = sorted(run for run in needed - trained_here if not (MODELS / run / "best.pt").exists())
         if missing:
             sys.exit(f"parents missing in {MODELS}: {', '.join(missing)}; train them first: `--list` of "
                      "benchmarks/generalization.py (gen_ runs) or benchmarks/architecture.py (arch_ runs) has "
-                     "their commands; run them with --only NAME --rerun")
+                     "their commands; run them with --only NAME --rerun (parent_long_S: this script's --only)")
     if not args.table_only:
         run_all({name: commands(name, args) for name in EXPERIMENTS}, args, summarize)
     if not args.list and args.record.exists():
