@@ -211,9 +211,7 @@ def render_table(record: Path) -> str:
                              if scores else "-")
             train = commands(arm_name("finetune", source, 0, k), None)[0]
             rows.append(f"| {source} | {k} | " + " | ".join(cells) + f" | `{shell(train)}` |")
-    started_long = any(EXPERIMENTS.get(name, {}).get("arm", "").endswith(LONG) for name in done)
-    long_rows = verdict_rows(done, LONG)[2:] if started_long else []
-    return "\n".join(rows + [""] + verdict_rows(done) + long_rows)
+    return "\n".join(rows + [""] + verdict_rows(done) + verdict_rows(done, LONG)[2:])
 
 
 def main() -> None:

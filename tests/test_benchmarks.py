@@ -61,6 +61,19 @@ def test_finetune_verdict_needs_every_draw_to_win_by_more_than_any_arm_moves_bet
     assert "not all draws run" in rows[("MASONRY", "-")]
 
 
+def test_finetune_long_verdict_judges_the_long_parent_arms_against_the_shared_scratch_arms():
+    scores = {"none_long": [(.80, .78), (.79, .77)], "scratch": [(.85, .84), (.84, .83)],
+              "finetune_long": [(.90, .89), (.89, .88)],
+              "finetune": [(.86, .85), (.85, .84)]}    # the 25-minute arms would lose: must not be used
+    done = dict(finetune_line(arm, "CFD", draw, *pair) for arm, pairs in scores.items()
+                for draw, pair in enumerate(pairs))
+    long_rows = {tuple(c.strip() for c in row.strip("|").split("|")[:2]): row
+                 for row in finetune.verdict_rows(done, finetune.LONG)}
+    assert "+0.050, +0.050" in long_rows[("CFD", "ODS F")]       # finetune_long - scratch per draw
+    assert long_rows[("CFD", "ODS F")].rstrip(" |").endswith("yes")
+    assert "not all draws run" in finetune.verdict_rows(done)[2]  # no 25-minute "none" arm was given
+
+
 def generalization_line(name, scores):
     """A finished generalization.py experiment: {test: {tolerance: (ODS F, F at t)}}."""
     metrics = {test: {"results": [{"tolerance": tol, "ods": {"f1": ods}, "at_run_threshold": {"f1": at_t}}
