@@ -182,3 +182,15 @@ def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_phot
     x = torch.from_numpy(preprocess(image, Intensity(), "photo").transpose(2, 0, 1).copy())[None]
     crack = float((predict_probability(model, x, engine) > 0.5).float().mean())
     assert 0.25 * bench_predict.CRACK_FRACTION < crack < 4 * bench_predict.CRACK_FRACTION
+
+
+def test_model_card_estimates_unseen_photos_at_both_budgets_and_says_which_runs_are_missing():
+    import general_model
+    long = {"CFD": generalization_line("parent_long_CFD", {"CFD": {0: (.5, .5), 2: (.804, .784)}})[1]}
+    short = {source: generalization_line(f"unet_w4_{source}", {test: {2: (.7, .6)}})[1]
+             for source, test in general_model.generalization.TEST.items()}
+    rows = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")[1:]]
+            for row in general_model.unseen_photo_rows(long, short)[2:]}
+    assert rows["CFD"] == ["0.804", "0.784", "0.700", "0.600"]             # the 2 px scores, longer run first
+    assert rows["MASONRY"] == ["not run", "not run", "0.700", "0.600"]
+    assert set(rows) == set(general_model.generalization.TEST.values())
