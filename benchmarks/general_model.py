@@ -3,6 +3,7 @@
     python benchmarks/general_model.py --list        # the exact commands
     python benchmarks/general_model.py               # all of them (about 135 minutes), one jsonl line
     python benchmarks/general_model.py --card        # pretrained/crackseg-general/README.md from the jsonl
+    python benchmarks/general_model.py --table-only  # the README's table, with the leave-one-out estimates
 
 The model trains on the training data of all four sources (DEEPCRACK_TEST stays a test set) with the
 multi-source recipe of benchmarks/generalization.py and the network benchmarks/architecture.py chose.
@@ -265,6 +266,27 @@ fine-tunes it on a few labelled photos of yours in 5 CPU-minutes (README, "Fine-
     print(f"wrote {folder / 'README.md'} and {folder / 'failure.jpg'}")
 
 
+def score_pairs(metrics: dict) -> list[str]:
+    """strict and 2 px: "ODS F / F at the run's threshold"."""
+    return [f"{r['ods']['f1']:.3f} / {r['at_run_threshold']['f1']:.3f}" for r in (score(metrics, t) for t in (0, 2))]
+
+
+def render_table(record: Path) -> str:
+    """The bundle on DEEPCRACK_TEST, then what its network and recipe score on each source left out
+    of their training, at 25 minutes and at the bundle's budget (runs not yet trained are left out)."""
+    rows = ["| test set | strict: ODS F / F at t | 2 px: ODS F / F at t |", "|---|---|---|"]
+    line = read_record(record).get("general")
+    if line:
+        m = line["bundle_metrics"]["DEEPCRACK_TEST"]
+        rows.append(f"| DEEPCRACK_TEST ({m['images']} images, never trained on) | " + " | ".join(score_pairs(m)) + " |")
+    for minutes, held_out in ((generalization.MINUTES, shipped_lodo_lines()), (MINUTES, long_lodo_lines())):
+        for source, test in generalization.TEST.items():
+            if held_out[source]:
+                rows.append(f"| held-out {test}: trained without {generalization.TRAIN[source]}, {minutes} min | "
+                            + " | ".join(score_pairs(held_out[source]["metrics"][test])) + " |")
+    return "\n".join(rows)
+
+
 def summarize(_name: str, data_dir: str) -> dict:
     def scores(run):
         return {p.parent.name: json.loads(p.read_text())
@@ -292,6 +314,8 @@ def main() -> None:
         return write_card(read_record(args.record)["general"], ROOT / "pretrained" / BUNDLE)
     if not args.table_only:
         run_all({"general": commands(args)}, args, lambda name: summarize(name, args.data_dir))
+    if not args.list:
+        print(render_table(args.record))
 
 
 if __name__ == "__main__":

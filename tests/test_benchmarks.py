@@ -194,3 +194,23 @@ def test_model_card_estimates_unseen_photos_at_both_budgets_and_says_which_runs_
     assert rows["CFD"] == ["0.804", "0.784", "0.700", "0.600"]             # the 2 px scores, longer run first
     assert rows["MASONRY"] == ["not run", "not run", "0.700", "0.600"]
     assert set(rows) == set(general_model.generalization.TEST.values())
+
+
+def test_bundle_table_scores_the_bundle_then_each_trained_leave_one_out_run(tmp_path, monkeypatch):
+    import json
+
+    import general_model
+    bundle = generalization_line("x", {"DEEPCRACK_TEST": {0: (.84, .83), 2: (.92, .91)}})[1]["metrics"]
+    bundle["DEEPCRACK_TEST"]["images"] = 237
+    record = tmp_path / "general_model.jsonl"
+    record.write_text(json.dumps({"experiment": "general", "bundle_metrics": bundle}) + "\n")
+    short = {s: generalization_line("a", {t: {0: (.5, .4), 2: (.7, .6)}})[1]
+             for s, t in general_model.generalization.TEST.items()}
+    long = {s: None for s in short} | {"CFD": generalization_line("b", {"CFD": {0: (.6, .5), 2: (.8, .79)}})[1]}
+    monkeypatch.setattr(general_model, "shipped_lodo_lines", lambda: short)
+    monkeypatch.setattr(general_model, "long_lodo_lines", lambda: long)
+    rows = general_model.render_table(record).splitlines()[2:]
+    assert rows[0] == "| DEEPCRACK_TEST (237 images, never trained on) | 0.840 / 0.830 | 0.920 / 0.910 |"
+    assert len(rows) == 1 + 4 + 1                                   # MASONRY etc. at 120 min: not trained, left out
+    assert rows[-1] == (f"| held-out CFD: trained without CFD, {general_model.MINUTES} min | "
+                        "0.600 / 0.500 | 0.800 / 0.790 |")
