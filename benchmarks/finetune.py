@@ -15,7 +15,8 @@ scored on the images of S outside the pool (the same for every arm of a draw), s
 and, to choose the defaults, finetune variants on k = 20 (--lr 1e-4; --freeze-encoder).
 The *_long arms repeat none and finetune (k = 20) from parent_long_S: the same leave-one-out run
 trained for the bundle's budget (general_model.MINUTES) rather than the comparison's 25 minutes, so the
-start is as strong as the model users fine-tune; scratch does not depend on the parent.
+start is as strong as the model users fine-tune; scratch does not depend on the parent. LONG_VARIANTS
+try other fine-tuning settings from that parent (k = 20), run only where the default one fell short.
 The k images are linked (not copied) under inputs/finetune/ as ordinary datasets, so each arm
 is exactly the command a user runs on their own folder; its --val-split takes 1 (k = 5) or 2
 (k = 20) of them to choose best.pt and the threshold.
@@ -41,9 +42,11 @@ LINKS = ROOT / "inputs" / "finetune"   # gitignored; rebuilt from the data on an
 RECIPE = ["--preset", "finetune"]     # train.py's fine-tuning defaults, which these arms chose
 NETWORK = architecture.network_args(architecture.SHIPPED)   # scratch runs train the parents' network
 VARIANTS = {"finetune_lr1e-4": ["--lr", "1e-4"], "finetune_frozen": ["--freeze-encoder"]}
+LONG_VARIANTS = {"finetune_lr3e-4": ["--lr", "3e-4"]}
 LONG = "_long"                        # arm suffix: started from the parent trained for the bundle's budget
 LABELS = {"none_long": f"none ({general_model.MINUTES}-min parent)",
-          "finetune_long": f"finetune ({general_model.MINUTES}-min parent)"}
+          "finetune_long": f"finetune ({general_model.MINUTES}-min parent)",
+          **{v + LONG: f"{v} ({general_model.MINUTES}-min parent)" for v in LONG_VARIANTS}}
 
 
 def parent(source: str, arm: str = "") -> str:
@@ -109,8 +112,9 @@ def experiments() -> dict[str, dict]:
         for draw in DRAWS:
             found[arm_name("none" + LONG, source, draw, 0)] = {"source": source, "draw": draw, "k": 0,
                                                                "arm": "none" + LONG}
-            found[arm_name("finetune" + LONG, source, draw, max(SHOTS))] = {
-                "source": source, "draw": draw, "k": max(SHOTS), "arm": "finetune" + LONG}
+            for arm in ("finetune", *LONG_VARIANTS):
+                found[arm_name(arm + LONG, source, draw, max(SHOTS))] = {
+                    "source": source, "draw": draw, "k": max(SHOTS), "arm": arm + LONG}
     return found
 
 
@@ -135,8 +139,13 @@ def commands(name: str, args) -> list[list[str]]:
     start = NETWORK if e["arm"] == "scratch" else ["--init-from", parent(e["source"], e["arm"])]
     train = [sys.executable, "train.py", "--dataset", subset(e["source"], e["draw"], e["k"]),
              "--data-dir", str(LINKS.relative_to(ROOT)), "--name", run, "--overwrite", *RECIPE, *start,
-             *VARIANTS.get(e["arm"], [])]
+             *variant_flags(e["arm"])]
     return [train, scored]
+
+
+def variant_flags(arm: str) -> list[str]:
+    """train.py flags an arm adds to the fine-tuning recipe (none for finetune, scratch, finetune_long)."""
+    return {**VARIANTS, **LONG_VARIANTS}.get(arm.removesuffix(LONG), [])
 
 
 def summarize(name: str) -> dict:
@@ -169,19 +178,24 @@ def spread_cell(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {half_range(values):.3f}"
 
 
-def verdict_rows(done: dict[str, dict], suffix: str = "") -> list[str]:
+def verdict_rows(done: dict[str, dict], suffix: str = "", tuned: str = "finetune") -> list[str]:
     """Does fine-tuning on the most images beat no fine-tuning and scratch in every draw, by more
     than any arm moves between draws (the draws differ in training and in scored images)? `suffix`
-    LONG judges the arms started from the parent trained for the bundle's budget."""
+    LONG judges the arms started from the parent trained for the bundle's budget; `tuned` names a
+    LONG_VARIANTS arm to judge in place of the default recipe (its rows appear only where it ran)."""
     k = max(SHOTS)
     rows = ["| held-out source | 2 px score | parent | finetune - none, per draw | finetune - scratch, per draw "
             "| draw spread (none, scratch, finetune) | beats both beyond the spread |", "|---" * 7 + "|"]
     budget = f"{general_model.MINUTES} min" if suffix else f"{generalization.MINUTES} min"
+    if tuned != "finetune":
+        budget += ", " + " ".join(LONG_VARIANTS[tuned])
     for source in SOURCES:
         names = {arm: [arm_name(arm + (suffix if arm != "scratch" else ""), source, d, k) for d in DRAWS]
-                 for arm in ("none", "scratch", "finetune")}
+                 for arm in ("none", "scratch", tuned)}
+        names["finetune"] = names.pop(tuned)
         if not all(name in done for arm in names.values() for name in arm):
-            rows.append(f"| {source} | - | {budget} | - | - | - | not all draws run |")
+            if tuned == "finetune":
+                    rows.append(f"| {source} | - | {budget} | - | - | - | not all draws run |")
             continue
         for which, label in ((0, "ODS F"), (1, "F at t")):
             f = {arm: [two_px(done[name])[which] for name in arm_names] for arm, arm_names in names.items()}
@@ -197,7 +211,7 @@ def verdict_rows(done: dict[str, dict], suffix: str = "") -> list[str]:
 
 def render_table(record: Path) -> str:
     done = read_record(record)
-    arms = ["none", "scratch", "finetune", *VARIANTS, *LABELS]
+    arms = ["none", "scratch", "finetune", *VARIANTS, *LABELS]   # LABELS: the LONG arms
     rows = ["| held-out source | k images | " + " | ".join(f"{LABELS.get(a, a)}: 2 px ODS / F at t" for a in arms)
             + " | fine-tuning command (draw 0) |", "|---" * (len(arms) + 3) + "|"]
     for source in SOURCES:
@@ -211,7 +225,10 @@ def render_table(record: Path) -> str:
                              if scores else "-")
             train = commands(arm_name("finetune", source, 0, k), None)[0]
             rows.append(f"| {source} | {k} | " + " | ".join(cells) + f" | `{shell(train)}` |")
-    return "\n".join(rows + [""] + verdict_rows(done) + verdict_rows(done, LONG)[2:])
+    verdicts = verdict_rows(done) + verdict_rows(done, LONG)[2:]
+    for variant in LONG_VARIANTS:
+        verdicts += verdict_rows(done, LONG, variant)[2:]
+    return "\n".join(rows + [""] + verdicts)
 
 
 def main() -> None:

@@ -74,6 +74,23 @@ def test_finetune_long_verdict_judges_the_long_parent_arms_against_the_shared_sc
     assert "not all draws run" in finetune.verdict_rows(done)[2]  # no 25-minute "none" arm was given
 
 
+def test_finetune_variant_verdict_judges_the_variant_arms_and_shows_only_where_they_ran():
+    variant = next(iter(finetune.LONG_VARIANTS))
+    scores = {"none_long": [(.80, .78), (.79, .77)], "scratch": [(.85, .84), (.84, .83)],
+              "finetune_long": [(.85, .84), (.845, .835)],           # the default recipe: no
+              variant + finetune.LONG: [(.90, .89), (.89, .88)]}      # the variant: +0.05 per draw, yes
+    done = dict(finetune_line(arm, "CFD", draw, *pair) for arm, pairs in scores.items()
+                for draw, pair in enumerate(pairs))
+    default = {row.split("|")[2].strip(): row for row in finetune.verdict_rows(done, finetune.LONG)[2:]}
+    assert default["ODS F"].rstrip(" |").endswith("no")
+    rows = finetune.verdict_rows(done, finetune.LONG, variant)[2:]
+    assert [row.split("|")[1].strip() for row in rows] == ["CFD", "CFD"]   # CRACKMAP, MASONRY not run: no rows
+    assert "+0.050, +0.050" in rows[0] and rows[0].rstrip(" |").endswith("yes")
+    assert " ".join(finetune.LONG_VARIANTS[variant]) in rows[0]
+    assert finetune.commands(finetune.arm_name(variant + finetune.LONG, "CFD", 0, 20), None)[0][-2:] == \
+        finetune.LONG_VARIANTS[variant]
+
+
 def generalization_line(name, scores):
     """A finished generalization.py experiment: {test: {tolerance: (ODS F, F at t)}}."""
     metrics = {test: {"results": [{"tolerance": tol, "ods": {"f1": ods}, "at_run_threshold": {"f1": at_t}}
