@@ -195,7 +195,7 @@ def verdict_rows(done: dict[str, dict], suffix: str = "", tuned: str = "finetune
         names["finetune"] = names.pop(tuned)
         if not all(name in done for arm in names.values() for name in arm):
             if tuned == "finetune":
-                    rows.append(f"| {source} | - | {budget} | - | - | - | not all draws run |")
+                rows.append(f"| {source} | - | {budget} | - | - | - | not all draws run |")
             continue
         for which, label in ((0, "ODS F"), (1, "F at t")):
             f = {arm: [two_px(done[name])[which] for name in arm_names] for arm, arm_names in names.items()}
