@@ -22,18 +22,20 @@ from torch.utils.tensorboard import SummaryWriter
 
 import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
-from utils import (MODELS_DIR, RUNS_DIR, RunError, evaluate, json_dump, load_config, load_runs, make_engine, read_split,
-                   run_cli, run_datasets)
+from utils import (MODELS_DIR, RUNS_DIR, RunError, evaluate, json_dump, load_config, load_runs, make_engine, name_arg,
+                   read_split, run_cli, run_datasets, runs_arg)
 from visuals import error_overlay, save_probability, side_by_side
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--name", help="run under models/ whose best.pt predicts the maps; RUN1+RUN2 = their "
-                                       "ensemble (mean probability), results under models/RUN1+RUN2/")
+    source.add_argument("--name", type=runs_arg,
+                        help="run under models/ whose best.pt predicts the maps; RUN1+RUN2 = their "
+                             "ensemble (mean probability), results under models/RUN1+RUN2/")
     source.add_argument("--pred-dir", type=Path, help="folder of 8-bit probability maps from any method")
-    p.add_argument("--test", nargs="+", required=True, metavar="DATASET", help="datasets under --data-dir")
+    p.add_argument("--test", nargs="+", required=True, metavar="DATASET", type=name_arg,
+                   help="datasets under --data-dir")
     p.add_argument("--data-dir", help="default: the run's --data-dir (inputs with --pred-dir or a bundled model)")
     p.add_argument("--tolerance", type=int, nargs="+", default=[0, 2],
                    help="pixel tolerances; 0 = strict, 2 = the crack-detection literature")

@@ -40,8 +40,8 @@ import torch
 from tqdm import tqdm
 
 from dataset import IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess
-from utils import (DEFAULT_BUNDLE, MODELS_DIR, OVERLAP, PRETRAINED_DIR, TILE, RunError, bundle_dir, load_runs,
-                   make_engine, predict_probability, run_cli)
+from utils import (DEFAULT_BUNDLE, MODELS_DIR, OVERLAP, PRETRAINED_DIR, REPO_DIR, TILE, RunError, bundle_dir,
+                   load_runs, make_engine, predict_probability, run_cli, runs_arg)
 from visuals import crack_overlay, save_probability
 
 COLUMNS = ["image", "width", "height", "threshold", "crack_fraction", "components", "length_px",
@@ -51,8 +51,9 @@ MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", help="run under models/ (or bundled model) that predicts; RUN1+RUN2 = their ensemble "
-                                  f"(mean probability); default: the bundled {DEFAULT_BUNDLE}")
+    p.add_argument("--name", type=runs_arg,
+                   help="run under models/ (or bundled model) that predicts; RUN1+RUN2 = their ensemble "
+                        f"(mean probability); default: the bundled {DEFAULT_BUNDLE}")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted glob patterns")
     p.add_argument("--out", type=Path, help="output folder (default: models/RUN/predictions/)")
     p.add_argument("--threshold", type=float, help="crack where p > this (default: the run's, else 0.5)")
@@ -134,6 +135,20 @@ def find_inputs(patterns: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
         raise DatasetError("these inputs would write the same outputs; rename one or predict them "
                            "separately: " + "; ".join(clashes))
     return list(found.values())
+
+
+def check_out_dir(out_dir: Path, patterns: list[str], items: list[tuple[Path, Path]]) -> None:
+    """--out may be any folder except one that is, or holds, an input, the working directory, the
+    repository or the home directory: outputs written there would land among the user's own files."""
+    out = out_dir.resolve()
+    protected = [("the working directory", Path.cwd()), ("the repository", REPO_DIR),
+                 ("the home directory", Path.home())]
+    protected += [(f"the input {glob_root(p)}", glob_root(p)) for p in patterns if glob_root(p).exists()]
+    protected += [(f"the input {image}", image) for image, _ in items]
+    for what, path in protected:
+        if path.resolve().is_relative_to(out):
+            raise RunError(f"--out {out_dir} is or contains {what}; give a new or empty folder of its own "
+                           "(for example --out predictions/run1)")
 
 
 def read_photo(path: Path) -> np.ndarray:
@@ -320,7 +335,9 @@ def main(argv=None) -> int:
     threshold = config["threshold"] if args.threshold is None else args.threshold
     source = config["threshold_source"] if args.threshold is None else "--threshold"
     # 2. the images: a missing INPUT stops everything before any work, as a typo should
+    check_out_dir(out_dir, args.inputs, [])
     items = find_inputs(args.inputs, out_dir.resolve())
+    check_out_dir(out_dir, args.inputs, items)
     print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.device} {engine.dtype or 'fp32'}, "
           f"threshold {threshold:g} ({source}); {len(items)} image(s) -> {out_dir}")
     # 3. one image at a time (sizes differ; batching gains little next to decoding and writing);

@@ -15,7 +15,6 @@ import copy
 import csv
 import math
 import random
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -34,9 +33,9 @@ from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, EpochSampler, Int
 from losses import LOSSES, compute_loss
 from models import ARCHS, freeze_encoder
 from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
-                   load_checkpoint, load_config, load_weights, make_engine, model_from_config,
-                   provenance, raise_requested_stop, read_split, run_cli, run_datasets, run_state, save_checkpoint,
-                   signals_held)
+                   load_checkpoint, load_config, load_weights, make_engine, model_from_config, name_arg,
+                   provenance, raise_requested_stop, read_split, remove_run, run_cli, run_datasets, run_state,
+                   save_checkpoint, signals_held)
 
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
     "fast": {"dataset": ["SYNTHETIC"], "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
@@ -57,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, help="fast: synthetic data, 128 crops, 40 epochs; "
                    "finetune: 5 minutes on a few photos of your own (with --init-from)")
     # data
-    p.add_argument("--dataset", nargs="+", default=["SYNTHETIC"], metavar="DATASET",
+    p.add_argument("--dataset", nargs="+", default=["SYNTHETIC"], metavar="DATASET", type=name_arg,
                    help="folders under --data-dir, one model on all of them; SYNTHETIC is made on first use")
     p.add_argument("--sampling", default="proportional", choices=["proportional", "equal"],
                    help="how an epoch (as many crops as training images) draws from several datasets: "
@@ -115,10 +114,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (slower); with --workers 0 a resumed run repeats exactly")
     # run
-    p.add_argument("--name", help="run name; default <DATASET>_<arch>, suffixed _2, _3 if taken")
-    p.add_argument("--resume", metavar="RUN", help="continue RUN after its last completed epoch")
+    p.add_argument("--name", type=name_arg, help="run name; default <DATASET>_<arch>, suffixed _2, _3 if taken")
+    p.add_argument("--resume", metavar="RUN", type=name_arg, help="continue RUN after its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --name")
-    p.add_argument("--init-from", metavar="RUN",
+    p.add_argument("--init-from", metavar="RUN", type=name_arg,
                    help="start from RUN's best weights (fine-tuning; crackseg-general is the bundled model); "
                         "the network and preprocessing options come from RUN")
     p.add_argument("--freeze-encoder", action="store_true",
@@ -131,7 +130,7 @@ def dataset_pixels(text: str) -> tuple[str, int]:
     name, _, pixels = text.partition("=")
     if not name or not pixels.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=PIXELS (e.g. CFD=2)")
-    return name, int(pixels)
+    return name_arg(name), int(pixels)
 
 
 def typed_options(argv=None) -> set[str]:
@@ -705,9 +704,7 @@ def open_run_dir(args, engine, split: dict, start: int) -> tuple[Path, dict]:
     config.update(vars(args))
     if engine.main:
         if not args.resume:
-            for old in (run_dir, RUNS_DIR / args.name):
-                if old.exists():
-                    shutil.rmtree(old)
+            remove_run(args.name)
         run_dir.mkdir(parents=True, exist_ok=True)
         if args.resume:
             keep_log_rows_before(run_dir / "log.csv", start)

@@ -2,11 +2,14 @@
 single inference path (pad, tile, TTA) plus the evaluation routine used by train.py and
 evaluate.py alike.
 """
+import argparse
 import hashlib
 import json
 import math
 import os
 import pickle
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +31,11 @@ from models import build_model, fold_batchnorm
 
 MODELS_DIR = Path("models")
 RUNS_DIR = Path("runs")
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"   # found from any working directory
+REPO_DIR = Path(__file__).resolve().parent
+PRETRAINED_DIR = REPO_DIR / "pretrained"   # found from any working directory
 DEFAULT_BUNDLE = "crackseg-general"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+NAME_RULE = "letters, digits, '_', '-' and '.', not starting with '.' (it names a folder under models/ or --data-dir)"
 
 
 class RunError(Exception):
@@ -43,6 +49,38 @@ class Diverged(RunError):
 
 
 # ---------------------------------------------------------------- run directory
+
+def name_arg(text: str) -> str:
+    """argparse type of every run and dataset name: a name such as '..' or '/home' would make a
+    folder (or an --overwrite) reach outside models/ or the data folder."""
+    if not NAME_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid name: use {NAME_RULE}")
+    return text
+
+
+def runs_arg(text: str) -> str:
+    """argparse type of RUN or RUN1+RUN2+... (an ensemble): each member a valid name."""
+    for member in text.split("+"):
+        name_arg(member)
+    return text
+
+
+def own_folder(root: Path, name: str) -> Path:
+    """root/name, proven to lie strictly inside root (no '..', no symlink out) before anything deletes it."""
+    folder = root / name
+    inside = folder.resolve().parent == root.resolve() and not folder.is_symlink()
+    if not NAME_PATTERN.fullmatch(name) or not inside:
+        raise RunError(f"refusing to remove {folder}: it does not resolve to a folder directly inside {root}/")
+    return folder
+
+
+def remove_run(name: str) -> None:
+    """--overwrite: delete models/NAME and runs/NAME, and nothing else."""
+    folders = [own_folder(MODELS_DIR, name), own_folder(RUNS_DIR, name)]   # both checked before either goes
+    for folder in folders:
+        if folder.exists():
+            shutil.rmtree(folder)
+
 
 def json_dump(path: Path, obj) -> None:
     """Write atomically: a crash mid-write never leaves half a file."""

@@ -3,7 +3,8 @@
 An experiment is a list of commands (train.py, then evaluate.py) run from the repository root
 exactly as a user runs them. When all of its commands have finished, ONE line goes to a
 committed jsonl file (experiment, commands, commit, training summary, every metrics.json it
-made) and is committed at once, so a session that ends or a fresh machine loses nothing.
+made); with --commit that file is committed at once, so a session that ends or a fresh machine
+loses nothing (without it the line is only appended: committing is the caller's choice).
 Tables are rendered from the jsonl alone, never from models/; experiments already in the file
 are skipped. Never run two at once: budgets are wall-clock.
 """
@@ -28,6 +29,8 @@ def add_common_args(p: argparse.ArgumentParser, record: Path, choices: list[str]
     p.add_argument("--rerun", action="store_true", help="run experiments even if --record has them")
     p.add_argument("--record", type=Path, default=record, help="the jsonl file of finished experiments")
     p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--commit", action="store_true",
+                   help="git-commit --record after each finished experiment (the recording commands pass it)")
 
 
 def shell(cmd: list[str]) -> str:
@@ -53,9 +56,15 @@ def read_record(path: Path) -> dict[str, dict]:
     return {line["experiment"]: line for line in lines}
 
 
-def append_and_commit(path: Path, line: dict) -> None:
+def append_record(path: Path, line: dict, commit: bool) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
+    if commit:
+        commit_record(path, line)
+
+
+def commit_record(path: Path, line: dict) -> None:
+    """Commit only `path`, in the checkout that holds it."""
     repo = Path(git("rev-parse", "--show-toplevel", cwd=path.parent) or path.parent)
     rel = str(path.resolve().relative_to(repo.resolve()))
     git("add", rel, cwd=repo)
@@ -105,7 +114,7 @@ def run_all(experiments: dict[str, list[list[str]]], args, summarize) -> None:
                 "date": time.strftime("%Y-%m-%d %H:%M"), "wall_minutes": round((time.time() - started) / 60, 1),
                 "machine": f"{platform.machine()} {platform.processor() or ''} {cpu_count()} cores".strip(),
                 **summarize(name)}
-        append_and_commit(args.record, line)
+        append_record(args.record, line, args.commit)
         print(f"recorded {name} in {args.record}", flush=True)
 
 
