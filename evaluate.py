@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
 from utils import (MODELS_DIR, RUNS_DIR, RunError, evaluate, json_dump, load_config, load_runs, make_engine, name_arg,
-                   read_split, run_cli, run_datasets, runs_arg)
+                   provenance, read_split, run_cli, run_datasets, runs_arg)
 from visuals import error_overlay, save_probability, side_by_side
 
 
@@ -43,7 +43,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-images", action="store_true", help="write probability maps and panels")
     p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on CPUs with native bf16 and recent GPUs, fp16 on older GPUs, else fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format; default: channels_last under bf16/fp16 autocast, NCHW in fp32")
     return p
 
 
@@ -191,9 +194,9 @@ def main() -> int:
     args = get_args()
     config = model = engine = None
     if args.name:
-        engine = make_engine(args.device, args.precision)
+        engine = make_engine(args.device, args.precision, args.channels_last)
         model, config = load_runs(args.name, engine, args.checkpoint)
-        print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.device} {engine.dtype or 'fp32'}")
+        print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}")
     data_dir = Path(args.data_dir or (config or {}).get("data_dir", "inputs"))   # a bundle keeps no local path
     summaries = []
     for dataset in args.test:
@@ -208,6 +211,9 @@ def main() -> int:
             result = score_pred_dir(args.pred_dir, samples, args.tolerance)
         # 4. reports
         summary, per_image = summarize_all(result, dataset, args.tolerance, config["threshold"] if config else None)
+        if args.name:
+            summary["made_by"] = {**engine.record(), "checkpoint": config["checkpoint"],
+                                  "commit": provenance()["git_commit"], "tta": args.tta}
         write_results(out_dir, summary, per_image)
         if args.name:
             panels = write_panels(out_dir, samples, summary["results"][0]["ods"]["threshold"]) \

@@ -28,17 +28,21 @@ class VGGBlock(nn.Sequential):
         )
 
 
-def upsample(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear x2, align_corners=True as in the reference."""
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+def upsample(x: torch.Tensor, align_corners: bool) -> torch.Tensor:
+    """Bilinear x2. align_corners=True (the reference) stretches the corner pixels' grid over the
+    map, so the result depends on the map's size and a tile never equals the same region of a
+    whole image; False samples pixel centres, the same wherever the map starts on the pooling grid."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners)
 
 
 class UNet(nn.Module):
     """Four 2x2 poolings down, bilinear upsampling and concatenation back up."""
 
-    def __init__(self, *, in_channels: int = 3, out_channels: int = 1, base_width: int = 32):
+    def __init__(self, *, in_channels: int = 3, out_channels: int = 1, base_width: int = 32,
+                 align_corners: bool = True):
         super().__init__()
         f = widths(base_width)
+        self.align_corners = align_corners
         self.pool = nn.MaxPool2d(2)
         self.enc = nn.ModuleList([VGGBlock(in_channels, f[0], f[0])] +
                                  [VGGBlock(f[i - 1], f[i], f[i]) for i in range(1, 5)])
@@ -55,7 +59,7 @@ class UNet(nn.Module):
         features = self.encode(x)
         y = features[4]                                              # B,f4,H/16,W/16
         for i in reversed(range(4)):
-            y = self.dec[i](torch.cat([features[i], upsample(y)], 1))
+            y = self.dec[i](torch.cat([features[i], upsample(y, self.align_corners)], 1))
         return self.head(y)                                          # B,1,H,W
 
 
@@ -78,8 +82,10 @@ class AttentionGate(nn.Module):
 class AttentionUNet(UNet):
     """UNet whose skip connections pass through attention gates driven by the upsampled decoder."""
 
-    def __init__(self, *, in_channels: int = 3, out_channels: int = 1, base_width: int = 32):
-        super().__init__(in_channels=in_channels, out_channels=out_channels, base_width=base_width)
+    def __init__(self, *, in_channels: int = 3, out_channels: int = 1, base_width: int = 32,
+                 align_corners: bool = True):
+        super().__init__(in_channels=in_channels, out_channels=out_channels, base_width=base_width,
+                         align_corners=align_corners)
         f = widths(base_width)
         self.gates = nn.ModuleList([AttentionGate(f[i], f[i + 1], max(f[i] // 2, 1))
                                     for i in range(4)])
@@ -88,7 +94,7 @@ class AttentionUNet(UNet):
         features = self.encode(x)
         y = features[4]
         for i in reversed(range(4)):
-            up = upsample(y)                                         # B,f[i+1],H_i,W_i
+            up = upsample(y, self.align_corners)                     # B,f[i+1],H_i,W_i
             y = self.dec[i](torch.cat([self.gates[i](features[i], up), up], 1))
         return self.head(y)
 
@@ -97,10 +103,10 @@ class NestedUNet(nn.Module):
     """UNet++: node x{i}_{j} sees every earlier node of row i and the upsampled x{i+1}_{j-1}."""
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 1, base_width: int = 32,
-                 deep_supervision: bool = False):
+                 deep_supervision: bool = False, align_corners: bool = True):
         super().__init__()
         f = widths(base_width)
-        self.deep_supervision = deep_supervision
+        self.deep_supervision, self.align_corners = deep_supervision, align_corners
         self.pool = nn.MaxPool2d(2)
         self.nodes = nn.ModuleDict()
         for i in range(5):
@@ -117,7 +123,7 @@ class NestedUNet(nn.Module):
             grid[i, 0] = self.nodes[f"x{i}_0"](self.pool(grid[i - 1, 0]))
         for j in range(1, 5):
             for i in range(5 - j):
-                inputs = [grid[i, k] for k in range(j)] + [upsample(grid[i + 1, j - 1])]
+                inputs = [grid[i, k] for k in range(j)] + [upsample(grid[i + 1, j - 1], self.align_corners)]
                 grid[i, j] = self.nodes[f"x{i}_{j}"](torch.cat(inputs, 1))
         if not self.deep_supervision:
             return self.heads[0](grid[0, 4])
@@ -129,15 +135,16 @@ class NestedUNet(nn.Module):
 ARCHS = {"UNet": UNet, "NestedUNet": NestedUNet, "AttentionUNet": AttentionUNet}
 
 
-def build_model(arch: str, *, deep_supervision: bool = False, base_width: int = 32) -> nn.Module:
+def build_model(arch: str, *, deep_supervision: bool = False, base_width: int = 32,
+                align_corners: bool = True) -> nn.Module:
     """Construct a model by name; deep supervision exists only for NestedUNet."""
     if arch not in ARCHS:
         raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if deep_supervision and arch != "NestedUNet":
         raise ValueError(f"--deep-supervision needs --arch NestedUNet, not {arch}")
     if arch == "NestedUNet":
-        return NestedUNet(base_width=base_width, deep_supervision=deep_supervision)
-    return ARCHS[arch](base_width=base_width)
+        return NestedUNet(base_width=base_width, deep_supervision=deep_supervision, align_corners=align_corners)
+    return ARCHS[arch](base_width=base_width, align_corners=align_corners)
 
 
 def encoder_blocks(model: nn.Module) -> list[nn.Module]:
@@ -175,7 +182,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if not isinstance(block, nn.Sequential):
             continue
         for i in range(len(block) - 1):
-            if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d):
+            if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.modules.batchnorm._BatchNorm):
                 block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
                 block[i + 1] = nn.Identity()
     return model

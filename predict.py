@@ -67,7 +67,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 on AVX-512 CPUs and recent GPUs, fp16 on older GPUs")
+                   help="auto: bf16 on CPUs with native bf16 and recent GPUs, fp16 on older GPUs, else fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format; default: channels_last under bf16/fp16 autocast, NCHW in fp32")
     return p
 
 
@@ -329,7 +331,7 @@ def main(argv=None) -> int:
         args.name = DEFAULT_BUNDLE
         print(f"no --name: using the bundled model {DEFAULT_BUNDLE} ({bundle_dir(DEFAULT_BUNDLE)})")
     out_dir = args.out or MODELS_DIR / args.name / "predictions"
-    engine = make_engine(args.device, args.precision)
+    engine = make_engine(args.device, args.precision, args.channels_last)
     model, config = load_runs(args.name, engine, args.checkpoint)
     intensity = Intensity.from_config(config)
     threshold = config["threshold"] if args.threshold is None else args.threshold
@@ -338,7 +340,7 @@ def main(argv=None) -> int:
     check_out_dir(out_dir, args.inputs, [])
     items = find_inputs(args.inputs, out_dir.resolve())
     check_out_dir(out_dir, args.inputs, items)
-    print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.device} {engine.dtype or 'fp32'}, "
+    print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}, "
           f"threshold {threshold:g} ({source}); {len(items)} image(s) -> {out_dir}")
     # 3. one image at a time (sizes differ; batching gains little next to decoding and writing);
     #    an unreadable file is reported and skipped, the rest still done

@@ -32,7 +32,7 @@ from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, EpochSampler, Int
                      split_ids, train_transform)
 from losses import LOSSES, compute_loss
 from models import ARCHS, freeze_encoder
-from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, fresh_run_name, json_dump,
+from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, for_inference, fresh_run_name, json_dump,
                    load_checkpoint, load_config, load_weights, make_engine, model_from_config, name_arg,
                    provenance, raise_requested_stop, read_split, remove_run, run_cli, run_datasets, run_state,
                    save_checkpoint, signals_held)
@@ -45,7 +45,8 @@ PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still w
                  "scale_aug": True, "camera_aug": list(CAMERA_PARTS), "cache": True, "epochs": 1000,
                  "epoch_size": 64, "max_minutes": 5},
 }
-PARENT_KEYS = ("arch", "base_width", "deep_supervision", "minmax", "normalize", "clahe")  # --init-from's
+# what --init-from takes from the parent
+PARENT_KEYS = ("arch", "base_width", "deep_supervision", "align_corners", "minmax", "normalize", "clahe")
 RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache", "panels_every"}
 F1_THRESHOLD_INDEX = 50  # t = 0.50 in metrics.DEFAULT_THRESHOLDS
 THRESHOLD_TOLERANCE = 2  # px: the run's threshold is chosen at the literature's tolerance
@@ -85,7 +86,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="UNet", choices=ARCHS)
     p.add_argument("--deep-supervision", action="store_true", help="NestedUNet only: loss on 4 heads")
     p.add_argument("--base-width", type=int, default=32, help="filters of the first block (32 = reference)")
-    p.add_argument("--loss", default="BCEDiceLoss", choices=LOSSES)
+    p.add_argument("--loss", default="BCEDiceLoss", choices=LOSSES,
+                   help="BCEDiceLoss: the reference (Dice per crop); BCEDiceBatch: Dice over the batch, so "
+                        "crack-free crops still give a gradient")
+    p.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=True,
+                   help="bilinear upsampling as the reference (True); False makes tiled predictions of "
+                        "large photos match one pass (stored in config.json, inherited by --init-from)")
     # optimisation
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
@@ -108,7 +114,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on AVX-512 CPUs and recent GPUs, fp16 on older GPUs")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format; default: channels_last under bf16/fp16 autocast, NCHW in fp32")
     p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm under torchrun")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true",
@@ -555,7 +562,8 @@ def validate(model, val_sets: dict, engine, args, epoch: int, writer) -> dict:
     def keep_panel(item, prob):
         if want_panels and len(panels) < 3:
             panels.append(panel(item, prob))
-    results = {name: evaluate(model, val_set, engine, loss_name=args.loss, on_image=keep_panel,
+    scored = for_inference(copy.deepcopy(model), engine)   # the form evaluate.py and predict.py load
+    results = {name: evaluate(scored, val_set, engine, loss_name=args.loss, on_image=keep_panel,
                               tolerances=(0, THRESHOLD_TOLERANCE)) for name, val_set in val_sets.items()}
     strict = {name: metrics.summarize(r["counts"][0])["ods"]["f1"] for name, r in results.items()}
     curves = {name: metrics.f1_curve(r["counts"][THRESHOLD_TOLERANCE]) for name, r in results.items()}
@@ -611,7 +619,7 @@ def main() -> int:
     if engine.main:
         print(f"run {run_dir}: {len(train_set)} training / {sum(map(len, val_sets.values()))} validation images"
               f"{' from ' + ', '.join(args.dataset) if len(args.dataset) > 1 else ''}, "
-              f"{engine.device} {engine.dtype or 'fp32'}{' channels_last' if engine.channels_last else ''}")
+              f"{engine.describe()}")
     writer = SummaryWriter(RUNS_DIR / args.name) if engine.main else None
 
     # 5. epochs: train, validate, log, checkpoint, until the plan (--epochs, --max-minutes) is done

@@ -54,7 +54,8 @@ def name_arg(text: str) -> str:
     """argparse type of every run and dataset name: a name such as '..' or '/home' would make a
     folder (or an --overwrite) reach outside models/ or the data folder."""
     if not NAME_PATTERN.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a valid name: use {NAME_RULE}")
+        plus = " ('+' joins an ensemble's members, RUN1+RUN2, in evaluate.py and predict.py)" if "+" in text else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid name: use {NAME_RULE}{plus}")
     return text
 
 
@@ -95,9 +96,6 @@ def fresh_run_name(name: str | None, default: str, overwrite: bool) -> str:
         raise RunError(f"{name!r} is the name of a bundled model ({bundle_dir(name)}); choose another --name "
                        f"(fine-tune it with --init-from {name})")
     if name:
-        if "+" in name:
-            raise RunError(f"run name {name!r} contains '+', which evaluate.py and predict.py read as an "
-                           "ensemble RUN1+RUN2; choose another --name")
         if (MODELS_DIR / name).exists() and not overwrite:
             raise RunError(f"run {MODELS_DIR / name} already exists; use --resume {name} to "
                            "continue it, --overwrite to replace it, or another --name")
@@ -163,6 +161,16 @@ class Engine:
     rank: int = 0
     world: int = 1
 
+    def describe(self) -> str:
+        """'cpu fp32 NCHW', 'cuda:0 bf16 channels_last': what every script prints at start."""
+        dtype = str(self.dtype or "fp32").replace("torch.bfloat16", "bf16").replace("torch.float16", "fp16")
+        return f"{self.device} {dtype} {'channels_last' if self.channels_last else 'NCHW'}"
+
+    def record(self) -> dict:
+        """The engine as metrics.json and config.json store it."""
+        device, precision, memory_format = self.describe().split()
+        return {"device": device, "precision": precision, "memory_format": memory_format}
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
 
@@ -191,9 +199,17 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags or "AMX" in torch.backends.cpu.get_cpu_capability()
 
 
-def make_engine(device: str = "auto", precision: str = "auto", channels_last: bool = True,
+def channels_last_rule(dtype: torch.dtype | None) -> bool:
+    """channels_last pays only under bf16/fp16 autocast (oneDNN's and cuDNN's fast low-precision
+    kernels want it); in fp32 on a CPU without native bf16 it measured slower than NCHW
+    (0.85x training, 0.95x inference on an AVX2 machine)."""
+    return dtype in (torch.bfloat16, torch.float16)
+
+
+def make_engine(device: str = "auto", precision: str = "auto", channels_last: bool | None = None,
                 fixed_shapes: bool = False) -> Engine:
-    """fixed_shapes: the inputs have one size (training crops), so cuDNN may benchmark kernels once;
+    """channels_last None: channels_last_rule for the chosen precision; True/False force it.
+    fixed_shapes: the inputs have one size (training crops), so cuDNN may benchmark kernels once;
     evaluation and prediction see a new size per image, where it would re-tune each time."""
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if device == "auto":
@@ -211,6 +227,8 @@ def make_engine(device: str = "auto", precision: str = "auto", channels_last: bo
              "fp16": torch.float16}[precision]
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if channels_last is None:
+        channels_last = channels_last_rule(dtype)
     return Engine(dev, dtype, channels_last, rank, world)
 
 
@@ -280,8 +298,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", bare: bool =
 
 
 def model_from_config(config: dict) -> torch.nn.Module:
+    """Runs from before --align-corners existed were trained with the reference's True."""
     return build_model(config["arch"], deep_supervision=config.get("deep_supervision", False),
-                       base_width=config.get("base_width", 32))
+                       base_width=config.get("base_width", 32), align_corners=config.get("align_corners", True))
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
@@ -355,10 +374,19 @@ def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[t
     state, path = run_state(name, which, engine.device)
     model = model_from_config(config)
     load_weights(model, state, path)
+    config["checkpoint"] = str(path)
+    return for_inference(model, engine), config
+
+
+def for_inference(model: torch.nn.Module, engine: Engine) -> torch.nn.Module:
+    """The one form every prediction is made with (training's validation, evaluate.py, predict.py):
+    eval mode, BatchNorm folded into the convolutions, on the engine's device and memory format.
+    Folding changes float rounding, which under bf16 autocast flips pixels at the threshold, so a
+    threshold chosen on unfolded maps would not be the one users' maps get."""
     fold_batchnorm(model.eval()).to(engine.device)
     if engine.channels_last:
         model.to(memory_format=torch.channels_last)
-    return model, config
+    return model
 
 
 class Ensemble(torch.nn.Module):
@@ -389,6 +417,7 @@ def load_runs(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.
         if len({json.dumps(c.get(key)) for c in configs}) > 1:
             raise RunError(f"runs {', '.join(names)} differ in {key}; an ensemble needs one preprocessing")
     config = {**configs[0], "members": list(names), "threshold_source": "the members' mean",
+              "checkpoint": " + ".join(c["checkpoint"] for c in configs),
               "threshold": round(float(np.mean([c["threshold"] for c in configs])), 2)}   # on the 0.01 grid
     return Ensemble([model for model, _ in loaded]).eval(), config
 

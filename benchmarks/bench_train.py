@@ -81,7 +81,7 @@ def measure(engine: Engine, args) -> dict:
 
 def main() -> None:
     args = get_args()
-    project = make_engine(args.device, "auto", channels_last=True)
+    project = make_engine(args.device, "auto")   # the scripts' rule: channels_last only under bf16/fp16
     baseline = Engine(project.device, None, channels_last=False)
     print(f"{args.arch}, batch {args.batch_size}, {args.crop}x{args.crop} crops, inference {args.infer_size}^2, "
           f"{project.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")

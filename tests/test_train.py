@@ -1,5 +1,6 @@
 """train.py end to end on generated data, in subprocesses exactly as a user runs it."""
 import argparse
+import copy
 import csv
 import json
 import shutil
@@ -305,9 +306,10 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
     args = argparse.Namespace(loss="BCEDiceLoss", panels_every=1000)
     row, curves = train.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
     x, truth = val_set[0]["image"][None], val_set[0]["mask"][None]
-    tiled = utils.predict_probability(model, x, engine)
+    folded = utils.for_inference(copy.deepcopy(model), engine)   # what evaluate.py and predict.py load
+    tiled = utils.predict_probability(folded, x, engine)
     with torch.inference_mode():
-        one_pass = torch.sigmoid(utils.forward_logits(model, x, engine))
+        one_pass = torch.sigmoid(utils.forward_logits(folded, x, engine))
     assert (tiled - one_pass).abs().max() > 1e-3            # the two paths differ on this image
     assert row["val_loss"] == pytest.approx(float(compute_loss("BCEDiceLoss", utils.probability_logits(tiled), truth)),
                                             abs=1e-6)
@@ -345,10 +347,10 @@ def test_several_datasets_train_together_each_with_its_own_split_and_score(tmp_p
     data = tmp_path / "data"
     shutil.copytree(synthetic_root / "SYN", data / "SYN")
     make_synthetic_dataset(data, "SMALL", count=8, size=(64, 80), seed=3)     # another image size
-    # fp32 both ways: evaluate.py folds BatchNorm into the convolutions, which in bf16 autocast moves
-    # probabilities enough to flip pixels at the threshold on CPUs with native bf16
+    # bf16 both ways: validation scores the BatchNorm-folded network evaluate.py loads, so even where
+    # folding moves bf16 probabilities across the threshold the two scores are the same number
     common = [*TINY, "--dataset", "SYN", "SMALL", "--data-dir", data, "--epochs", "1", "--sampling", "equal",
-              "--precision", "fp32"]
+              "--precision", "bf16"]
     run("train.py", *common, cwd=tmp_path)
     run_dir = tmp_path / "models" / "SYN-SMALL_UNet"
     config = json.loads((run_dir / "config.json").read_text())
@@ -365,10 +367,13 @@ def test_several_datasets_train_together_each_with_its_own_split_and_score(tmp_p
     assert float(row["val_ods_f1"]) == pytest.approx(sum(per_dataset) / 2)
     for name, logged in zip(("SYN", "SMALL"), per_dataset, strict=True):   # evaluate.py: same split, same score
         scored = run("evaluate.py", "--name", "SYN-SMALL_UNet", "--test", name, "--tolerance", "0",
-                     "--precision", "fp32", cwd=tmp_path)
+                     "--precision", "bf16", cwd=tmp_path)
         assert f"scoring its {len(split[name]['val'])} validation images only" in scored.stdout
         metrics_json = json.loads((run_dir / "eval" / name / "metrics.json").read_text())
         assert metrics_json["results"][0]["ods"]["f1"] == pytest.approx(logged, abs=1e-12)
+        made_by = metrics_json["made_by"]
+        assert made_by["precision"] == "bf16" and made_by["device"] == "cpu" and made_by["memory_format"] == \
+            "channels_last" and made_by["checkpoint"].endswith("best.pt") and made_by["commit"]
 
 
 def test_runs_of_one_dataset_written_before_still_load(tmp_path, monkeypatch):

@@ -1,0 +1,113 @@
+"""Should the recipe adopt --loss BCEDiceBatch or --no-align-corners? Before/after at equal CPU minutes.
+
+    python benchmarks/loss_align.py --list                # every experiment's exact commands
+    python benchmarks/loss_align.py --commit              # run what the record lacks, committing each line
+    python benchmarks/loss_align.py --table-only          # the table and the decisions
+
+Each arm is architecture.py's shipped width-4 UNet with the multi-source recipe, trained for 12 minutes
+with CRACKMAP or MASONRY held out, seeds 0 and 1, and scored on the held-out source (2 px ODS F and
+F at the run's threshold). "before" is the recipe as it is; each other arm changes one thing. An arm
+is adopted only when its mean beats before's by more than the seed spread (the largest difference
+between the two seeds of any arm on one source).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import architecture  # noqa: E402
+import generalization  # noqa: E402
+from runner import ROOT, add_common_args, read_record, run_all, score  # noqa: E402
+
+SOURCES = generalization.ABLATION_SOURCES   # CRACKMAP, MASONRY
+SEEDS = (0, 1)
+MINUTES = generalization.ABLATION_MINUTES   # 12
+ARMS = {"before": [], "dicebatch": ["--loss", "BCEDiceBatch"], "noalign": ["--no-align-corners"]}
+PREFIX = "la_"
+RECORD = ROOT / "benchmarks" / "results" / "loss_align.jsonl"
+
+
+def experiment_name(arm: str, source: str, seed: int) -> str:
+    return f"{arm}_{source}_s{seed}"
+
+
+def experiments() -> dict[str, dict]:
+    """Seed 0 of every arm and source first, so a session that ends early leaves whole comparisons."""
+    found = {}
+    for seed in SEEDS:
+        for source in SOURCES:
+            for arm, extra in ARMS.items():
+                shipped = architecture.EXPERIMENTS[architecture.experiment_name(architecture.SHIPPED, source)]
+                found[experiment_name(arm, source, seed)] = {
+                    **shipped, "minutes": MINUTES, "extra": shipped["extra"] + extra + ["--seed", str(seed)]}
+    return found
+
+
+EXPERIMENTS = experiments()
+
+
+def two_px(line: dict | None) -> tuple[float, float] | None:
+    if not line:
+        return None
+    r = score(next(iter(line["metrics"].values())), 2)
+    return r["ods"]["f1"], r["at_run_threshold"]["f1"]
+
+
+def seed_spread(done: dict) -> float | None:
+    gaps = []
+    for arm in ARMS:
+        for source in SOURCES:
+            pair = [two_px(done.get(experiment_name(arm, source, seed))) for seed in SEEDS]
+            if all(pair):
+                gaps.append(abs(pair[0][0] - pair[1][0]))
+    return max(gaps, default=None)
+
+
+def arm_mean(done: dict, arm: str) -> tuple[float, float] | None:
+    found = [two_px(done.get(experiment_name(arm, s, seed))) for s in SOURCES for seed in SEEDS]
+    if not all(found):
+        return None
+    return tuple(sum(f[i] for f in found) / len(found) for i in (0, 1))
+
+
+def render_table(record: Path) -> str:
+    done = read_record(record)
+    header = ["arm", "train.py options beyond the recipe"] + [f"{s} s{seed}" for s in SOURCES for seed in SEEDS] \
+        + ["mean: ODS / F at t", "mean ODS - before", "adopt"]
+    rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    spread, before = seed_spread(done), arm_mean(done, "before")
+    for arm, extra in ARMS.items():
+        cells = []
+        for source in SOURCES:
+            for seed in SEEDS:
+                f = two_px(done.get(experiment_name(arm, source, seed)))
+                cells.append(f"{f[0]:.3f} / {f[1]:.3f}" if f else "-")
+        mean = arm_mean(done, arm)
+        diff = mean[0] - before[0] if mean and before else None
+        verdict = "-" if arm == "before" or diff is None or spread is None else \
+            ("yes" if diff > spread else "no (within the spread)" if diff > -spread else "no (worse)")
+        rows.append("| " + " | ".join([arm, f"`{' '.join(extra)}`" if extra else "(none)", *cells,
+                                        f"{mean[0]:.3f} / {mean[1]:.3f}" if mean else "-",
+                                        f"{diff:+.3f}" if diff is not None and arm != "before" else "-",
+                                        verdict]) + " |")
+    rows.append("")
+    rows.append("Seed spread (largest 2 px ODS F difference between the two seeds of one arm and source): "
+                + (f"{spread:.3f}" if spread is not None else "not measured yet"))
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, RECORD, list(EXPERIMENTS))
+    args = p.parse_args()
+    if not args.table_only:
+        run_all({name: generalization.commands(name, args, EXPERIMENTS[name], PREFIX + name)
+                 for name in EXPERIMENTS}, args,
+                lambda name: generalization.summarize(name, EXPERIMENTS[name], PREFIX + name))
+    if not args.list:
+        print(render_table(args.record))
+
+
+if __name__ == "__main__":
+    main()
