@@ -469,12 +469,18 @@ def tile_layout(size: int, tile: int, overlap: int) -> tuple[int, list[int]]:
     return side, [16 * (i * (size - side) // (n - 1) // 16) for i in range(n - 1)] + [size - side]
 
 
-def blend_window(tile_h: int, tile_w: int, overlap: int) -> torch.Tensor:
-    """Separable ramp, highest in the middle: tiles fade into each other with no seam."""
-    def ramp(n):
-        i = torch.arange(n, dtype=torch.float32)
-        return torch.clamp((torch.minimum(i, n - 1 - i) + 1) / (overlap + 1), max=1.0)
-    return ramp(tile_h)[:, None] * ramp(tile_w)[None, :]
+def blend_ramp(n: int, overlap: int, start_inside: bool, end_inside: bool) -> torch.Tensor:
+    """Weights along one side of a tile. A tile's outer pixels are computed with zero padding where
+    the one pass saw real context, so near an edge inside the image its map is least like the one
+    pass's: the outer 3/8 of the overlap get no weight, the middle quarter ramps up, the inner 3/8
+    are full. Neighbours overlap by at least `overlap`, so every pixel keeps a positive weight.
+    Edges on the image border are full weight: there the one pass had no context either."""
+    margin, ramp = 3 * overlap // 8, max(overlap - 2 * (3 * overlap // 8), 1)
+    i = torch.arange(n, dtype=torch.float32)
+
+    def side(distance, inside):
+        return torch.clamp((distance - margin + 1) / ramp, 0, 1) if inside else torch.ones(n)
+    return side(i, start_inside) * side(n - 1 - i, end_inside)
 
 
 def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: int) -> tuple[torch.Tensor, int]:
@@ -486,12 +492,13 @@ def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: in
     x = pad_to_multiple(x)
     b, _, h, w = x.shape
     (th, tops), (tw, lefts) = tile_layout(h, tile, overlap), tile_layout(w, tile, overlap)
-    window = blend_window(th, tw, overlap)
     total = torch.zeros(b, 1, h, w)
     weight = torch.zeros(1, 1, h, w)
     count = 0
     for top in tops:
         for left in lefts:
+            window = (blend_ramp(th, overlap, top > 0, top + th < h)[:, None]
+                      * blend_ramp(tw, overlap, left > 0, left + tw < w)[None, :])
             patch = x[..., top:top + th, left:left + tw]
             prob = torch.sigmoid(forward_logits(model, patch, engine)).cpu()
             total[..., top:top + th, left:left + tw] += prob * window

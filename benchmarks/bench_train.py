@@ -4,7 +4,8 @@
     python benchmarks/bench_train.py --device cuda --batch-size 8 --crop 512
 
 Both arms run in this one process on the same model, batch and crop: the baseline mirrors
-the reference (fp32, NCHW); the project uses its defaults (precision "auto", channels_last).
+the reference (fp32, NCHW); the project uses its defaults (precision "auto", and channels_last only
+under bf16/fp16 autocast: on a CPU without native bf16 both arms are fp32 NCHW, ratio ~1).
 Each arm times `train.train_step` several steps after warm-up and reports the median.
 Run it on an otherwise idle machine. The last line is `ratio: <N>` (training images/s,
 project / baseline).
@@ -79,9 +80,14 @@ def measure(engine: Engine, args) -> dict:
             "peak_mib": peak}
 
 
+def project_engine(device: str) -> Engine:
+    """What train.py runs with by default: precision "auto" and the channels_last rule it implies."""
+    return make_engine(device, "auto")
+
+
 def main() -> None:
     args = get_args()
-    project = make_engine(args.device, "auto")   # the scripts' rule: channels_last only under bf16/fp16
+    project = project_engine(args.device)
     baseline = Engine(project.device, None, channels_last=False)
     print(f"{args.arch}, batch {args.batch_size}, {args.crop}x{args.crop} crops, inference {args.infer_size}^2, "
           f"{project.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")

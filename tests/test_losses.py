@@ -47,3 +47,38 @@ def test_deep_supervision_loss_is_the_mean_over_heads():
     heads = [torch.randn(1, 1, 4, 4) for _ in range(4)]
     expected = sum(bce_dice_loss(h, target) for h in heads) / 4
     assert compute_loss("BCEDiceLoss", heads, target).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_batch_dice_matches_a_slow_reference():
+    """0.5 * BCE + 1 - Dice with the sums over every pixel of every crop, counted one pixel at a time."""
+    from losses import bce_batch_dice_loss
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1, 4, 5)
+    target = (torch.rand(3, 1, 4, 5) > 0.7).float()
+    target[1] = 0                                              # a crack-free crop
+    bce = inter = p_sum = t_sum = 0.0
+    for value, truth in zip(logits.flatten().tolist(), target.flatten().tolist(), strict=True):
+        p = sig(value)
+        bce -= math.log(p) if truth else math.log(1 - p)
+        inter, p_sum, t_sum = inter + p * truth, p_sum + p, t_sum + truth
+    dice = (2 * inter + 1e-5) / (p_sum + t_sum + 1e-5)
+    expected = 0.5 * bce / logits.numel() + 1 - dice
+    assert bce_batch_dice_loss(logits, target).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_batch_dice_gives_a_crack_free_crop_a_gradient_per_sample_dice_does_not():
+    """Per-sample Dice of an empty crop is SMOOTH / (sum p + SMOOTH): ~0 whatever the network does, so
+    false positives there cost nothing; over the batch they enlarge the denominator."""
+    from losses import batch_dice_loss
+    logits = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, 2:6, 3] = 1                                   # crop 0 has a crack, crop 1 none
+    for loss_fn in (dice_loss, batch_dice_loss):
+        logits.grad = None
+        loss_fn(logits, target).backward()
+        empty = logits.grad[1].abs().max().item()
+        if loss_fn is dice_loss:
+            assert empty < 1e-8                                # measured: 1.2e-9
+        else:
+            assert empty > 1e-4                                # measured: 2.2e-4 per pixel
+    assert dice_loss(logits, target).item() > 0.5 + 0.4        # the empty crop alone adds ~0.5 to the mean

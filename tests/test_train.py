@@ -385,3 +385,27 @@ def test_runs_of_one_dataset_written_before_still_load(tmp_path, monkeypatch):
         {"seed": 0, "val_split": 0.1, "train": ["a", "b"], "val": ["c"]}))
     assert utils.read_split("old") == {"CFD": {"train": ["a", "b"], "val": ["c"]}}
     assert utils.run_datasets({"dataset": "CFD"}) == ["CFD"]
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_channels_last_only_under_low_precision_autocast(monkeypatch, native_bf16):
+    """The bf16 probe decides the precision, and the precision the memory format, in every script
+    and in bench_train.py's project arm; --channels-last / --no-channels-last force it."""
+    import utils
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_train
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native_bf16)
+    engine = utils.make_engine("cpu")
+    assert engine.dtype == (torch.bfloat16 if native_bf16 else None)
+    assert engine.channels_last is native_bf16
+    assert engine.describe() == ("cpu bf16 channels_last" if native_bf16 else "cpu fp32 NCHW")
+    assert bench_train.project_engine("cpu").channels_last is native_bf16
+    assert utils.make_engine("cpu", channels_last=True).channels_last is True
+    assert utils.make_engine("cpu", "bf16", channels_last=False).channels_last is False
+    assert utils.make_engine("cpu", "fp32").channels_last is False
+    for script in ("train", "evaluate", "predict"):
+        module = __import__(script)
+        parser = module.get_args_parser()
+        argv = ["--name", "x", "--test", "X", "photo.jpg"]
+        assert parser.parse_known_args(argv)[0].channels_last is None
+        assert parser.parse_known_args([*argv, "--no-channels-last"])[0].channels_last is False
