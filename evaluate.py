@@ -15,7 +15,6 @@ import argparse
 import csv
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -24,7 +23,7 @@ import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
 from utils import (MODELS_DIR, RUNS_DIR, RunError, evaluate, json_dump, load_config, load_runs, make_engine, name_arg,
                    provenance, read_split, run_cli, run_datasets, runs_arg)
-from visuals import error_overlay, save_probability, side_by_side
+from visuals import error_overlay, label, save_probability, side_by_side, write_image
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -106,13 +105,30 @@ def score_pred_dir(pred_dir: Path, samples, tolerances) -> dict:
             "counts": {t: np.stack([row[i] for row in rows]) for i, t in enumerate(tolerances)}}
 
 
-def score_run(model, engine, config: dict, samples, args, out_dir: Path) -> dict:
-    """Predict with the run's own preprocessing; optionally keep each probability map."""
+def score_run(model, engine, config: dict, samples, args, out_dir: Path) -> tuple[dict, list[np.ndarray]]:
+    """Predict with the run's own preprocessing. With --save-images, keep each probability map and a
+    panel drawn from it at once; returns the result and the first three panels (for TensorBoard)."""
+    by_stem, panels = {s.stem: s for s in samples}, []
+
     def save(item, prob):
         save_probability(out_dir / f"{item['name']}_prob.png", prob)
+        panel = error_panel(by_stem[item["name"]], prob, config["threshold"])
+        write_image(out_dir / f"{item['name']}_panel.jpg", panel)
+        if len(panels) < 3:
+            panels.append(panel)
     data = CrackDataset(samples, Intensity.from_config(config))
-    return evaluate(model, data, engine, tolerances=args.tolerance, tta=args.tta,
-                    on_image=save if args.save_images else None)
+    result = evaluate(model, data, engine, tolerances=args.tolerance, tta=args.tta,
+                      on_image=save if args.save_images else None)
+    return result, panels
+
+
+def error_panel(sample, prob: np.ndarray, threshold: float) -> np.ndarray:
+    """input | ground truth | prediction | TP/FP/FN overlay, the prediction at the run's stored
+    threshold (what predict.py's masks use), which is printed on it."""
+    image, mask = read_image(sample.image), read_mask(sample.mask)
+    pred = prob > threshold
+    return side_by_side([image, mask, label(pred, f"p > {threshold:.2f}"),
+                         error_overlay(image, pred, mask)])
 
 
 # ---------------------------------------------------------------- reporting
@@ -162,21 +178,6 @@ def print_table(summaries: list[dict]) -> None:
                   + (f"{run['threshold']:>7.2f}{run['f1']:>7.4f}" if run else f"{'-':>7}{'-':>7}"))
 
 
-def write_panels(out_dir: Path, samples, threshold: float) -> list[np.ndarray]:
-    """input | ground truth | prediction at the ODS threshold | TP/FP/FN overlay; returns the first three."""
-    first = []
-    for sample in samples:
-        image, mask = read_image(sample.image), read_mask(sample.mask)
-        prob = cv2.imread(str(out_dir / f"{sample.stem}_prob.png"), cv2.IMREAD_GRAYSCALE)
-        pred = prob.astype(np.float64) / 255 > threshold
-        panel = side_by_side([image, mask, pred, error_overlay(image, pred, mask)])
-        cv2.imwrite(str(out_dir / f"{sample.stem}_panel.jpg"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if len(first) < 3:
-            first.append(panel)
-    return first
-
-
 def log_tensorboard(run: str, summary: dict, result: dict, panels: list[np.ndarray]) -> None:
     """PR curves from the counts already made, and example panels, next to the training curves."""
     with SummaryWriter(RUNS_DIR / run) as writer:
@@ -206,7 +207,7 @@ def main() -> int:
             (f"{dataset}_tta" if args.tta else dataset)
         # 3. counts for every threshold and tolerance in one pass per image
         if args.name:
-            result = score_run(model, engine, config, samples, args, out_dir)
+            result, panels = score_run(model, engine, config, samples, args, out_dir)
         else:
             result = score_pred_dir(args.pred_dir, samples, args.tolerance)
         # 4. reports
@@ -216,8 +217,6 @@ def main() -> int:
                                   "commit": provenance()["git_commit"], "tta": args.tta}
         write_results(out_dir, summary, per_image)
         if args.name:
-            panels = write_panels(out_dir, samples, summary["results"][0]["ods"]["threshold"]) \
-                if args.save_images else []
             log_tensorboard(args.name, summary, result, panels)
         summaries.append(summary)
         print(f"wrote {out_dir}")

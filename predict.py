@@ -42,7 +42,7 @@ from tqdm import tqdm
 from dataset import IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess
 from utils import (DEFAULT_BUNDLE, MODELS_DIR, OVERLAP, PRETRAINED_DIR, REPO_DIR, TILE, RunError, bundle_dir,
                    load_runs, make_engine, predict_probability, run_cli, runs_arg)
-from visuals import crack_overlay, save_probability
+from visuals import crack_overlay, save_probability, write_image
 
 COLUMNS = ["image", "width", "height", "threshold", "crack_fraction", "components", "length_px",
            "mean_width_px", "max_width_px"]
@@ -301,13 +301,6 @@ def predict_image(path: Path, model, engine, intensity: Intensity, args) -> tupl
     return image, prob[0, 0].numpy()
 
 
-def write_image(path: Path, rgb_or_gray: np.ndarray) -> None:
-    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix == ".jpg" else []
-    array = cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR) if rgb_or_gray.ndim == 3 else rgb_or_gray
-    if not cv2.imwrite(str(path), array, params):
-        raise RunError(f"could not write {path} (disk full? no permission?)")
-
-
 def summary_row(rel: Path, mask: np.ndarray, threshold: float, args) -> dict:
     stats = measure(mask, args.min_area)
     row = {"image": rel.as_posix(), "width": mask.shape[1], "height": mask.shape[0], "threshold": threshold,
@@ -317,6 +310,22 @@ def summary_row(rel: Path, mask: np.ndarray, threshold: float, args) -> dict:
         for key in ("length_px", "mean_width_px", "max_width_px"):
             row[key.replace("_px", "_mm")] = round(stats[key] * args.mm_per_px, 4)
     return row
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's refusal, which PyTorch raises as a RuntimeError."""
+    text = str(err).lower()
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text \
+        or "can't allocate memory" in text or "not enough memory" in text
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def release_memory(engine) -> None:
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- main
@@ -356,6 +365,15 @@ def main(argv=None) -> int:
                 tqdm.write(f"skipped {err}", file=sys.stderr)
                 failed.append(path)
                 continue
+            except (MemoryError, RuntimeError) as err:   # torch.OutOfMemoryError is a RuntimeError
+                if not out_of_memory(err):
+                    raise
+                tqdm.write(f"skipped {path}: out of memory ({first_line(err)}); lower --tile "
+                           f"(now {args.tile}, e.g. --tile {max(args.tile // 2, 256)}) or use --device cpu",
+                           file=sys.stderr)
+                failed.append(path)
+                release_memory(engine)
+                continue
             mask = prob > threshold
             base = out_dir / rel.parent / rel.stem
             save_probability(Path(f"{base}_prob.png"), prob)  # also makes the folder
@@ -366,7 +384,8 @@ def main(argv=None) -> int:
             f.flush()  # a long run interrupted still leaves the rows done so far
     # 4. report
     print(f"wrote {len(items) - len(failed)} prediction(s) and summary.csv to {out_dir}"
-          + (f"; {len(failed)} unreadable file(s) skipped: {', '.join(map(str, failed))}" if failed else ""))
+          + (f"; {len(failed)} file(s) skipped (unreadable or out of memory): {', '.join(map(str, failed))}"
+             if failed else ""))
     return 1 if failed else 0
 
 

@@ -605,6 +605,9 @@ def main() -> int:
     model, optimizer, scheduler, scaler = build_training(args, engine)
     if init_state:
         load_weights(model, init_state, init_path)
+    # DDP broadcasts rank 0's weights when it wraps the model: the average must start from those,
+    # not from each rank's own random init
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if engine.world > 1 else model
     average = WeightAverage(model, args.ema) if args.ema else None
     start, best = 1, -1.0
     progress = Progress(args.epochs * len(loader), args.max_minutes, engine)
@@ -623,7 +626,6 @@ def main() -> int:
     writer = SummaryWriter(RUNS_DIR / args.name) if engine.main else None
 
     # 5. epochs: train, validate, log, checkpoint, until the plan (--epochs, --max-minutes) is done
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if engine.world > 1 else model
     try:
         for epoch in range(start, args.epochs + 1):
             if progress.fraction() >= 1:

@@ -28,6 +28,7 @@ import metrics
 from dataset import DatasetError
 from losses import compute_loss
 from models import build_model, fold_batchnorm
+from visuals import WriteError
 
 MODELS_DIR = Path("models")
 RUNS_DIR = Path("runs")
@@ -594,6 +595,9 @@ def run_cli(main) -> None:
     except (DatasetError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         code = getattr(err, "exit_code", 2)
+    except WriteError as err:   # the machine, not the command: exit 1
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C)", file=sys.stderr)
         code = 130

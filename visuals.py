@@ -8,10 +8,33 @@ TP_COLOUR, FP_COLOUR, FN_COLOUR = (0, 200, 0), (255, 0, 0), (0, 120, 255)
 CRACK_COLOUR = (255, 0, 255)
 
 
+class WriteError(OSError):
+    """An output image could not be written; the scripts stop with this message (exit 1)."""
+
+
+def write_image(path: Path, rgb_or_gray: np.ndarray, quality: int = 90) -> None:
+    """Write an RGB or gray uint8 image (JPEG quality for .jpg), making its folder; checked, because
+    cv2.imwrite reports a full disk or a read-only folder only by returning False."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    array = cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR) if rgb_or_gray.ndim == 3 else rgb_or_gray
+    if not cv2.imwrite(str(path), array, params):
+        raise WriteError(f"could not write {path}: is the disk full, or the folder read-only?")
+
+
 def save_probability(path: Path, prob: np.ndarray) -> None:
     """p in [0,1] -> round(255 p); evaluate.py --pred-dir reads it back as value/255."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
+    write_image(path, np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
+
+
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    """The image with `text` in the top-left corner, white on a dark box so it reads on any photo."""
+    out = to_rgb(image).copy()
+    scale = max(out.shape[0] / 600, 0.4)
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(out, (0, 0), (w + 8, h + base + 8), (0, 0, 0), -1)
+    cv2.putText(out, text, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
 
 
 def to_rgb(array: np.ndarray) -> np.ndarray:

@@ -105,12 +105,11 @@ def worst_images(metrics_dir: Path, count: int = 1) -> list[str]:
 def failure_picture(data_dir: Path, out: Path, height: int = 150) -> list[str]:
     """failure.jpg: for the worst image of each test set, the photo and the bundle's errors
     (green found, red false alarm, blue missed) at its threshold. Returns the images used."""
-    import cv2
     import numpy as np
 
-    from dataset import CrackDataset, Intensity, read_image, read_mask, scan_dataset
+    from dataset import CrackDataset, Intensity, scan_dataset
     from utils import load_run_model, make_engine, predict_probability
-    from visuals import error_overlay, side_by_side
+    from visuals import write_image
     engine = make_engine("cpu")
     model, config = load_run_model(BUNDLE, engine)
     rows, used = [], []
@@ -119,16 +118,24 @@ def failure_picture(data_dir: Path, out: Path, height: int = 150) -> list[str]:
         for stem in worst_images(MODELS / BUNDLE / "eval" / test):
             sample = samples[stem]
             x = CrackDataset([sample], Intensity.from_config(config))[0]["image"][None]
-            pred = predict_probability(model, x, engine)[0, 0].numpy() > config["threshold"]
-            photo = cv2.cvtColor(read_image(sample.image), cv2.COLOR_BGR2RGB)
-            panel = side_by_side([photo, error_overlay(photo, pred, read_mask(sample.mask) > 0)])
-            rows.append(cv2.resize(panel, (round(panel.shape[1] * height / panel.shape[0]), height),
-                                   interpolation=cv2.INTER_AREA))
+            prob = predict_probability(model, x, engine)[0, 0].numpy()
+            rows.append(failure_row(sample, prob > config["threshold"], height))
             used.append(f"{test}/{stem}")
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 70])
+    write_image(out, np.concatenate(rows), quality=70)
     return used
+
+
+def failure_row(sample, pred, height: int):
+    """photo | errors, RGB, scaled to `height` px. read_image is already RGB: no conversion here."""
+    import cv2
+
+    from dataset import read_image, read_mask
+    from visuals import error_overlay, side_by_side
+    photo = read_image(sample.image)
+    panel = side_by_side([photo, error_overlay(photo, pred, read_mask(sample.mask) > 0)])
+    return cv2.resize(panel, (round(panel.shape[1] * height / panel.shape[0]), height), interpolation=cv2.INTER_AREA)
 
 
 def score_cells(metrics: dict) -> list[str]:

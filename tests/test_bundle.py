@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -176,3 +178,17 @@ def test_the_shipped_general_model_loads_checked_from_another_directory_and_find
     found = utils.predict_probability(model, x[None], engine)[0, 0].numpy() > loaded["threshold"]
     assert found[crack].mean() > 0.8 and found[~crack].mean() < 0.03
     assert not (tmp_path / "pretrained").exists()
+
+
+def test_failure_picture_keeps_the_photos_colours(tmp_path):
+    """read_image returns RGB: a red photo stays red in failure.jpg's rows."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import general_model
+    from dataset import Sample
+    red = np.zeros((40, 60, 3), np.uint8)
+    red[..., 2] = 255                                          # BGR on disk: pure red
+    cv2.imwrite(str(tmp_path / "i.png"), red)
+    cv2.imwrite(str(tmp_path / "m.png"), np.zeros((40, 60), np.uint8))
+    row = general_model.failure_row(Sample("i", tmp_path / "i.png", tmp_path / "m.png"),
+                                    np.zeros((40, 60), bool), height=40)
+    assert tuple(row[20, 10]) == (255, 0, 0)                   # RGB red, not blue

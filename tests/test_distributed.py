@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,16 +17,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_training_on_cpu(tmp_path, synthetic_root):
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]], ids=["raw", "ema"])
+def test_two_process_ddp_training_on_cpu(tmp_path, synthetic_root, ema):
     """The UNet has BatchNorm: before its buffers were broadcast, each rank validated and ended with its own
-    running statistics (the checksum covers them now); ranks that stopped on their own clocks could hang."""
+    running statistics (the checksum covers them now); ranks that stopped on their own clocks could hang.
+    With --ema the checksum is of the average, which each rank once built from its own random init."""
     # An explicit free loopback port: the rendezvous never collides with another run on the machine.
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
          "--master_addr=127.0.0.1", f"--master_port={free_port()}",
          str(ROOT / "train.py"), "--dataset", "SYN", "--data-dir", str(synthetic_root), "--crop", "64",
          "--batch-size", "2", "--base-width", "4", "--workers", "0", "--epochs", "1000", "--max-minutes", "0.15",
-         "--val-split", "0.25", "--scheduler", "CosineAnnealingLR", "--device", "cpu"],
+         "--val-split", "0.25", "--scheduler", "CosineAnnealingLR", "--device", "cpu", *ema],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     # the two ranks share one pipe, so their lines may interleave: match the pattern, not lines

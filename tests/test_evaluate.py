@@ -167,3 +167,20 @@ def test_a_negative_tolerance_exits_2_with_a_message(capsys):
     with pytest.raises(SystemExit) as exit_:
         evaluate.get_args(["--name", "r", "--test", "SYN", "--tolerance", "-1"])
     assert exit_.value.code == 2 and "--tolerance values must be >= 0" in capsys.readouterr().err
+
+
+def test_panels_show_the_prediction_at_the_runs_stored_threshold(tmp_path):
+    """The panel's prediction is p > the run's threshold (what predict.py's masks use), labelled."""
+    import evaluate
+    from dataset import Sample
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "i.png"), rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    truth = np.zeros((60, 80), np.uint8)
+    truth[30, 10:70] = 255
+    cv2.imwrite(str(tmp_path / "m.png"), truth)
+    prob = np.tile(np.linspace(0, 1, 80, dtype=np.float32), (60, 1))   # p grows left to right
+    panel = evaluate.error_panel(Sample("i", tmp_path / "i.png", tmp_path / "m.png"), prob, 0.3)
+    assert panel.shape == (60, 4 * 80 + 3 * 4, 3)
+    pred = panel[24:, 2 * 84:2 * 84 + 80, 0] > 127           # below the label box
+    np.testing.assert_array_equal(pred, prob[24:] > 0.3)
+    assert (panel[:12, 2 * 84:2 * 84 + 40] != panel[:12, 2 * 84:2 * 84 + 40].flat[0]).any()   # the label is drawn

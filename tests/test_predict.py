@@ -459,3 +459,32 @@ def test_align_corners_is_stored_and_inherited_by_init_from(no_align_run, synthe
     assert typed.returncode == 2 and "keeps its parent's network" in typed.stderr
     old = utils.model_from_config({"arch": "UNet", "base_width": 4})   # a run from before the option
     assert old.align_corners is True
+
+
+def test_a_photo_that_runs_out_of_memory_is_skipped_with_the_tile_hint(tiny_run, monkeypatch, capsys):
+    write_photo(tiny_run / "site/big.png", size=(80, 96))
+    write_photo(tiny_run / "site/small.png")
+    real = predict.predict_probability
+
+    def short_of_memory(model, x, *args, **kwargs):
+        if x.shape[-1] == 96:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(model, x, *args, **kwargs)
+    monkeypatch.setattr(predict, "predict_probability", short_of_memory)
+    assert predict.main(["--name", "tiny", "site", "--out", "out"]) == 1    # the rest done, exit 1 at the end
+    err = capsys.readouterr().err
+    assert "big.png: out of memory" in err and "lower --tile" in err
+    assert (tiny_run / "out/small_mask.png").exists() and not (tiny_run / "out/big_mask.png").exists()
+    _, rows = read_summary(tiny_run / "out/summary.csv")
+    assert list(rows) == ["small.png"]
+
+
+def test_a_failed_write_stops_with_a_message_not_a_traceback(tiny_run, monkeypatch, capsys):
+    import visuals
+    write_photo(tiny_run / "site/a.png")
+    monkeypatch.setattr(visuals.cv2, "imwrite", lambda *args, **kwargs: False)   # a full disk
+    with pytest.raises(SystemExit) as exit_:
+        utils.run_cli(lambda: predict.main(["--name", "tiny", "site", "--out", "out"]))
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "could not write" in err and "_prob.png" in err and "Traceback" not in err
