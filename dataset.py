@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # the update check stalls 2 s offline
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+HEIF_EXTENSIONS = {".heic", ".heif"}   # the iPhone default; decoded by the optional package pillow-heif
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", *HEIF_EXTENSIONS}
 MAX_PIXELS = 20000 * 20000  # larger headers are decompression bombs, not photos
 READ_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
 
@@ -112,8 +113,28 @@ def find_samples(data_dir: Path, name: str, problems: list[str], notes: list[str
 
 # ---------------------------------------------------------------- reading files
 
+def enable_heif(path: Path) -> None:
+    """Teach Pillow HEIC/HEIF through pillow-heif, or say which package the photo needs."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise DatasetError(f"{path}: HEIC/HEIF photos need the optional package pillow-heif "
+                           "(pip install pillow-heif), or export the photo as JPEG") from None
+    pillow_heif.register_heif_opener()
+
+
+def read_heif(path: Path) -> np.ndarray:
+    """HxWx3 uint8 BGR (OpenCV's order, as read_raw returns), as stored: HEIF's own rotation is part of
+    the image, so the photo comes out upright."""
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
 def check_header(path: Path) -> None:
     """Refuse unreadable files and absurd dimensions before decoding anything."""
+    if path.suffix.lower() in HEIF_EXTENSIONS:
+        enable_heif(path)
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -138,6 +159,8 @@ def jpeg_is_complete(path: Path) -> bool:
 
 def read_raw(path: Path) -> np.ndarray:
     check_header(path)
+    if path.suffix.lower() in HEIF_EXTENSIONS:
+        return read_heif(path)
     array = cv2.imread(str(path), READ_FLAGS)
     if array is None or array.size == 0:
         raise DatasetError(f"{path}: OpenCV cannot decode it (truncated or corrupt); re-export it")
@@ -168,14 +191,29 @@ def binarize_mask(mask: np.ndarray, path: Path) -> np.ndarray:
         channels = mask[..., :3]
         if not (np.array_equal(channels[..., 0], channels[..., 1])
                 and np.array_equal(channels[..., 0], channels[..., 2])):
-            raise DatasetError(f"{path}: mask channels differ (a colour mask?); save it as "
-                               "single-channel gray with crack = 255")
+            return colour_mask(channels, path)
         mask = channels[..., 0]
     top = int(mask.max())
     if 2 <= top <= 127:
         raise DatasetError(f"{path}: mask values go up to {top}, which looks like a label map (class numbers), "
                            "not a crack mask; save crack pixels as 255 (or 1) and the rest as 0")
     return mask > 0 if top == 1 else mask > 127
+
+
+def colour_mask(bgr: np.ndarray, path: Path) -> np.ndarray:
+    """A colour mask as several public pavement datasets ship them: exactly two colours, crack in one
+    colour on black (or on white), read as crack = the other colour, as palette_mask reads what the
+    annotator saw. Anything else (more colours, JPEG noise, two colours neither black nor white) is
+    refused, naming the colours found."""
+    codes = (bgr[..., 2].astype(np.int32) << 16) | (bgr[..., 1].astype(np.int32) << 8) | bgr[..., 0]
+    colours, inverse = np.unique(codes.ravel(), return_inverse=True)
+    background = [i for i, code in enumerate(colours) if code in (0, 0xFFFFFF)]
+    if len(colours) == 2 and len(background) == 1:
+        return (inverse != background[0]).reshape(codes.shape)
+    shown = ", ".join(f"#{code:06x}" for code in colours[:6]) + (", ..." if len(colours) > 6 else "")
+    raise DatasetError(f"{path}: a colour mask with {len(colours)} colour{'s' * (len(colours) > 1)} ({shown}); "
+                       "crackseg reads a colour mask only as crack in one colour on black or on white. Save it "
+                       "as 8-bit gray with crack = 255")
 
 
 def palette_mask(indices: np.ndarray, palette: list[int], path: Path) -> np.ndarray:

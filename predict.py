@@ -7,7 +7,7 @@
     python predict.py --name SYNTHETIC_UNet inputs/SYNTHETIC/images --device cpu   # CPU smoke run
     python evaluate.py --pred-dir models/dc_main/predictions --test CFD --data-dir ../shared/data
 
-INPUT is an image file, a folder (searched recursively for .jpg .png .bmp .tif) or a quoted
+INPUT is an image file, a folder (searched recursively for .jpg .png .bmp .tif .webp .heic) or a quoted
 glob pattern. Outputs mirror the input tree under --out (a file given by name lands at the top):
 <stem>_prob.png (p = value/255, scorable by evaluate.py --pred-dir), <stem>_mask.png (0/255,
 p > threshold), with --overlay <stem>_overlay.jpg, and summary.csv with one row per image.
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset import IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess
+from dataset import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess, read_heif
 from utils import (DEFAULT_BUNDLE, MODELS_DIR, OVERLAP, PRETRAINED_DIR, REPO_DIR, TILE, RunError, bundle_dir,
                    load_runs, make_engine, predict_probability, run_cli, runs_arg)
 from visuals import crack_overlay, save_probability, write_image
@@ -156,6 +156,8 @@ def check_out_dir(out_dir: Path, patterns: list[str], items: list[tuple[Path, Pa
 def read_photo(path: Path) -> np.ndarray:
     """HxWx3 uint8 RGB, upright: IMREAD_COLOR applies the EXIF orientation (dataset.read_image does not)."""
     check_header(path)
+    if path.suffix.lower() in HEIF_EXTENSIONS:
+        return cv2.cvtColor(read_heif(path), cv2.COLOR_BGR2RGB)
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise DatasetError(f"{path}: OpenCV cannot decode it (truncated, corrupt or an unsupported format)")

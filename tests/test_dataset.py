@@ -62,12 +62,30 @@ def test_every_mask_encoding_binarises_to_the_same_crack(tmp_path, encoding):
     np.testing.assert_array_equal(mask, CRACK)
 
 
-def test_colour_and_16_bit_masks_are_refused_with_the_file_name(tmp_path):
+@pytest.mark.parametrize("crack_rgb, background_rgb", [((255, 0, 0), (0, 0, 0)), ((0, 255, 0), (0, 0, 0)),
+                                                    ((0, 0, 255), (255, 255, 255)), ((255, 0, 255), (0, 0, 0))])
+def test_two_colour_masks_read_crack_as_the_colour_that_is_not_black_or_white(tmp_path, crack_rgb, background_rgb):
     colour = np.zeros((6, 8, 3), np.uint8)
-    colour[..., 2] = CRACK * 255
+    colour[:] = background_rgb[::-1]                           # OpenCV writes BGR
+    colour[CRACK] = crack_rgb[::-1]
     cv2.imwrite(str(tmp_path / "colour.png"), colour)
-    with pytest.raises(DatasetError, match="colour.png.*channels differ"):
+    np.testing.assert_array_equal(read_mask(tmp_path / "colour.png"), CRACK)
+
+
+@pytest.mark.parametrize("case", ["three colours", "two colours, neither black nor white", "one colour"])
+def test_other_colour_masks_are_refused_naming_the_colours(tmp_path, case):
+    colour = np.zeros((6, 8, 3), np.uint8)
+    colour[..., 2] = 200                                       # red #c80000 everywhere
+    if case != "one colour":
+        colour[CRACK] = (0, 255, 0)                            # green crack
+    if case == "three colours":
+        colour[0, 0] = 0                                       # and one black pixel
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    with pytest.raises(DatasetError, match=r"colour.png: a colour mask with \d colours? \(.*#c80000"):
         read_mask(tmp_path / "colour.png")
+
+
+def test_16_bit_masks_are_refused_with_the_file_name(tmp_path):
     cv2.imwrite(str(tmp_path / "deep.png"), CRACK.astype(np.uint16) * 65535)
     with pytest.raises(DatasetError, match="deep.png.*uint16"):
         read_mask(tmp_path / "deep.png")
@@ -315,3 +333,16 @@ def test_each_photo_part_of_camera_aug_changes_the_uint8_photo_only(tmp_path, pa
     for item in (data[i] for i in range(4)):
         assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
         assert 0 <= float(item["image"].min()) and float(item["image"].max()) <= 1   # min-max scaled after
+
+
+def test_a_dataset_of_webp_photos_is_read(tmp_path):
+    from dataset import scan_dataset
+    root = tmp_path / "PHONE"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rgb = np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(root / "images" / "a.webp", lossless=True)
+    cv2.imwrite(str(root / "masks" / "a.png"), CRACK.astype(np.uint8) * 255)
+    samples, decoded, _ = scan_dataset(tmp_path, "PHONE", keep=True)
+    assert [s.image.name for s in samples] == ["a.webp"]
+    np.testing.assert_array_equal(decoded[0][0], rgb)          # lossless WebP: the same RGB pixels

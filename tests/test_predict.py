@@ -488,3 +488,35 @@ def test_a_failed_write_stops_with_a_message_not_a_traceback(tiny_run, monkeypat
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "could not write" in err and "_prob.png" in err and "Traceback" not in err
+
+
+def write_phone_photos(folder: Path) -> None:
+    """a.webp and b.heic (pillow-heif encodes HEIC), photos as phones save them."""
+    import pillow_heif
+    pillow_heif.register_heif_opener()
+    rgb = (photo(48, 64, seed=3) * 255).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(folder / "a.webp", lossless=True)
+    Image.fromarray(rgb).save(folder / "b.heic", quality=95)
+
+
+def test_webp_and_heic_photos_are_predicted(tiny_run):
+    pytest.importorskip("pillow_heif")
+    write_phone_photos(tiny_run / "phone")
+    result = cli(tiny_run, "--name", "tiny", "phone", "--out", "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, rows = read_summary(tiny_run / "out/summary.csv")
+    assert sorted(rows) == ["a.webp", "b.heic"] and rows["b.heic"]["width"] == "64"
+    webp, heic = (predict.read_photo(tiny_run / "phone" / name) for name in ("a.webp", "b.heic"))
+    assert webp.shape == heic.shape == (48, 64, 3)
+    assert np.abs(webp.astype(int) - heic.astype(int)).mean() < 8     # lossy HEIC, same RGB order
+
+
+def test_heic_without_pillow_heif_names_the_package_and_the_rest_runs(tiny_run, monkeypatch, capsys):
+    pytest.importorskip("pillow_heif")
+    write_phone_photos(tiny_run / "phone")
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)          # as if it were not installed
+    assert predict.main(["--name", "tiny", "phone", "--out", "out"]) == 1
+    assert "pip install pillow-heif" in capsys.readouterr().err
+    _, rows = read_summary(tiny_run / "out/summary.csv")
+    assert list(rows) == ["a.webp"]

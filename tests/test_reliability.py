@@ -71,7 +71,7 @@ BAD_INPUTS = {  # name -> (how to spoil a good dataset, text the error must cont
                                    for p in (r / "masks").iterdir()], "no mask"),
     "colour mask": (lambda r: cv2.imwrite(str(r / "masks" / "b.png"), np.dstack([np.zeros((48, 64), np.uint8)] * 2
                                                                              + [np.full((48, 64), 255, np.uint8)])),
-                    "channels differ"),
+                    "a colour mask with 1 colour "),
     "16-bit mask": (lambda r: cv2.imwrite(str(r / "masks" / "b.png"), np.full((48, 64), 65535, np.uint16)), "uint16"),
     "decompression bomb": (lambda r: (r / "images" / "b.png").write_bytes(png_claiming(60000, 60000)),
                            "decompression bomb"),
