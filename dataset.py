@@ -182,7 +182,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def binarize_mask(mask: np.ndarray, path: Path) -> np.ndarray:
-    """Crack = bright (METHOD.md): {0,1} masks (max 1) use > 0, every other encoding > 127, anti-aliased
+    """Crack = bright (docs/METHOD.md): {0,1} masks (max 1) use > 0, every other encoding > 127, anti-aliased
     edges included. A maximum between 2 and 127 is a label map, not a mask: refused, never read as empty."""
     if mask.dtype != np.uint8:
         raise DatasetError(f"{path}: mask has {mask.dtype} pixels; save it as an 8-bit "
@@ -308,7 +308,7 @@ def preprocess(image: np.ndarray, intensity: Intensity, name: str) -> np.ndarray
 
 
 def train_transform(crop: int, resize: bool = False, scale_aug: bool = False, camera_scale: bool = False) -> A.Compose:
-    """METHOD.md section 2: rot90, flips, then a random crop (images padded up to the crop).
+    """docs/METHOD.md, Preprocessing: rot90, flips, then a random crop (images padded up to the crop).
 
     Options beyond the reference: random scale and small rotations (--scale-aug: 0.7-1.4, +-20
     degrees; --camera-aug scale: 0.5-2, cameras at other distances and resolutions)."""

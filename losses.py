@@ -26,7 +26,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """METHOD.md section 4: 0.5 * BCE + (1 - dice), dice averaged over the batch."""
+    """docs/METHOD.md, Loss: 0.5 * BCE + (1 - dice), dice averaged over the batch."""
     return 0.5 * bce(logits, target) + dice_loss(logits, target)
 
 
