@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from utils import ReportedError
+
 if TYPE_CHECKING:
     import albumentations as A
 
@@ -35,8 +37,8 @@ READ_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # our limit, not Pillow's smaller default, decides
 
 
-class DatasetError(Exception):
-    """A problem with the user's files; the message names the files and the fix."""
+class DatasetError(ReportedError):
+    """A problem with the user's files; the message names the files and the fix (exit 2)."""
 
 
 @dataclass

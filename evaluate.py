@@ -21,8 +21,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
-from utils import (MODELS_DIR, RUNS_DIR, RunError, evaluate, json_dump, load_config, load_runs, make_engine, name_arg,
-                   provenance, read_split, run_cli, run_datasets, runs_arg)
+from engine import make_engine
+from inference import EvalOptions, evaluate, load_runs
+from rundir import (MODELS_DIR, RUNS_DIR, RunError, json_dump, load_config, name_arg, provenance, read_split,
+                    run_datasets, runs_arg)
+from utils import run_cli
 from visuals import error_overlay, label, save_probability, side_by_side, write_image
 
 
@@ -117,7 +120,7 @@ def score_run(model, engine, config: dict, samples, args, out_dir: Path) -> tupl
         if len(panels) < 3:
             panels.append(panel)
     data = CrackDataset(samples, Intensity.from_config(config))
-    result = evaluate(model, data, engine, tolerances=args.tolerance, tta=args.tta,
+    result = evaluate(model, data, engine, EvalOptions(tolerances=tuple(args.tolerance), tta=args.tta),
                       on_image=save if args.save_images else None)
     return result, panels
 

@@ -14,7 +14,7 @@ p > threshold), with --overlay <stem>_overlay.jpg, and summary.csv with one row 
 The threshold is the run's validation ODS threshold from config.json (0.5 if absent).
 
 Images up to --tile pixels a side are predicted in one pass, larger ones in overlapping
-tiles blended with a smooth window (utils.predict_probability, the path evaluate.py uses).
+tiles blended with a smooth window (inference.predict_probability, the path evaluate.py uses).
 Unlike the dataset loader, photos are turned upright by their EXIF orientation tag (phones
 store portraits sideways), so every output and width/height in summary.csv are in the upright
 frame. Gray and RGBA files are read as RGB (alpha dropped); 16-bit files scaled to 8-bit.
@@ -40,8 +40,10 @@ import torch
 from tqdm import tqdm
 
 from dataset import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess, read_heif
-from utils import (DEFAULT_BUNDLE, MODELS_DIR, OVERLAP, PRETRAINED_DIR, REPO_DIR, TILE, RunError, bundle_dir,
-                   load_runs, make_engine, predict_probability, run_cli, runs_arg)
+from engine import make_engine
+from inference import OVERLAP, TILE, load_runs, predict_probability
+from rundir import DEFAULT_BUNDLE, MODELS_DIR, PRETRAINED_DIR, REPO_DIR, RunError, bundle_dir, runs_arg
+from utils import run_cli
 from visuals import crack_overlay, save_probability, write_image
 
 COLUMNS = ["image", "width", "height", "threshold", "crack_fraction", "components", "length_px",

@@ -32,10 +32,12 @@ from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, EpochSampler, Int
                      split_ids, train_transform)
 from losses import LOSSES, compute_loss
 from models import ARCHS, freeze_encoder
-from utils import (MODELS_DIR, RUNS_DIR, Diverged, RunError, evaluate, for_inference, fresh_run_name, json_dump,
-                   load_checkpoint, load_config, load_weights, make_engine, model_from_config, name_arg,
-                   provenance, raise_requested_stop, read_split, remove_run, run_cli, run_datasets, run_state,
-                   save_checkpoint, signals_held)
+from engine import make_engine
+from inference import EvalOptions, evaluate, for_inference
+from rundir import (MODELS_DIR, RUNS_DIR, Diverged, RunError, fresh_run_name, load_checkpoint, load_config,
+                    load_weights, model_from_config, name_arg, provenance, read_split, remove_run, run_datasets,
+                    run_state, save_checkpoint, write_config, write_split)
+from utils import raise_requested_stop, run_cli, signals_held
 
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
     "fast": {"dataset": ["SYNTHETIC"], "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
@@ -563,8 +565,9 @@ def validate(model, val_sets: dict, engine, args, epoch: int, writer) -> dict:
         if want_panels and len(panels) < 3:
             panels.append(panel(item, prob))
     scored = for_inference(copy.deepcopy(model), engine)   # the form evaluate.py and predict.py load
-    results = {name: evaluate(scored, val_set, engine, loss_name=args.loss, on_image=keep_panel,
-                              tolerances=(0, THRESHOLD_TOLERANCE)) for name, val_set in val_sets.items()}
+    options = EvalOptions(loss_name=args.loss, tolerances=(0, THRESHOLD_TOLERANCE))
+    results = {name: evaluate(scored, val_set, engine, options, on_image=keep_panel)
+               for name, val_set in val_sets.items()}
     strict = {name: metrics.summarize(r["counts"][0])["ods"]["f1"] for name, r in results.items()}
     curves = {name: metrics.f1_curve(r["counts"][THRESHOLD_TOLERANCE]) for name, r in results.items()}
     at_half = [metrics.scores_at(r["counts"][0], F1_THRESHOLD_INDEX) for r in results.values()]
@@ -719,8 +722,8 @@ def open_run_dir(args, engine, split: dict, start: int) -> tuple[Path, dict]:
         if args.resume:
             keep_log_rows_before(run_dir / "log.csv", start)
         else:
-            json_dump(run_dir / "split.json", split)
-        json_dump(run_dir / "config.json", config)
+            write_split(run_dir, split)
+        write_config(run_dir, config)
     if engine.world > 1:
         dist.barrier()   # no rank opens the run's folders while rank 0 may still be clearing them
     return run_dir, config
@@ -743,7 +746,7 @@ def save_epoch(run_dir, config, model, average, optimizer, scheduler, scaler, pr
         config["threshold"] = row.get("val_threshold", 0.5)   # 0.5 without validation
         config["best_epoch"] = row["epoch"]
         config["val_f1_curves"] = {name: [round(float(f), 6) for f in curve] for name, curve in curves.items()}
-        json_dump(run_dir / "config.json", config)
+        write_config(run_dir, config)
 
 
 if __name__ == "__main__":

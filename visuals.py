@@ -4,12 +4,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils import ReportedError
+
 TP_COLOUR, FP_COLOUR, FN_COLOUR = (0, 200, 0), (255, 0, 0), (0, 120, 255)
 CRACK_COLOUR = (255, 0, 255)
 
 
-class WriteError(OSError):
-    """An output image could not be written; the scripts stop with this message (exit 1)."""
+class WriteError(OSError, ReportedError):
+    """An output image could not be written; the scripts stop with this message (exit 1: the machine,
+    not the command)."""
+    exit_code = 1
 
 
 def write_image(path: Path, rgb_or_gray: np.ndarray, quality: int = 90) -> None:

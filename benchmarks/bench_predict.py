@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 from models import build_model, count_parameters  # noqa: E402
 from prepare_data import synthetic_pair  # noqa: E402
 from dataset import Intensity, preprocess  # noqa: E402
-from utils import DEFAULT_BUNDLE, bundle_dir, make_engine, predict_probability  # noqa: E402
+from engine import make_engine  # noqa: E402
+from inference import predict_probability  # noqa: E402
+from rundir import DEFAULT_BUNDLE, bundle_dir  # noqa: E402
 
 HEIGHT, WIDTH = 3000, 4000
 REFERENCE = "UNet:32"

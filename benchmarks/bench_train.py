@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
 from train import train_step  # noqa: E402
-from utils import Engine, forward_logits, make_engine  # noqa: E402
+from engine import Engine, make_engine  # noqa: E402
+from inference import forward_logits  # noqa: E402
 
 
 def get_args() -> argparse.Namespace:

@@ -49,7 +49,7 @@ def commands(args) -> list[list[str]]:
 
 
 def export(replace: bool) -> None:
-    from utils import PRETRAINED_DIR, export_bundle
+    from rundir import PRETRAINED_DIR, export_bundle
     folder = PRETRAINED_DIR / BUNDLE
     if (folder / "model.pt").exists() and not replace:
         sys.exit(f"{folder} exists: replace it (--replace) only when the recipe's mean leave-one-out F and "
@@ -66,7 +66,8 @@ def half_precision(data_dir: str) -> None:
     import numpy as np
 
     from dataset import CrackDataset, Intensity, scan_dataset
-    from utils import load_run_model, make_engine, predict_probability
+    from engine import make_engine
+    from inference import load_run_model, predict_probability
     samples = scan_dataset(Path(data_dir), "DEEPCRACK_TEST")[0]
     found = {}
     for precision in ("fp32", "auto"):
@@ -108,7 +109,8 @@ def failure_picture(data_dir: Path, out: Path, height: int = 150) -> list[str]:
     import numpy as np
 
     from dataset import CrackDataset, Intensity, scan_dataset
-    from utils import load_run_model, make_engine, predict_probability
+    from engine import make_engine
+    from inference import load_run_model, predict_probability
     from visuals import write_image
     engine = make_engine("cpu")
     model, config = load_run_model(BUNDLE, engine)
@@ -210,7 +212,7 @@ def write_card(line: dict, folder: Path) -> None:
                          for k, v in half.items() if k != "fp32")
     speed = line["speed"]
     from models import count_parameters
-    from utils import model_from_config
+    from rundir import model_from_config
     params = count_parameters(model_from_config(config))
     text = f"""# crackseg-general
 

@@ -40,8 +40,8 @@ if [ "${2:-}" = transfer ]; then
   python3 "$repo/train.py" --dataset SYN_B --init-from gpu_multi --freeze-encoder --preset finetune \
       --max-minutes "$minutes" --epochs "$epochs" --crop 64 --device "$device" --name gpu_finetune
   python3 "$repo/evaluate.py" --name gpu_finetune --test SYNTHETIC SYN_B --tolerance 0 2
-  python3 -c "import sys; sys.path.insert(0, '$repo'); from pathlib import Path; import utils; \
-print(utils.export_bundle('gpu_multi', Path('$repo/pretrained/crackseg-general')))"
+  python3 -c "import sys; sys.path.insert(0, '$repo'); from pathlib import Path; import rundir; \
+print(rundir.export_bundle('gpu_multi', Path('$repo/pretrained/crackseg-general')))"
   python3 "$repo/predict.py" inputs/SYN_B/images --device "$device" --out bundle_out
   python3 "$repo/predict.py" --name gpu_multi inputs/SYN_B/images --device cpu --precision fp32 --out run_cpu
   python3 - <<'PY'

@@ -185,7 +185,8 @@ def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_phot
     import torch
 
     from dataset import Intensity, preprocess
-    from utils import load_runs, make_engine, predict_probability
+    from engine import make_engine
+    from inference import load_runs, predict_probability
     monkeypatch.setattr(bench_predict, "HEIGHT", 480)
     monkeypatch.setattr(bench_predict, "WIDTH", 640)
     photo = tmp_path / "photo.jpg"

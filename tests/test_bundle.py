@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import inference
 import predict
-import utils
+import rundir
+from engine import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +28,14 @@ def bundle(tmp_path_factory, synthetic_root) -> Path:
     assert trained.returncode == 0, trained.stderr[-2000:]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        config = utils.export_bundle("run", work / "pretrained" / "tiny")
+        config = rundir.export_bundle("run", work / "pretrained" / "tiny")
     assert config["weights"] == "fp16" and "data_dir" not in config and "name" not in config
     return work
 
 
 @pytest.fixture
 def shipped(bundle, monkeypatch) -> Path:
-    monkeypatch.setattr(utils, "PRETRAINED_DIR", bundle / "pretrained")
+    monkeypatch.setattr(rundir, "PRETRAINED_DIR", bundle / "pretrained")
     return bundle / "pretrained" / "tiny"
 
 
@@ -46,12 +48,13 @@ def test_the_bundle_holds_half_precision_weights_only(shipped):
 
 def test_half_precision_predicts_within_0_01_of_the_fp32_run(bundle, shipped, monkeypatch, synthetic_root):
     monkeypatch.chdir(bundle)
-    engine = utils.make_engine("cpu", "fp32", False)
-    run_model, _ = utils.load_run_model("run", engine)
-    half_model, config = utils.load_run_model("tiny", engine)
+    engine = make_engine("cpu", "fp32", False)
+    run_model, _ = inference.load_run_model("run", engine)
+    half_model, config = inference.load_run_model("tiny", engine)
     x = torch.from_numpy(predict.preprocess(predict.read_photo(next((synthetic_root / "SYN" / "images").iterdir())),
                                             predict.Intensity.from_config(config), "x").transpose(2, 0, 1).copy())[None]
-    difference = (utils.predict_probability(run_model, x, engine) - utils.predict_probability(half_model, x, engine))
+    difference = (inference.predict_probability(run_model, x, engine)
+                  - inference.predict_probability(half_model, x, engine))
     assert 0 < difference.abs().max() < 0.01
 
 
@@ -79,9 +82,9 @@ def test_a_changed_byte_fails_the_sha256_check(shipped, tmp_path, monkeypatch):
     data = bytearray((shipped / "model.pt").read_bytes())
     data[len(data) // 2] ^= 1
     (copy / "model.pt").write_bytes(bytes(data))
-    monkeypatch.setattr(utils, "PRETRAINED_DIR", tmp_path / "pretrained")
-    with pytest.raises(utils.RunError, match="does not match the sha256"):
-        utils.load_run_model("tiny", utils.make_engine("cpu", "fp32", False))
+    monkeypatch.setattr(rundir, "PRETRAINED_DIR", tmp_path / "pretrained")
+    with pytest.raises(rundir.RunError, match="does not match the sha256"):
+        inference.load_run_model("tiny", make_engine("cpu", "fp32", False))
 
 
 class Payload:
@@ -94,16 +97,16 @@ def test_a_file_that_would_run_code_is_refused_even_with_a_matching_sha256(shipp
     copy.mkdir(parents=True)
     torch.save({"weight": torch.zeros(1), "payload": Payload()}, copy / "model.pt")
     config = json.loads((shipped / "config.json").read_text())
-    config["sha256"] = utils.file_sha256(copy / "model.pt")   # the tamperer updated the checksum too
+    config["sha256"] = rundir.file_sha256(copy / "model.pt")   # the tamperer updated the checksum too
     (copy / "config.json").write_text(json.dumps(config))
-    monkeypatch.setattr(utils, "PRETRAINED_DIR", tmp_path / "pretrained")
-    with pytest.raises(utils.RunError, match="refused unloaded"):
-        utils.load_run_model("tiny", utils.make_engine("cpu", "fp32", False))
+    monkeypatch.setattr(rundir, "PRETRAINED_DIR", tmp_path / "pretrained")
+    with pytest.raises(rundir.RunError, match="refused unloaded"):
+        inference.load_run_model("tiny", make_engine("cpu", "fp32", False))
 
 
 def test_train_refuses_a_bundled_name_for_a_new_run(shipped):
-    with pytest.raises(utils.RunError, match="bundled model"):
-        utils.fresh_run_name("tiny", "SYN_UNet", overwrite=True)
+    with pytest.raises(rundir.RunError, match="bundled model"):
+        rundir.fresh_run_name("tiny", "SYN_UNet", overwrite=True)
 
 
 def test_evaluate_scores_a_bundle_with_its_threshold(bundle, shipped, monkeypatch, synthetic_root):
@@ -166,16 +169,16 @@ def test_the_shipped_general_model_loads_checked_from_another_directory_and_find
     path leaked into its config, and at its threshold it marks a drawn crack and little else."""
     folder = ROOT / "pretrained" / "crackseg-general"
     config = json.loads((folder / "config.json").read_text())
-    assert utils.file_sha256(folder / "model.pt") == config["sha256"]
+    assert rundir.file_sha256(folder / "model.pt") == config["sha256"]
     assert (folder / "model.pt").stat().st_size <= 16 * 2**20
     assert '": "/' not in (folder / "config.json").read_text() and "data_dir" not in config   # no local path
     monkeypatch.chdir(tmp_path)
-    engine = utils.make_engine("cpu", "fp32", False)
-    model, loaded = utils.load_run_model("crackseg-general", engine)
+    engine = make_engine("cpu", "fp32", False)
+    model, loaded = inference.load_run_model("crackseg-general", engine)
     photo, crack = drawn_crack()
     scaled = predict.preprocess(photo, predict.Intensity.from_config(loaded), "drawn crack")
     x = torch.from_numpy(scaled.transpose(2, 0, 1).copy())
-    found = utils.predict_probability(model, x[None], engine)[0, 0].numpy() > loaded["threshold"]
+    found = inference.predict_probability(model, x[None], engine)[0, 0].numpy() > loaded["threshold"]
     assert found[crack].mean() > 0.8 and found[~crack].mean() < 0.03
     assert not (tmp_path / "pretrained").exists()
 

@@ -12,8 +12,11 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+import inference
 import predict
+import rundir
 import utils
+from engine import make_engine
 from models import build_model
 from prepare_data import synthetic_pair
 
@@ -56,22 +59,23 @@ def big_image() -> torch.Tensor:
 
 def test_tiles_cover_each_axis_evenly_on_the_pooling_grid_with_at_least_the_overlap():
     for size in range(16, 9000, 16):
-        side, starts = utils.tile_layout(size, TILE, OVERLAP)
+        side, starts = inference.tile_layout(size, TILE, OVERLAP)
         assert side <= TILE and side % 16 == 0 and all(s % 16 == 0 for s in starts)
         assert starts[0] == 0 and starts[-1] + side == size and starts == sorted(starts)
         assert all(side - (b - a) >= OVERLAP for a, b in zip(starts, starts[1:], strict=False))
         fewest = max(1, -(-(size - OVERLAP) // (TILE - OVERLAP)))   # n * TILE - (n - 1) * OVERLAP >= size
         assert len(starts) <= fewest + 1
     # a 4000x3000 photo: 5 x 4 tiles of 928x864 px (16.0 Mpx computed) instead of 1024x1024 (21.0 Mpx)
-    assert utils.tile_layout(4000, TILE, OVERLAP)[0] * utils.tile_layout(3008, TILE, OVERLAP)[0] * 20 < 16.1e6
+    assert inference.tile_layout(4000, TILE, OVERLAP)[0] * inference.tile_layout(3008, TILE, OVERLAP)[0] * 20 < 16.1e6
 
 
 def tiled_and_one_pass(model, x):
-    engine = utils.make_engine("cpu", "fp32")
+    engine = make_engine("cpu", "fp32")
     with torch.inference_mode():
-        tiled, count = utils.predict_tiled(model, x, engine, TILE, OVERLAP)
-    one = utils.predict_probability(model, x, engine, tile=4096)                 # a single pass
-    assert count == len(utils.tile_layout(H, TILE, OVERLAP)[1]) * len(utils.tile_layout(W + 8, TILE, OVERLAP)[1])
+        tiled, count = inference.predict_tiled(model, x, engine, TILE, OVERLAP)
+    one = inference.predict_probability(model, x, engine, tile=4096)                 # a single pass
+    assert count == (len(inference.tile_layout(H, TILE, OVERLAP)[1])
+                     * len(inference.tile_layout(W + 8, TILE, OVERLAP)[1]))
     assert count == 12
     return tiled[0, 0].numpy(), one[0, 0].numpy()
 
@@ -81,7 +85,7 @@ def tile_edges(size: int) -> list[int]:
     padding to a multiple of 16 (so these tests hold if predict_tiled pads first, as one pass does)."""
     edges = set()
     for padded in (size, -(-size // 16) * 16):
-        side, starts = utils.tile_layout(padded, TILE, OVERLAP)
+        side, starts = inference.tile_layout(padded, TILE, OVERLAP)
         edges |= {e for s in starts for e in (s, s + side)}
     return sorted(e for e in edges if 0 < e < size)
 
@@ -131,10 +135,10 @@ def test_unet_tiles_leave_no_seam(big_image):
 
 def test_the_eight_views_of_tta_are_distinct_and_their_inverses_restore_the_image():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)   # no symmetry at all
-    views = [utils.dihedral(x, k) for k in range(8)]
+    views = [inference.dihedral(x, k) for k in range(8)]
     assert len({v.numpy().tobytes() for v in views}) == 8
     for k, view in enumerate(views):
-        assert torch.equal(utils.dihedral(view, k, inverse=True), x)
+        assert torch.equal(inference.dihedral(view, k, inverse=True), x)
 
 
 def test_tta_is_the_mean_of_the_eight_views_mapped_back():
@@ -144,9 +148,10 @@ def test_tta_is_the_mean_of_the_eight_views_mapped_back():
             ramp = torch.linspace(-2, 2, x.shape[-1]).expand_as(x[:, :1])
             return x[:, :1] * 3 - 1.5 + ramp
     x = torch.rand(1, 3, 32, 32)
-    engine = utils.make_engine("cpu", "fp32", False)
-    got = utils.predict_probability(Ramp(), x, engine, tta=True)
-    expected = sum(utils.dihedral(torch.sigmoid(Ramp()(utils.dihedral(x, k))), k, inverse=True) for k in range(8)) / 8
+    engine = make_engine("cpu", "fp32", False)
+    got = inference.predict_probability(Ramp(), x, engine, tta=True)
+    expected = sum(inference.dihedral(torch.sigmoid(Ramp()(inference.dihedral(x, k))), k, inverse=True)
+                   for k in range(8)) / 8
     torch.testing.assert_close(got, expected)
     assert (got - torch.sigmoid(Ramp()(x))).abs().max() > 0.05   # TTA changed something
 
@@ -286,7 +291,7 @@ def tiny_run(tmp_path, monkeypatch) -> Path:
     run_dir = tmp_path / "models" / "tiny"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config))
-    utils.save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "config": config})
+    rundir.save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "config": config})
     return tmp_path
 
 
@@ -424,15 +429,15 @@ def test_without_align_corners_tiles_match_the_one_pass(no_align_run, monkeypatc
     """align_corners=False: the network is equivariant to shifts on its pooling grid, so a tile differs
     from the one pass only through the zero padding at its edges, which the blend window keeps out."""
     monkeypatch.chdir(no_align_run)
-    engine = utils.make_engine("cpu", "fp32")
-    model, config = utils.load_run_model("noalign", engine)
+    engine = make_engine("cpu", "fp32")
+    model, config = inference.load_run_model("noalign", engine)
     assert config["align_corners"] is False
     image, _ = synthetic_pair(np.random.default_rng(5), 512, 640)
     x = torch.from_numpy(np.ascontiguousarray(image[..., ::-1].transpose(2, 0, 1))).float()[None] / 255
 
     def gap():
-        tiled = utils.predict_probability(model, x, engine, tile=256, overlap=128)
-        one = utils.predict_probability(model, x, engine, tile=1024)
+        tiled = inference.predict_probability(model, x, engine, tile=256, overlap=128)
+        one = inference.predict_probability(model, x, engine, tile=1024)
         diff = (tiled - one).abs()[0, 0, 32:-32, 32:-32]   # 32 px image border ignored
         return diff.max().item(), diff.mean().item()
     without = gap()
@@ -457,7 +462,7 @@ def test_align_corners_is_stored_and_inherited_by_init_from(no_align_run, synthe
     typed = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--align-corners", "--name", "c2"],
                            cwd=no_align_run, capture_output=True, text=True)
     assert typed.returncode == 2 and "keeps its parent's network" in typed.stderr
-    old = utils.model_from_config({"arch": "UNet", "base_width": 4})   # a run from before the option
+    old = rundir.model_from_config({"arch": "UNet", "base_width": 4})   # a run from before the option
     assert old.align_corners is True
 
 

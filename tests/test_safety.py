@@ -11,8 +11,8 @@ import pytest
 
 import evaluate
 import predict
+import rundir
 import train
-import utils
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_NAMES = ["..", "../x", "/tmp/x", ".hidden", "a/b", "", "x y"]
@@ -78,7 +78,7 @@ def test_overwrite_removes_only_the_runs_own_folders(tmp_path, monkeypatch):
     work, sentinel = workdir_with_sentinel(tmp_path)
     monkeypatch.chdir(work)
     (work / "models" / "keep").mkdir()
-    utils.remove_run("old_run")
+    rundir.remove_run("old_run")
     assert not (work / "models" / "old_run").exists() and not (work / "runs" / "old_run").exists()
     assert (work / "models" / "keep").is_dir() and (work / "notes.txt").exists() and sentinel.exists()
 
@@ -90,10 +90,10 @@ def test_overwrite_refuses_a_run_folder_that_is_a_link_outside(tmp_path, monkeyp
     elsewhere.mkdir()
     (elsewhere / "data.txt").write_text("precious")
     (work / "models" / "linked").symlink_to(elsewhere, target_is_directory=True)
-    with pytest.raises(utils.RunError, match="refusing to remove"):
-        utils.remove_run("linked")
-    with pytest.raises(utils.RunError, match="refusing to remove"):
-        utils.remove_run("..")
+    with pytest.raises(rundir.RunError, match="refusing to remove"):
+        rundir.remove_run("linked")
+    with pytest.raises(rundir.RunError, match="refusing to remove"):
+        rundir.remove_run("..")
     assert (elsewhere / "data.txt").read_text() == "precious" and sentinel.exists()
 
 
@@ -108,10 +108,10 @@ def test_predict_refuses_an_out_that_holds_inputs_or_the_users_folders(tmp_path,
     (photos / "a.jpg").write_bytes(b"x")
     out = {"the input folder": photos, "its parent": work / "site", "the working directory": work,
            "the home directory": tmp_path / "home", "the repository": ROOT}[where]
-    with pytest.raises(utils.RunError, match="is or contains"):
+    with pytest.raises(rundir.RunError, match="is or contains"):
         predict.check_out_dir(out, [str(photos)], [])
     items = predict.find_inputs([str(photos / "a.jpg")], out.resolve())
-    with pytest.raises(utils.RunError, match="is or contains"):
+    with pytest.raises(rundir.RunError, match="is or contains"):
         predict.check_out_dir(out, [str(photos / "a.jpg")], items)
     items = predict.find_inputs([str(photos)], (work / "predictions").resolve())
     predict.check_out_dir(work / "predictions", [str(photos)], items)   # a folder of its own is fine

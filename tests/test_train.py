@@ -100,7 +100,9 @@ def test_weight_average_ramps_its_decay_and_copies_integer_buffers():
 
 def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_root):
     import train
-    from utils import evaluate, make_engine, model_from_config
+    from engine import make_engine
+    from inference import EvalOptions, evaluate
+    from rundir import model_from_config
     args = [*TINY, "--data-dir", synthetic_root, "--epochs", "3", "--ema", "0.9", "--precision", "fp32",
             "--no-channels-last", "--lr", "3e-3", "--deterministic"]
     run("train.py", *args, "--name", "straight", cwd=tmp_path)
@@ -119,7 +121,7 @@ def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_r
     for key in ("model", "raw_model"):
         model = model_from_config(state["config"])
         model.load_state_dict(state[key])
-        losses[key] = evaluate(model, val_set, engine, loss_name="BCEDiceLoss")["loss"]
+        losses[key] = evaluate(model, val_set, engine, EvalOptions(loss_name="BCEDiceLoss"))["loss"]
     assert losses["model"] == pytest.approx(float(log_rows(tmp_path / "models" / "straight")[-1]["val_loss"]),
                                             abs=1e-5)
     assert abs(losses["raw_model"] - losses["model"]) > 1e-4
@@ -207,7 +209,7 @@ def test_a_fine_tuned_run_takes_its_parents_network_and_can_train_only_the_decod
 
 def test_thickened_labels_reach_training_and_validation_of_that_dataset(synthetic_root):
     import train
-    from utils import make_engine
+    from engine import make_engine
     args = train.get_args(["--dataset", "SYN", "--data-dir", str(synthetic_root), "--thicken-labels", "SYN=2",
                            "--val-split", "0.25"])
     train_set, val_sets, _, _ = train.prepare_data(args, make_engine("cpu", "fp32"))
@@ -286,7 +288,8 @@ def test_val_split_zero_trains_on_every_image_and_saves_the_last_epoch_as_best(t
 def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp_path):
     """Training's validation, evaluate.py and predict.py share predict_probability (tiles over 1024 px)."""
     import train
-    import utils
+    import inference
+    from engine import make_engine
     from dataset import CrackDataset, Intensity, Sample
     from models import build_model
     from prepare_data import synthetic_pair
@@ -302,17 +305,17 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
     with torch.no_grad():
         model(val_set[0]["image"][None, :, :, :1024])
     model.eval()
-    engine = utils.make_engine("cpu", "fp32", False)
+    engine = make_engine("cpu", "fp32", False)
     args = argparse.Namespace(loss="BCEDiceLoss", panels_every=1000)
     row, curves = train.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
     x, truth = val_set[0]["image"][None], val_set[0]["mask"][None]
-    folded = utils.for_inference(copy.deepcopy(model), engine)   # what evaluate.py and predict.py load
-    tiled = utils.predict_probability(folded, x, engine)
+    folded = inference.for_inference(copy.deepcopy(model), engine)   # what evaluate.py and predict.py load
+    tiled = inference.predict_probability(folded, x, engine)
     with torch.inference_mode():
-        one_pass = torch.sigmoid(utils.forward_logits(folded, x, engine))
+        one_pass = torch.sigmoid(inference.forward_logits(folded, x, engine))
     assert (tiled - one_pass).abs().max() > 1e-3            # the two paths differ on this image
-    assert row["val_loss"] == pytest.approx(float(compute_loss("BCEDiceLoss", utils.probability_logits(tiled), truth)),
-                                            abs=1e-6)
+    loss = compute_loss("BCEDiceLoss", inference.probability_logits(tiled), truth)
+    assert row["val_loss"] == pytest.approx(float(loss), abs=1e-6)
     counts = metrics.image_counts(tiled[0, 0].numpy(), truth[0, 0].numpy())[None]
     assert row["val_ods_f1"] == metrics.summarize(counts)["ods"]["f1"]
     tolerant = metrics.image_counts(tiled[0, 0].numpy(), truth[0, 0].numpy(), tolerance=2)[None]
@@ -321,14 +324,14 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
 
 
 def test_cudnn_benchmark_only_where_input_shapes_are_fixed(monkeypatch):
-    import utils
+    from engine import make_engine
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    utils.make_engine("cuda")                                # evaluate.py, predict.py: a new size per image
+    make_engine("cuda")                                # evaluate.py, predict.py: a new size per image
     assert torch.backends.cudnn.benchmark is False
-    utils.make_engine("cuda", fixed_shapes=True)             # training crops
+    make_engine("cuda", fixed_shapes=True)             # training crops
     assert torch.backends.cudnn.benchmark is True
 
 
@@ -377,32 +380,32 @@ def test_several_datasets_train_together_each_with_its_own_split_and_score(tmp_p
 
 
 def test_runs_of_one_dataset_written_before_still_load(tmp_path, monkeypatch):
-    import utils
+    import rundir
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "old").mkdir(parents=True)
     (tmp_path / "models" / "old" / "config.json").write_text(json.dumps({"dataset": "CFD"}))
     (tmp_path / "models" / "old" / "split.json").write_text(json.dumps(
         {"seed": 0, "val_split": 0.1, "train": ["a", "b"], "val": ["c"]}))
-    assert utils.read_split("old") == {"CFD": {"train": ["a", "b"], "val": ["c"]}}
-    assert utils.run_datasets({"dataset": "CFD"}) == ["CFD"]
+    assert rundir.read_split("old") == {"CFD": {"train": ["a", "b"], "val": ["c"]}}
+    assert rundir.run_datasets({"dataset": "CFD"}) == ["CFD"]
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_channels_last_only_under_low_precision_autocast(monkeypatch, native_bf16):
     """The bf16 probe decides the precision, and the precision the memory format, in every script
     and in bench_train.py's project arm; --channels-last / --no-channels-last force it."""
-    import utils
+    from engine import make_engine
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_train
-    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native_bf16)
-    engine = utils.make_engine("cpu")
+    monkeypatch.setattr("engine.cpu_has_native_bf16", lambda: native_bf16)
+    engine = make_engine("cpu")
     assert engine.dtype == (torch.bfloat16 if native_bf16 else None)
     assert engine.channels_last is native_bf16
     assert engine.describe() == ("cpu bf16 channels_last" if native_bf16 else "cpu fp32 NCHW")
     assert bench_train.project_engine("cpu").channels_last is native_bf16
-    assert utils.make_engine("cpu", channels_last=True).channels_last is True
-    assert utils.make_engine("cpu", "bf16", channels_last=False).channels_last is False
-    assert utils.make_engine("cpu", "fp32").channels_last is False
+    assert make_engine("cpu", channels_last=True).channels_last is True
+    assert make_engine("cpu", "bf16", channels_last=False).channels_last is False
+    assert make_engine("cpu", "fp32").channels_last is False
     for script in ("train", "evaluate", "predict"):
         module = __import__(script)
         parser = module.get_args_parser()

@@ -1,0 +1,248 @@
+"""The one inference path: a run's (or an ensemble's) network loaded for inference, and the
+probability map of an image of any size (padding to the pooling grid, overlapping tiles beyond the
+one-pass limit, the 8 rotations/flips of TTA), plus evaluate(), which scores a dataset's images
+through that same path for training's validation and evaluate.py alike.
+"""
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import metrics
+from engine import Engine
+from losses import compute_loss
+from models import fold_batchnorm
+from rundir import RunError, load_config, load_weights, model_from_config, run_state
+
+# ---------------------------------------------------------------- loading
+
+def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
+    """The model of a run or bundle, with its config (threshold checked, 0.5 if absent); ready for inference."""
+    config = load_config(name)
+    config["threshold_source"] = "config.json" if "threshold" in config else "default"
+    config["threshold"] = config.get("threshold", 0.5)
+    if not (0 <= config["threshold"] < 1 and round(config["threshold"], 2) == config["threshold"]):
+        raise RunError(f"{name}'s config.json: threshold {config['threshold']!r} must be one of "
+                       "0.00, 0.01, ..., 0.99 (the grid every score is counted on)")
+    state, path = run_state(name, which, engine.device)
+    model = model_from_config(config)
+    load_weights(model, state, path)
+    config["checkpoint"] = str(path)
+    return for_inference(model, engine), config
+
+
+def for_inference(model: torch.nn.Module, engine: Engine) -> torch.nn.Module:
+    """The one form every prediction is made with (training's validation, evaluate.py, predict.py):
+    eval mode, BatchNorm folded into the convolutions, on the engine's device and memory format.
+    Folding changes float rounding, which under bf16 autocast flips pixels at the threshold, so a
+    threshold chosen on unfolded maps would not be the one users' maps get."""
+    fold_batchnorm(model.eval()).to(engine.device)
+    if engine.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+class Ensemble(torch.nn.Module):
+    """Several runs as one model: the logit of their mean probability."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prob = torch.stack([member(x).float().sigmoid() for member in self.members]).mean(0)
+        return torch.logit(prob, eps=1e-7)
+
+
+PREPROCESSING = ("minmax", "normalize", "clahe")
+
+
+def load_runs(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
+    """RUN: that run's model; RUN1+RUN2+...: an Ensemble of runs that preprocess alike.
+
+    The ensemble's config is the first run's, with the members' mean threshold and their names."""
+    names = name.split("+")
+    loaded = [load_run_model(member, engine, which) for member in names]
+    if len(loaded) == 1:
+        return loaded[0]
+    configs = [config for _, config in loaded]
+    for key in PREPROCESSING:
+        if len({json.dumps(c.get(key)) for c in configs}) > 1:
+            raise RunError(f"runs {', '.join(names)} differ in {key}; an ensemble needs one preprocessing")
+    config = {**configs[0], "members": list(names), "threshold_source": "the members' mean",
+              "checkpoint": " + ".join(c["checkpoint"] for c in configs),
+              "threshold": round(float(np.mean([c["threshold"] for c in configs])), 2)}   # on the 0.01 grid
+    return Ensemble([model for model, _ in loaded]).eval(), config
+
+
+# ---------------------------------------------------------------- inference
+
+TILE, OVERLAP = 1024, 128   # the one-pass limit and tile overlap of training's validation, evaluate.py and predict.py
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """Pad the bottom and right edges so both sides divide by `multiple` (mirror where possible)."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def forward_logits(model: torch.nn.Module, x: torch.Tensor, engine: Engine) -> torch.Tensor:
+    """Bx3xHxW (any H, W) -> Bx1xHxW fp32 logits."""
+    h, w = x.shape[-2:]
+    with engine.autocast():
+        out = model(engine.to_device(pad_to_multiple(x)))
+    return out[..., :h, :w].float()
+
+
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th of the 8 rotations/flips of the square's symmetry group (and its inverse)."""
+    flip, rot = k >= 4, k % 4
+    if inverse:
+        x = torch.rot90(x, -rot, (-2, -1))
+        return torch.flip(x, (-1,)) if flip else x
+    x = torch.flip(x, (-1,)) if flip else x
+    return torch.rot90(x, rot, (-2, -1))
+
+
+def tile_layout(size: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """Tile side and starts along one axis of a padded image (a multiple of 16): the fewest tiles of at
+    most `tile` px overlapping by at least `overlap`, spread evenly on the 16-pixel pooling grid, so
+    no pixel is computed more often than it must be (a 4000 px side: 5 tiles of 928, not 1024)."""
+    if size <= tile:
+        return size, [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    while True:   # +15 per seam: rounding the starts down to the grid can cost up to 15 px of overlap
+        side = 16 * math.ceil((size + (n - 1) * (overlap + 15)) / n / 16)
+        if side <= tile:
+            break
+        n += 1
+    return side, [16 * (i * (size - side) // (n - 1) // 16) for i in range(n - 1)] + [size - side]
+
+
+def blend_ramp(n: int, overlap: int, start_inside: bool, end_inside: bool) -> torch.Tensor:
+    """Weights along one side of a tile. A tile's outer pixels are computed with zero padding where
+    the one pass saw real context, so near an edge inside the image its map is least like the one
+    pass's: the outer 3/8 of the overlap get no weight, the middle quarter ramps up, the inner 3/8
+    are full. Neighbours overlap by at least `overlap`, so every pixel keeps a positive weight.
+    Edges on the image border are full weight: there the one pass had no context either."""
+    margin, ramp = 3 * overlap // 8, max(overlap - 2 * (3 * overlap // 8), 1)
+    i = torch.arange(n, dtype=torch.float32)
+
+    def side(distance, inside):
+        return torch.clamp((distance - margin + 1) / ramp, 0, 1) if inside else torch.ones(n)
+    return side(i, start_inside) * side(n - 1 - i, end_inside)
+
+
+def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: int) -> tuple[torch.Tensor, int]:
+    """Bx3xHxW -> Bx1xHxW probability from overlapping tiles; also returns the tile count.
+
+    Padded to a multiple of 16 first, as the one pass is, so every tile starts on the network's
+    16-pixel pooling grid."""
+    height, width = x.shape[-2:]
+    x = pad_to_multiple(x)
+    b, _, h, w = x.shape
+    (th, tops), (tw, lefts) = tile_layout(h, tile, overlap), tile_layout(w, tile, overlap)
+    total = torch.zeros(b, 1, h, w)
+    weight = torch.zeros(1, 1, h, w)
+    count = 0
+    for top in tops:
+        for left in lefts:
+            window = (blend_ramp(th, overlap, top > 0, top + th < h)[:, None]
+                      * blend_ramp(tw, overlap, left > 0, left + tw < w)[None, :])
+            patch = x[..., top:top + th, left:left + tw]
+            prob = torch.sigmoid(forward_logits(model, patch, engine)).cpu()
+            total[..., top:top + th, left:left + tw] += prob * window
+            weight[..., top:top + th, left:left + tw] += window
+            count += 1
+    return (total / weight)[..., :height, :width], count
+
+
+@torch.inference_mode()
+def predict_probability(model, x: torch.Tensor, engine: Engine, tta: bool = False,
+                        tile: int = TILE, overlap: int = OVERLAP) -> torch.Tensor:
+    """Bx3xHxW image -> Bx1xHxW fp32 crack probability at full resolution (CPU tensor).
+
+    One pass when both sides fit in `tile`, overlapping tiles otherwise; with `tta`
+    the mean probability over the 8 rotations/flips."""
+    def one_view(view):
+        if max(view.shape[-2:]) <= tile:
+            return torch.sigmoid(forward_logits(model, view, engine)).cpu()
+        return predict_tiled(model, view, engine, tile, overlap)[0]
+    if not tta:
+        return one_view(x)
+    return sum(dihedral(one_view(dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
+
+
+# ---------------------------------------------------------------- evaluation
+
+def shard(indices: list[int], engine: Engine) -> list[int]:
+    return indices[engine.rank::engine.world]
+
+
+def gather(items: list, engine: Engine) -> list:
+    """Concatenate per-rank lists on every rank (validation counts are summed, not averaged)."""
+    if engine.world == 1:
+        return items
+    parts = [None] * engine.world
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
+
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What evaluate() counts and how it makes the maps: counts at each pixel tolerance over the
+    threshold grid (metrics.DEFAULT_THRESHOLDS when None); the mean loss too when loss_name is set;
+    the maps as predict_probability makes them with tta, tile and overlap."""
+    loss_name: str | None = None
+    tolerances: tuple[int, ...] = (0,)
+    thresholds: tuple[float, ...] | None = None
+    tta: bool = False
+    tile: int = TILE
+    overlap: int = OVERLAP
+
+
+@torch.inference_mode()
+def evaluate(model, dataset, engine: Engine, options: EvalOptions = EvalOptions(), on_image=None) -> dict:
+    """Predict every full image of `dataset` and count (cntP, sumP, cntR, sumR) per threshold.
+
+    The maps come from predict_probability, the path predict.py uses, so a threshold chosen here
+    (training's validation) is applied to the same maps later. Returns {"names", "loss" (None without
+    options.loss_name), "counts": {tol: (N,T,4)}}. `on_image(item, prob)` is called per image (panels, saving maps)."""
+    model.eval()
+    rows = []
+    indices = shard(list(range(len(dataset))), engine)
+    tolerances = options.tolerances
+    for index in tqdm(indices, desc="evaluate", unit="image", leave=False, disable=not engine.main, mininterval=1):
+        item = dataset[index]
+        image, mask, roi = item["image"][None], item["mask"][0].numpy(), item["roi"][0].numpy()
+        prob = predict_probability(model, image, engine, tta=options.tta, tile=options.tile, overlap=options.overlap)
+        loss = None if options.loss_name is None else \
+            float(compute_loss(options.loss_name, probability_logits(prob), item["mask"][None]))
+        prob = prob[0, 0].numpy()
+        counts = [metrics.image_counts(prob, mask, tolerance=t, thresholds=options.thresholds, roi=roi)
+                  for t in tolerances]
+        rows.append((item["name"], loss, counts))
+        if on_image is not None:
+            on_image(item, prob)
+    rows = gather(rows, engine)
+    losses = [row[1] for row in rows if row[1] is not None]
+    return {"names": [row[0] for row in rows],
+            "loss": float(np.mean(losses)) if losses else None,
+            "counts": {t: np.stack([row[2][i] for row in rows]) for i, t in enumerate(tolerances)}}
+
+
+def probability_logits(prob: torch.Tensor) -> torch.Tensor:
+    """Logits back from the (possibly tiled or TTA-averaged) probabilities, for the loss functions.
+
+    Clamped where fp32 probabilities saturate (|logit| > 16); below that the round trip is exact
+    to fp32 precision, so a one-pass image's loss is that of its logits."""
+    return torch.logit(prob, eps=1e-7)
