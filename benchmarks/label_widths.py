@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset import read_mask, scan_dataset  # noqa: E402
-from predict import crack_widths, skeletonize  # noqa: E402
+from measure import crack_widths, skeletonize  # noqa: E402
 
 
 def label_widths(data_dir: Path, name: str) -> dict:

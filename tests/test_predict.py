@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 import inference
+import measure
 import predict
 import rundir
 import utils
@@ -178,7 +179,7 @@ def drawn_line(direction: str, length: int, width: int, shape=(320, 320)) -> np.
 def test_length_and_width_of_drawn_lines(direction, width):
     mask = drawn_line(direction, 200, width)
     drawn_width = mask.sum() / 200     # the pixels actually set (a 45-degree band is not exactly `width`)
-    stats = predict.measure(mask, min_area=1)
+    stats = measure.measure(mask, min_area=1)
     assert stats["components"] == 1
     assert stats["length_px"] == pytest.approx(200, rel=0.1)
     if direction != "diagonal":        # exact along rows and columns, odd and even widths alike
@@ -198,7 +199,7 @@ def test_slanted_lines_within_the_documented_error(angle):
     for width in (1, 2, 3, 4, 8):
         mask = (across >= -width / 2) & (across < width / 2) & (along >= 0) & (along <= 200)
         drawn_width = mask.sum() / 200
-        stats = predict.measure(mask, min_area=1)
+        stats = measure.measure(mask, min_area=1)
         assert 0.95 * 200 <= stats["length_px"] <= 1.13 * 200
         assert stats["mean_width_px"] == pytest.approx(drawn_width, abs=0.45)
         assert stats["max_width_px"] == pytest.approx(drawn_width, abs=0.5)
@@ -210,13 +211,13 @@ def test_components_and_min_area():
     mask[60:180, 250:255] = True                                    # 120 x 5
     specks = np.zeros_like(mask)
     specks[10:13, 10:13] = specks[300:303, 20:23] = True          # 9-pixel noise
-    clean = predict.measure(mask)
-    noisy = predict.measure(mask | specks)
+    clean = measure.measure(mask)
+    noisy = measure.measure(mask | specks)
     assert clean["components"] == noisy["components"] == 2
     assert noisy == clean                                           # dropped before measuring
     assert clean["length_px"] == pytest.approx(100 + 120, rel=0.1)
-    assert predict.measure(mask | specks, min_area=5)["components"] == 4
-    assert predict.measure(np.zeros((20, 30), bool)) == {"crack_fraction": 0.0, "components": 0, "length_px": 0.0,
+    assert measure.measure(mask | specks, min_area=5)["components"] == 4
+    assert measure.measure(np.zeros((20, 30), bool)) == {"crack_fraction": 0.0, "components": 0, "length_px": 0.0,
                                                          "mean_width_px": 0.0, "max_width_px": 0.0}
 
 
@@ -225,14 +226,14 @@ def zhang_suen_dense(mask: np.ndarray) -> np.ndarray:
     image = np.pad(mask, 1)
     while True:
         changed = False
-        for table in predict.THINNING:
+        for table in measure.THINNING:
             code = sum(np.roll(image, (-dy, -dx), (0, 1)).astype(np.uint8) << bit
-                       for bit, (dy, dx) in enumerate(predict.NEIGHBOURS))
+                       for bit, (dy, dx) in enumerate(measure.NEIGHBOURS))
             delete = image & table[code]
             image &= ~delete
             changed |= bool(delete.any())
         if not changed:
-            return predict.remove_staircases(image[1:-1, 1:-1])
+            return measure.remove_staircases(image[1:-1, 1:-1])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -240,7 +241,7 @@ def test_skeleton_matches_dense_thinning_and_keeps_pieces_connected(seed):
     rng = np.random.default_rng(seed)
     noise = cv2.GaussianBlur(rng.random((90, 130)).astype(np.float32), (0, 0), 1 + seed)
     mask = noise > np.quantile(noise, 0.7)
-    skeleton = predict.skeletonize(mask)
+    skeleton = measure.skeletonize(mask)
     assert np.array_equal(skeleton, zhang_suen_dense(mask))
     assert not (skeleton & ~mask).any()
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
@@ -256,10 +257,10 @@ def test_thick_diagonals_are_not_thinned_away(offset):
     for width in (2, 3, 9):
         band = (np.abs((y - x) / math.sqrt(2)) <= width / 2) & ((x + y) / math.sqrt(2) >= 0) & \
                ((x + y) / math.sqrt(2) <= 150)
-        assert predict.crack_length(predict.skeletonize(band)) > 135
+        assert measure.crack_length(measure.skeletonize(band)) > 135
     line = np.zeros((20, 40), bool)
     line[7, 3:30] = True
-    assert np.array_equal(predict.skeletonize(line), line)
+    assert np.array_equal(measure.skeletonize(line), line)
 
 
 # ---------------------------------------------------------------- reading photos
@@ -392,10 +393,10 @@ def test_widths_block_by_block_equal_the_whole_image_at_once():
         cv2.line(mask, *ends, 1, int(rng.integers(1, 12)))
     cv2.circle(mask, (450, 350), 40, 1, -1)   # a blob much deeper than the cracks are wide
     mask = mask.astype(bool)
-    skeleton = predict.skeletonize(mask)
-    whole = predict.half_pixel_widths(np.pad(mask, 1))[1:-1, 1:-1][skeleton]
+    skeleton = measure.skeletonize(mask)
+    whole = measure.half_pixel_widths(np.pad(mask, 1))[1:-1, 1:-1][skeleton]
     for block in (64, 100, 512):   # equal up to float rounding (OpenCV's single-thread path rounds differently)
-        np.testing.assert_allclose(predict.crack_widths(mask, skeleton, block), whole, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(measure.crack_widths(mask, skeleton, block), whole, rtol=0, atol=1e-5)
 
 
 def test_half_pixel_widths_equal_the_maximum_over_neighbouring_2x2_blocks():
@@ -411,7 +412,7 @@ def test_half_pixel_widths_equal_the_maximum_over_neighbouring_2x2_blocks():
         expected = np.array([[blocks[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].max() for x in range(w)]
                              for y in range(h)])
         # up to float rounding: OpenCV's distance transform rounds differently with one thread and several
-        np.testing.assert_allclose(predict.half_pixel_widths(mask), expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(measure.half_pixel_widths(mask), expected, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
