@@ -1,8 +1,8 @@
 """Crack datasets on disk: `<data-dir>/<NAME>/images/<id>.<ext>` paired with `masks/<id>.<ext>`.
 
-Owns pairing, validation, reading and binarising, intensity preprocessing and the
-albumentations transforms. Items are dicts {"image": 3xHxW float32, "mask": 1xHxW
-float32 in {0,1}, "roi": 1xHxW bool, "name": stem}.
+Owns pairing, validation, reading and binarising, intensity preprocessing, the albumentations
+transforms, and writing a dataset folder whole (built beside it, then renamed). Items are dicts
+{"image": 3xHxW float32, "mask": 1xHxW float32 in {0,1}, "roi": 1xHxW bool, "name": stem}.
 
 Orientation: files are read as stored, ignoring EXIF orientation tags, because
 masks are annotated on the stored pixel grid and almost never carry a tag;
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -468,3 +469,25 @@ def split_ids(stems: list[str], val_fraction: float, seed: int) -> tuple[list[st
     train, val = train_test_split(stems, test_size=val_fraction, random_state=seed)
     return sorted(train), sorted(val)
 
+
+# ---------------------------------------------------------------- writing a dataset folder
+
+def partial_folder(out: Path) -> Path:
+    """Empty sibling folder to build `out` in, so a failed run never leaves half a dataset."""
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("images", "masks"):
+        (tmp / sub).mkdir(parents=True)
+    return tmp
+
+
+def publish_folder(tmp: Path, out: Path) -> None:
+    """The finished partial folder becomes `out`, replacing what was there."""
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def write_raw(path: Path, array: np.ndarray, params=()) -> None:
+    """cv2.imwrite of a BGR or gray array, checked: OpenCV reports a full disk only by returning False."""
+    if not cv2.imwrite(str(path), array, list(params)):
+        raise DatasetError(f"could not write {path}")

@@ -234,7 +234,7 @@ def prepare_data(args, engine):
     Returns (training set, {dataset: validation set}, split, training images per dataset)."""
     data_dir = Path(args.data_dir)
     if "SYNTHETIC" in args.dataset and not (data_dir / "SYNTHETIC").exists() and engine.main:
-        from prepare_data import make_synthetic_dataset
+        from synthetic import make_synthetic_dataset
         print(f"generating the synthetic dataset in {data_dir / 'SYNTHETIC'}")
         make_synthetic_dataset(data_dir, "SYNTHETIC")
     if engine.world > 1:

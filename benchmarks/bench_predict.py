@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import build_model, count_parameters  # noqa: E402
-from prepare_data import synthetic_pair  # noqa: E402
+from synthetic import synthetic_pair  # noqa: E402
 from dataset import Intensity, preprocess  # noqa: E402
 from engine import make_engine  # noqa: E402
 from inference import predict_probability  # noqa: E402

@@ -125,7 +125,7 @@ def test_evaluate_scores_a_bundle_with_its_threshold(bundle, shipped, monkeypatc
 def test_evaluate_scores_a_bundle_on_the_users_own_dataset_under_inputs_without_data_dir(bundle, shipped,
                                                                                         monkeypatch):
     import evaluate
-    from prepare_data import make_synthetic_dataset
+    from synthetic import make_synthetic_dataset
     make_synthetic_dataset(bundle / "inputs", "MINE", count=5, size=(64, 64), seed=7)
     monkeypatch.chdir(bundle)
     monkeypatch.setattr(sys, "argv", ["evaluate.py", "--name", "tiny", "--test", "MINE", "--tolerance", "2",

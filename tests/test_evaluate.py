@@ -103,7 +103,7 @@ def test_tta_results_go_to_their_own_folder_and_keep_the_plain_ones(evaluated, t
 
 
 def test_an_ensemble_scores_the_mean_probability_of_its_members(evaluated, synthetic_root, tmp_path):
-    from prepare_data import make_synthetic_dataset
+    from synthetic import make_synthetic_dataset
     work = tmp_path / "copy"
     shutil.copytree(evaluated, work)
     make_synthetic_dataset(work / "inputs", "OTHER", count=3, size=(96, 128), seed=7)

@@ -19,7 +19,7 @@ import rundir
 import utils
 from engine import make_engine
 from models import build_model
-from prepare_data import synthetic_pair
+from synthetic import synthetic_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "image,width,height,threshold,crack_fraction,components,length_px,mean_width_px,max_width_px"

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import prepare_data
-from prepare_data import main, make_synthetic_dataset, synthetic_pair
+from prepare_data import main
+from synthetic import make_synthetic_dataset, synthetic_pair
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

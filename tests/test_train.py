@@ -292,7 +292,7 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
     from engine import make_engine
     from dataset import CrackDataset, Intensity, Sample
     from models import build_model
-    from prepare_data import synthetic_pair
+    from synthetic import synthetic_pair
     image, mask = synthetic_pair(np.random.default_rng(0), 64, 1100)
     cv2.imwrite(str(tmp_path / "i.png"), image)
     cv2.imwrite(str(tmp_path / "m.png"), mask)
@@ -346,7 +346,7 @@ def test_importing_the_dataset_module_leaves_opencv_threads_alone():
 
 def test_several_datasets_train_together_each_with_its_own_split_and_score(tmp_path, synthetic_root):
     from dataset import split_ids
-    from prepare_data import make_synthetic_dataset
+    from synthetic import make_synthetic_dataset
     data = tmp_path / "data"
     shutil.copytree(synthetic_root / "SYN", data / "SYN")
     make_synthetic_dataset(data, "SMALL", count=8, size=(64, 80), seed=3)     # another image size
