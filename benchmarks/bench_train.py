@@ -6,7 +6,7 @@
 Both arms run in this one process on the same model, batch and crop: the baseline mirrors
 the reference (fp32, NCHW); the project uses its defaults (precision "auto", and channels_last only
 under bf16/fp16 autocast: on a CPU without native bf16 both arms are fp32 NCHW, ratio ~1).
-Each arm times `train.train_step` several steps after warm-up and reports the median.
+Each arm times `training.train_step` several steps after warm-up and reports the median.
 Run it on an otherwise idle machine. The last line is `ratio: <N>` (training images/s,
 project / baseline).
 """
@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
-from train import train_step  # noqa: E402
+from training import TrainState, train_step  # noqa: E402
 from engine import Engine, make_engine  # noqa: E402
 from inference import forward_logits  # noqa: E402
 
@@ -69,7 +69,8 @@ def measure(engine: Engine, args) -> dict:
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(engine.device)
     model.train()
-    step = timed(lambda: train_step(model, images, masks, optimizer, scaler, engine, "BCEDiceLoss"),
+    state = TrainState(model, optimizer, scaler)
+    step = timed(lambda: train_step(state, images, masks, engine, "BCEDiceLoss"),
                  engine, args.warmup, args.steps)
     model.eval()
     image = torch.rand(1, 3, args.infer_size, args.infer_size)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, EpochSampler, Intensity, Sample, photo_transform,
                      preprocess, read_image, read_mask, scan_dataset, split_ids, train_transform)
 from synthetic import synthetic_pair
-from train import seed_worker
+from training import seed_worker
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CRACK = np.zeros((6, 8), bool)

@@ -74,10 +74,10 @@ def test_a_small_model_learns_the_synthetic_cracks(tmp_path, synthetic_root):
 
 
 def test_weight_average_ramps_its_decay_and_copies_integer_buffers():
-    import train
+    import training
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
-    average = train.WeightAverage(model, decay=0.5)
+    average = training.WeightAverage(model, decay=0.5)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     expected = {k: v.clone() for k, v in start.items() if v.is_floating_point()}
     for n in range(1, 4):
@@ -131,14 +131,14 @@ def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_r
 # ---------------------------------------------------------------- schedule, resume, overwrite (review findings)
 
 def test_progress_is_the_larger_of_steps_and_budget_and_the_cosine_ends_at_min_lr():
-    import train
-    assert train.planned_fraction(10, 0.0, 100, None) == 0.1
-    assert train.planned_fraction(10, 30.0, 100, 1.0) == 0.5           # half of one minute spent
-    assert train.planned_fraction(90, 30.0, 100, 1.0) == 0.9
-    assert train.planned_fraction(10, 90.0, 100, 1.0) == 1.0           # capped
-    assert train.cosine_lr(0.0, 1e-3, 1e-6) == 1e-3
-    assert train.cosine_lr(1.0, 1e-3, 1e-6) == pytest.approx(1e-6)
-    assert train.cosine_lr(0.5, 1e-3, 0.0) == pytest.approx(5e-4)
+    import training
+    assert training.planned_fraction(10, 0.0, 100, None) == 0.1
+    assert training.planned_fraction(10, 30.0, 100, 1.0) == 0.5           # half of one minute spent
+    assert training.planned_fraction(90, 30.0, 100, 1.0) == 0.9
+    assert training.planned_fraction(10, 90.0, 100, 1.0) == 1.0           # capped
+    assert training.cosine_lr(0.0, 1e-3, 1e-6) == 1e-3
+    assert training.cosine_lr(1.0, 1e-3, 1e-6) == pytest.approx(1e-6)
+    assert training.cosine_lr(0.5, 1e-3, 0.0) == pytest.approx(5e-4)
 
 
 def test_a_budgeted_cosine_run_stops_on_time_and_ends_annealed(tmp_path, synthetic_root):
@@ -227,6 +227,27 @@ def test_the_finetune_preset_sets_the_measured_defaults_and_typed_flags_still_wi
     assert args.camera_aug == list(CAMERA_PARTS) and args.photometric and args.lr == 1e-4
 
 
+def test_the_recipe_preset_is_the_recipe_flags_and_no_preset_keeps_the_reference():
+    import train
+    import training
+    from dataset import CAMERA_PARTS
+    flags = [*training.RECIPE_BASE, *training.RECIPE_CAMERA, *training.RECIPE_NETWORK]
+    assert vars(train.get_args(["--preset", "recipe"])) == {**vars(train.get_args(flags)), "preset": "recipe"}
+    recipe = train.get_args(["--preset", "recipe"])
+    assert (recipe.crop, recipe.lr, recipe.base_width, recipe.camera_aug) == (256, 1e-3, 4, list(CAMERA_PARTS))
+    reference = train.get_args([])
+    assert (reference.crop, reference.batch_size, reference.lr, reference.scheduler, reference.epochs) == \
+        (512, 4, 1e-2, "ReduceLROnPlateau", 100)
+    assert (reference.base_width, reference.camera_aug, reference.photometric, reference.cache) == \
+        (32, None, False, False)
+
+
+def test_every_training_option_says_what_it_does():
+    import train
+    silent = [a.option_strings[0] for a in train.get_args_parser()._actions if a.option_strings and not a.help]
+    assert not silent, silent
+
+
 def test_overwrite_removes_the_old_run_whole_first(tmp_path, synthetic_root):
     run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "r", cwd=tmp_path)
     for folder in ("eval/SYN", "predictions/sub"):   # what evaluate.py and predict.py leave in a run
@@ -287,10 +308,10 @@ def test_val_split_zero_trains_on_every_image_and_saves_the_last_epoch_as_best(t
 
 def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp_path):
     """Training's validation, evaluate.py and predict.py share predict_probability (tiles over 1024 px)."""
-    import train
     import inference
-    from engine import make_engine
+    import training
     from dataset import CrackDataset, Intensity, Sample
+    from engine import make_engine
     from models import build_model
     from synthetic import synthetic_pair
     image, mask = synthetic_pair(np.random.default_rng(0), 64, 1100)
@@ -307,7 +328,7 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
     model.eval()
     engine = make_engine("cpu", "fp32", False)
     args = argparse.Namespace(loss="BCEDiceLoss", panels_every=1000)
-    row, curves = train.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
+    row, curves = training.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
     x, truth = val_set[0]["image"][None], val_set[0]["mask"][None]
     folded = inference.for_inference(copy.deepcopy(model), engine)   # what evaluate.py and predict.py load
     tiled = inference.predict_probability(folded, x, engine)
