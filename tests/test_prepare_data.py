@@ -1,4 +1,4 @@
-"""prepare_data.py: the synthetic generator and the importer on miniature archives of each layout."""
+"""prepare_data.py and synthetic.py: the synthetic generator and the importer on miniature archives of each layout."""
 import hashlib
 from pathlib import Path
 
