@@ -1,5 +1,5 @@
 """The single-source real-data experiments: train on DEEPCRACK_TRAIN with a wall-clock budget,
-score DEEPCRACK_TEST and CFD, one line per finished experiment in benchmarks/accuracy.jsonl.
+score DEEPCRACK_TEST and CFD, one line per finished experiment in benchmarks/results/accuracy.jsonl.
 
     python benchmarks/accuracy.py --list                        # every experiment's exact commands
     python benchmarks/accuracy.py --only unet unet_seed1        # run (skips what accuracy.jsonl has)
@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runner import MODELS, ROOT, add_common_args, cell, read_record, run_all, training_summary, eval_results  # noqa: E402
+from runner import (MODELS, RESULTS, ROOT, add_common_args, cell, eval_results, read_record, run_all,  # noqa: E402
+                    training_summary)
 
 SOURCE, TESTS = "DEEPCRACK_TRAIN", ["DEEPCRACK_TEST", "CFD"]
 RECIPE = ["--crop", "256", "--batch-size", "4", "--lr", "1e-3", "--scheduler", "CosineAnnealingLR",
@@ -51,7 +52,7 @@ PREFIX = "dc_"
 
 def get_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, ROOT / "benchmarks" / "accuracy.jsonl", [*EXPERIMENTS, *ENSEMBLES])
+    add_common_args(p, RESULTS / "accuracy.jsonl", [*EXPERIMENTS, *ENSEMBLES])
     p.add_argument("--figures", nargs="+", metavar="STEM",
                    help="shrink the main run's DEEPCRACK_TEST panels (evaluate.py --save-images) into docs/")
     return p.parse_args()

@@ -11,6 +11,8 @@ Run it on an otherwise idle machine. The last line is `ratio: <N>` (training ima
 project / baseline).
 """
 import argparse
+import json
+import os
 import resource
 import statistics
 import sys
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
 from training import TrainState, train_step  # noqa: E402
-from engine import Engine, make_engine  # noqa: E402
+from engine import Engine, cpu_has_native_bf16, make_engine  # noqa: E402
 from inference import forward_logits  # noqa: E402
 
 
@@ -36,6 +38,8 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--infer-size", type=int, default=512)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--record", action="store_true", help="append the result to benchmarks/results/bench_train.jsonl")
+    p.add_argument("--table-only", action="store_true", help="print the speed table from that record and exit")
     return p.parse_args()
 
 
@@ -87,23 +91,57 @@ def project_engine(device: str) -> Engine:
     return make_engine(device, "auto")
 
 
+RECORD = Path(__file__).resolve().parent / "results" / "bench_train.jsonl"
+
+
+def machine_label(engine: Engine) -> str:
+    """The kind of machine a result belongs to, as the speed table groups them."""
+    if engine.device.type == "cuda":
+        return torch.cuda.get_device_name(engine.device)
+    kind = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{os.cpu_count()}-core CPU, {kind} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def render_table(record: Path) -> str:
+    """One row per recorded machine and setting: which rule it gets, and the two arms' speeds."""
+    rows = ["| machine | torch | setting | crackseg's default (the rule) | baseline train img/s "
+            "| crackseg train img/s | ratio | inference img/s (baseline / crackseg) |", "|---" * 8 + "|"]
+    for line in map(json.loads, record.read_text().splitlines()):
+        rows.append(f"| {line['machine']} | {line['torch']} | {line['setting']} | {line['project']} | "
+                    f"{line['baseline_train_img_s']:.3g} | {line['project_train_img_s']:.3g} | {line['ratio']:.2f} | "
+                    f"{line['baseline_infer_img_s']:.3g} / {line['project_infer_img_s']:.3g} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     args = get_args()
+    if args.table_only:
+        return print(render_table(RECORD))
     project = project_engine(args.device)
     baseline = Engine(project.device, None, channels_last=False)
     print(f"{args.arch}, batch {args.batch_size}, {args.crop}x{args.crop} crops, inference {args.infer_size}^2, "
           f"{project.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = {}
-    for label, engine in (("baseline fp32 NCHW", baseline),
-                          (f"project {str(project.dtype or 'fp32').replace('torch.', '')} "
-                           f"{'channels_last' if project.channels_last else 'NCHW'}", project)):
+    arms = (("baseline fp32 NCHW", baseline), (f"project {project.describe().split(' ', 1)[1]}", project))
+    for label, engine in arms:
         results[label] = r = measure(engine, args)
         peak_kind = "peak GPU memory" if engine.device.type == "cuda" else "process peak RSS so far"
         print(f"{label:<32} train {r['train_images_per_s']:7.2f} img/s ({r['step_s']:.3f} s/step)   "
               f"inference {r['infer_images_per_s']:7.2f} img/s   {peak_kind} {r['peak_mib']:.0f} MiB")
     base, proj = results.values()
+    ratio = proj["train_images_per_s"] / base["train_images_per_s"]
     print(f"inference ratio: {proj['infer_images_per_s'] / base['infer_images_per_s']:.2f}")
-    print(f"ratio: {proj['train_images_per_s'] / base['train_images_per_s']:.2f}")
+    print(f"ratio: {ratio:.2f}")
+    if args.record:
+        line = {"experiment": f"{machine_label(project)} b{args.batch_size} {args.crop}",
+                "machine": machine_label(project), "torch": torch.__version__.split("+")[0],
+                "setting": f"{args.arch}, batch {args.batch_size}, {args.crop}^2", "baseline": "fp32 NCHW",
+                "project": project.describe().split(" ", 1)[1], "ratio": ratio, "steps": args.steps,
+                "baseline_train_img_s": base["train_images_per_s"], "project_train_img_s": proj["train_images_per_s"],
+                "baseline_infer_img_s": base["infer_images_per_s"], "project_infer_img_s": proj["infer_images_per_s"],
+                "date": time.strftime("%Y-%m-%d")}
+        with open(RECORD, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
     python benchmarks/general_model.py --table-only  # the README's table, with the leave-one-out estimates
 
 The model trains on the training data of all four sources (DEEPCRACK_TEST stays a test set) with the
-multi-source recipe of benchmarks/generalization.py and the network benchmarks/architecture.py chose.
+multi-source recipe and the network benchmarks/studies/architecture.py chose (runner.RECIPE, runner.SHIPPED).
 Then: the run scored (fp32 weights), the export (half-precision weights, sha256), the bundle scored
 as users get it (`evaluate.py --name crackseg-general`, the engine's default precision), the largest
 probability change the half-precision weights make on DEEPCRACK_TEST, and predict.py's speed on a
@@ -21,16 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import architecture  # noqa: E402
-import generalization  # noqa: E402
-from runner import MODELS, ROOT, add_common_args, read_record, run_all, score, training_summary  # noqa: E402
+from runner import (BUNDLE_MINUTES, CAMERA, MINUTES, MODELS, RECIPE, REFERENCE, RESULTS, ROOT, SHIPPED,  # noqa: E402
+                    TEST, TRAIN, add_common_args, arch_experiment, long_parent_name, network_args, read_record,
+                    run_all, score, training_summary, two_px)
 
 sys.path.insert(0, str(ROOT))
 
 RUN = "gen_general"
 BUNDLE = "crackseg-general"
-MINUTES = 120
-NETWORK = architecture.network_args(architecture.SHIPPED)
+NETWORK = network_args(SHIPPED)
 TESTS = ["DEEPCRACK_TEST", "CFD", "CRACKMAP", "MASONRY"]   # CFD, CRACKMAP, MASONRY: their validation splits
 HALF_JSON = MODELS / BUNDLE / "half_precision.json"
 SPEED_JSON = MODELS / BUNDLE / "speed.json"
@@ -38,8 +37,8 @@ SPEED_JSON = MODELS / BUNDLE / "speed.json"
 
 def commands(args) -> list[list[str]]:
     py, data = sys.executable, ["--data-dir", args.data_dir]
-    train = [py, "train.py", "--dataset", *generalization.TRAIN.values(), *data, "--name", RUN, "--overwrite",
-             "--max-minutes", str(MINUTES), *generalization.RECIPE, *generalization.CAMERA, *NETWORK]
+    train = [py, "train.py", "--dataset", *TRAIN.values(), *data, "--name", RUN, "--overwrite",
+             "--max-minutes", str(BUNDLE_MINUTES), *RECIPE, *CAMERA, *NETWORK]
     score = [py, "evaluate.py", "--test", *TESTS, *data, "--tolerance", "0", "2"]
     return [train, [*score[:2], "--name", RUN, *score[2:]],
             [py, "benchmarks/general_model.py", "--export", *(["--replace"] if args.replace else [])],
@@ -164,31 +163,30 @@ GPL-3.0-compatible terms."""
 
 def shipped_lodo_lines() -> dict[str, dict | None]:
     """Per source, the jsonl line of the shipped network's leave-one-out run without it (None: not run)."""
-    if architecture.SHIPPED == architecture.REFERENCE:
+    if SHIPPED == REFERENCE:
         record, name = "generalization.jsonl", lambda source: f"lodo_{source}"
     else:
-        record, name = "architecture.jsonl", lambda source: architecture.experiment_name(architecture.SHIPPED, source)
-    done = read_record(ROOT / "benchmarks" / record)
-    return {source: done.get(name(source)) for source in generalization.TEST}
+        record, name = "architecture.jsonl", lambda source: arch_experiment(SHIPPED, source)
+    done = read_record(RESULTS / record)
+    return {source: done.get(name(source)) for source in TEST}
 
 
 def long_lodo_lines() -> dict[str, dict | None]:
-    """Per source, the jsonl line of the same leave-one-out run trained for the bundle's MINUTES."""
-    import finetune   # it imports this module for MINUTES: load it only here
-    done = read_record(ROOT / "benchmarks" / "finetune.jsonl")
-    return {source: done.get(finetune.long_parent_name(source)) for source in generalization.TEST}
+    """Per source, the jsonl line of the same leave-one-out run trained for the bundle's minutes."""
+    done = read_record(RESULTS / "finetune.jsonl")
+    return {source: done.get(long_parent_name(source)) for source in TEST}
 
 
 def unseen_photo_rows(long: dict[str, dict | None], short: dict[str, dict | None]) -> list[str]:
     """The card's estimate for unseen photos: per held-out source, 2 px ODS F and F at the run's
-    threshold of the leave-one-out run at the bundle's budget and at generalization.MINUTES."""
-    budgets = [MINUTES, generalization.MINUTES]
+    threshold of the leave-one-out run at the bundle's budget and at the comparison's MINUTES."""
+    budgets = [BUNDLE_MINUTES, MINUTES]
     rows = ["| held-out source | " + " | ".join(f"2 px: ODS F, {m} min | 2 px: F at t, {m} min" for m in budgets)
             + " |", "|---|" + "---|---|" * len(budgets)]
-    for source, test in generalization.TEST.items():
+    for source, test in TEST.items():
         cells = []
         for line in (long.get(source), short.get(source)):
-            held = architecture.two_px(line)
+            held = two_px(line)
             cells += [f"{v:.3f}" for v in held] if held else ["not run", "not run"]
         rows.append(f"| {test} | " + " | ".join(cells) + " |")
     return rows
@@ -244,9 +242,9 @@ this table (bf16 autocast on a CPU with native bf16, as evaluate.py chooses; fp3
 The validation splits of CFD, CRACKMAP and MASONRY chose the best epoch and the threshold, so their
 numbers are optimistic. For photos from a camera, surface or annotator it never saw, expect what the
 same network and recipe score on a source left out of their training: trained for the bundle's
-{MINUTES} minutes (benchmarks/finetune.py, `parent_long_S`: the fine-tuning parents) and for
-{generalization.MINUTES} (benchmarks/architecture.py). t is each run's own threshold. DEEPCRACK is no
-fine-tuning source, so its {MINUTES}-minute run was not trained.
+{BUNDLE_MINUTES} minutes (benchmarks/studies/finetune.py, `parent_long_S`: the fine-tuning parents) and for
+{MINUTES} (benchmarks/studies/architecture.py). t is each run's own threshold. DEEPCRACK is no
+fine-tuning source, so its {BUNDLE_MINUTES}-minute run was not trained.
 
 {chr(10).join(lodo)}
 
@@ -288,10 +286,10 @@ def render_table(record: Path) -> str:
     if line:
         m = line["bundle_metrics"]["DEEPCRACK_TEST"]
         rows.append(f"| DEEPCRACK_TEST ({m['images']} images, never trained on) | " + " | ".join(score_pairs(m)) + " |")
-    for minutes, held_out in ((generalization.MINUTES, shipped_lodo_lines()), (MINUTES, long_lodo_lines())):
-        for source, test in generalization.TEST.items():
+    for minutes, held_out in ((MINUTES, shipped_lodo_lines()), (BUNDLE_MINUTES, long_lodo_lines())):
+        for source, test in TEST.items():
             if held_out[source]:
-                rows.append(f"| held-out {test}: trained without {generalization.TRAIN[source]}, {minutes} min | "
+                rows.append(f"| held-out {test}: trained without {TRAIN[source]}, {minutes} min | "
                             + " | ".join(score_pairs(held_out[source]["metrics"][test])) + " |")
     return "\n".join(rows)
 
@@ -300,7 +298,7 @@ def summarize(_name: str, data_dir: str) -> dict:
     def scores(run):
         return {p.parent.name: json.loads(p.read_text())
                 for p in sorted((MODELS / run / "eval").glob("*/metrics.json"))}
-    return {"trained_on": list(generalization.TRAIN.values()), "budget_minutes": MINUTES,
+    return {"trained_on": list(TRAIN.values()), "budget_minutes": BUNDLE_MINUTES,
             "data_dir": str(Path(data_dir).resolve()),
             "training": training_summary(RUN), "run_metrics": scores(RUN), "bundle_metrics": scores(BUNDLE),
             "half_precision": json.loads(HALF_JSON.read_text()), "speed": json.loads(SPEED_JSON.read_text()),
@@ -309,7 +307,7 @@ def summarize(_name: str, data_dir: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, ROOT / "benchmarks" / "general_model.jsonl", ["general"])
+    add_common_args(p, RESULTS / "general_model.jsonl", ["general"])
     p.add_argument("--replace", action="store_true", help="replace an existing bundle (see above for when)")
     p.add_argument("--export", action="store_true", help="only export the finished run to pretrained/")
     p.add_argument("--half-precision", action="store_true", help="only measure the half-precision change")

@@ -1,5 +1,6 @@
 """Cracks the model has never seen: leave-one-dataset-out training and scoring, one line per finished
-experiment in benchmarks/generalization.jsonl (committed at once), the README table from that file.
+experiment in benchmarks/results/generalization.jsonl (with --commit, committed at once), the
+tables of docs/generalisation.md from that file.
 
     python benchmarks/generalization.py --list                   # every experiment's exact commands
     python benchmarks/generalization.py --only base_dc lodo_CFD  # run (skips what the jsonl has)
@@ -18,15 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runner import ROOT, add_common_args, cell, eval_results, read_record, run_all, score, training_summary  # noqa: E402
+from runner import (ABLATION_MINUTES, ABLATION_SOURCES, CAMERA, MINUTES, RESULTS, TEST, TRAIN, add_common_args,  # noqa: E402
+                    cell, experiment, lodo_commands, lodo_summary, others, read_record, run_all, score)
 
-TRAIN = {"DEEPCRACK": "DEEPCRACK_TRAIN", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "MASONRY": "MASONRY"}
-TEST = {"DEEPCRACK": "DEEPCRACK_TEST", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "MASONRY": "MASONRY"}
-RECIPE = ["--crop", "256", "--batch-size", "4", "--lr", "1e-3", "--scheduler", "CosineAnnealingLR",
-          "--photometric", "--scale-aug", "--cache", "--epochs", "1000"]
-MINUTES, ABLATION_MINUTES = 25, 12
-CAMERA = ["--camera-aug"]   # every part: in the camera_* arms each group paid or stayed within the seed spread
-ABLATION_SOURCES = ["CRACKMAP", "MASONRY"]
 ABLATION_ARMS = {   # name -> extra train.py arguments, relative to the multi-source recipe
     "nocam": [],
     "allcam": ["--camera-aug"],
@@ -37,14 +32,6 @@ ABLATION_ARMS = {   # name -> extra train.py arguments, relative to the multi-so
     "no_degrade": ["--camera-aug", "colour", "gamma", "light", "scale"],             # without blur, noise, jpeg, res.
     "no_scale": ["--camera-aug", "colour", "gamma", "light", "blur", "noise", "jpeg", "resolution"],
 }
-
-
-def others(source: str) -> list[str]:
-    return [TRAIN[s] for s in TRAIN if s != source]
-
-
-def experiment(train_sets: list[str], tests: list[str], extra: list[str], minutes: int) -> dict:
-    return {"train": train_sets, "tests": tests, "extra": extra, "minutes": minutes}
 
 
 def experiments() -> dict[str, dict]:
@@ -69,20 +56,12 @@ EXPERIMENTS = experiments()
 PREFIX = "gen_"
 
 
-def commands(name: str, args, e: dict | None = None, run: str | None = None) -> list[list[str]]:
-    """train.py then evaluate.py of an experiment (another script's experiment `e`, run name `run`)."""
-    e, run = e or EXPERIMENTS[name], run or PREFIX + name
-    train = [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", run,
-             "--overwrite", "--max-minutes", str(e["minutes"]), *RECIPE, *e["extra"]]
-    evaluate = [sys.executable, "evaluate.py", "--name", run, "--test", *e["tests"], "--data-dir", args.data_dir,
-                "--tolerance", "0", "2"]
-    return [train, evaluate]
+def commands(name: str, args) -> list[list[str]]:
+    return lodo_commands(args, EXPERIMENTS[name], PREFIX + name)
 
 
-def summarize(name: str, e: dict | None = None, run: str | None = None) -> dict:
-    e, run = e or EXPERIMENTS[name], run or PREFIX + name
-    return {"trained_on": e["train"], "budget_minutes": e["minutes"], "extra": e["extra"],
-            "training": training_summary(run), "metrics": eval_results(run)}
+def summarize(name: str) -> dict:
+    return lodo_summary(EXPERIMENTS[name], PREFIX + name)
 
 
 def gap(metrics: dict | None) -> str:
@@ -210,7 +189,7 @@ def render_table(record: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, ROOT / "benchmarks" / "generalization.jsonl", list(EXPERIMENTS))
+    add_common_args(p, RESULTS / "generalization.jsonl", list(EXPERIMENTS))
     args = p.parse_args()
     if not args.table_only:
         run_all({name: commands(name, args) for name in EXPERIMENTS}, args, summarize)

@@ -1,4 +1,6 @@
-"""What the experiment scripts (accuracy.py, generalization.py) share.
+"""What every experiment script shares: running, recording and rendering, and the definitions that
+several of them use (sources, the recipe, budgets, run names), written once here so that no script
+imports another.
 
 An experiment is a list of commands (train.py, then evaluate.py) run from the repository root
 exactly as a user runs them. When all of its commands have finished, ONE line goes to a
@@ -20,6 +22,86 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
+RESULTS = ROOT / "benchmarks" / "results"   # every experiment's jsonl record
+DATA_DIR = "../shared/data"                  # where the labelled sources live on the development machines
+
+# ---------------------------------------------------------------- shared definitions
+
+# The four labelled sources: what a run trains on, and what it is scored on when the source is held out.
+TRAIN = {"DEEPCRACK": "DEEPCRACK_TRAIN", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "MASONRY": "MASONRY"}
+TEST = {"DEEPCRACK": "DEEPCRACK_TEST", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "MASONRY": "MASONRY"}
+MINUTES, ABLATION_MINUTES, BUNDLE_MINUTES = 25, 12, 120   # leave-one-out runs, 12-minute arms, the bundle
+ABLATION_SOURCES = ["CRACKMAP", "MASONRY"]                # held out by the 12-minute arms
+
+
+def recipe_parts() -> tuple[list[str], list[str], list[str]]:
+    """train.py's `--preset recipe` as the flags the experiments vary separately: the optimisation and
+    augmentation recipe, the camera augmentation, and the shipped network (training.py defines them)."""
+    sys.path.insert(0, str(ROOT))
+    from training import RECIPE_BASE, RECIPE_CAMERA, RECIPE_NETWORK
+    return list(RECIPE_BASE), list(RECIPE_CAMERA), list(RECIPE_NETWORK)
+
+
+RECIPE, CAMERA, SHIPPED_NETWORK = recipe_parts()
+SHIPPED = "UNet:" + SHIPPED_NETWORK[-1]   # the bundle's network, as architecture.py names its candidates
+REFERENCE = "UNet:32"                     # the width-32 UNet of generalization.py's lodo_S runs
+
+
+def others(source: str) -> list[str]:
+    """The training sets of a leave-one-out run without `source`."""
+    return [TRAIN[s] for s in TRAIN if s != source]
+
+
+def experiment(train_sets: list[str], tests: list[str], extra: list[str], minutes: int) -> dict:
+    return {"train": train_sets, "tests": tests, "extra": extra, "minutes": minutes}
+
+
+def lodo(source: str, extra: list[str], minutes: int = MINUTES) -> dict:
+    """Trained on the three other sources with the recipe plus `extra`, scored on all of `source`."""
+    return experiment(others(source), [TEST[source]], extra, minutes)
+
+
+def network_args(candidate: str) -> list[str]:
+    """train.py options of a network named ARCH:WIDTH beyond the recipe (none for the reference)."""
+    return [] if candidate == REFERENCE else ["--base-width", candidate.split(":")[1]]
+
+
+def shipped_lodo(source: str, minutes: int = MINUTES) -> dict:
+    """The shipped network's leave-one-out experiment without `source` (architecture.py's, by default)."""
+    return lodo(source, CAMERA + network_args(SHIPPED), minutes)
+
+
+def arch_experiment(candidate: str, source: str) -> str:
+    """architecture.py's experiment name of a candidate held out from `source`."""
+    arch, width = candidate.split(":")
+    return f"{arch.lower()}_w{width}_{source}"
+
+
+def lodo_run(candidate: str, source: str) -> str:
+    """The run of `candidate` trained without `source`: generalization.py's own for the reference network,
+    architecture.py's otherwise."""
+    if candidate == REFERENCE:
+        return f"gen_lodo_{source}"
+    return "arch_" + arch_experiment(candidate, source)
+
+
+def long_parent_name(source: str) -> str:
+    """finetune.py's experiment: the shipped network without `source`, trained for the bundle's budget."""
+    return f"parent_long_{source}"
+
+
+def lodo_commands(args, e: dict, run: str) -> list[list[str]]:
+    """train.py then evaluate.py of a train/test experiment `e`, as run `run`."""
+    train = [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", run,
+             "--overwrite", "--max-minutes", str(e["minutes"]), *RECIPE, *e["extra"]]
+    evaluate = [sys.executable, "evaluate.py", "--name", run, "--test", *e["tests"], "--data-dir", args.data_dir,
+                "--tolerance", "0", "2"]
+    return [train, evaluate]
+
+
+def lodo_summary(e: dict, run: str) -> dict:
+    return {"trained_on": e["train"], "budget_minutes": e["minutes"], "extra": e["extra"],
+            "training": training_summary(run), "metrics": eval_results(run)}
 
 
 def add_common_args(p: argparse.ArgumentParser, record: Path, choices: list[str]) -> None:
@@ -28,7 +110,7 @@ def add_common_args(p: argparse.ArgumentParser, record: Path, choices: list[str]
     p.add_argument("--table-only", action="store_true", help="render the table from --record and exit")
     p.add_argument("--rerun", action="store_true", help="run experiments even if --record has them")
     p.add_argument("--record", type=Path, default=record, help="the jsonl file of finished experiments")
-    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--commit", action="store_true",
                    help="git-commit --record after each finished experiment (the recording commands pass it)")
 
@@ -141,3 +223,17 @@ def cell(metrics: dict | None, tolerance: int, threshold: bool = False, at_run: 
         run = r.get("at_run_threshold")
         text += f" / {run['f1']:.3f}" if run else " / -"
     return text
+
+
+def two_px(line: dict | None) -> tuple[float, float] | None:
+    """(ODS F, F at the run's threshold) at 2 px of a line's one held-out source."""
+    if not line:
+        return None
+    r = score(next(iter(line["metrics"].values())), 2)
+    return r["ods"]["f1"], r["at_run_threshold"]["f1"]
+
+
+def parameters(arch: str, width: int) -> int:
+    sys.path.insert(0, str(ROOT))
+    from models import build_model, count_parameters
+    return count_parameters(build_model(arch, base_width=width))

@@ -56,7 +56,8 @@ def run_layout(work: Path, data_root: Path) -> dict:
     python(ROOT / "train.py", *common, cwd=work)
     python(ROOT / "evaluate.py", "--name", "snap", "--test", "SYN", "--tolerance", "0", "2", "--save-images", cwd=work)
     run_dir = work / "models" / "snap"
-    files = sorted(re.sub(r"^eval/SYN/[^/]*?_(prob\.png|panel\.jpg)$", r"eval/SYN/<stem>_\1", str(p.relative_to(run_dir)))
+    stem_free = r"^eval/SYN/[^/]*?_(prob\.png|panel\.jpg)$"   # one name per kind of file, whatever the stems
+    files = sorted(re.sub(stem_free, r"eval/SYN/<stem>_\1", str(p.relative_to(run_dir)))
                    for p in run_dir.rglob("*") if p.is_file())
     return {"files": sorted(set(files)),
             "config_keys": key_paths(json.loads((run_dir / "config.json").read_text())),

@@ -6,6 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "studies"))
 
 import finetune  # noqa: E402
 
@@ -206,12 +207,12 @@ def test_model_card_estimates_unseen_photos_at_both_budgets_and_says_which_runs_
     import general_model
     long = {"CFD": generalization_line("parent_long_CFD", {"CFD": {0: (.5, .5), 2: (.804, .784)}})[1]}
     short = {source: generalization_line(f"unet_w4_{source}", {test: {2: (.7, .6)}})[1]
-             for source, test in general_model.generalization.TEST.items()}
+             for source, test in general_model.TEST.items()}
     rows = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")[1:]]
             for row in general_model.unseen_photo_rows(long, short)[2:]}
     assert rows["CFD"] == ["0.804", "0.784", "0.700", "0.600"]             # the 2 px scores, longer run first
     assert rows["MASONRY"] == ["not run", "not run", "0.700", "0.600"]
-    assert set(rows) == set(general_model.generalization.TEST.values())
+    assert set(rows) == set(general_model.TEST.values())
 
 
 def test_bundle_table_scores_the_bundle_then_each_trained_leave_one_out_run(tmp_path, monkeypatch):
@@ -223,7 +224,7 @@ def test_bundle_table_scores_the_bundle_then_each_trained_leave_one_out_run(tmp_
     record = tmp_path / "general_model.jsonl"
     record.write_text(json.dumps({"experiment": "general", "bundle_metrics": bundle}) + "\n")
     short = {s: generalization_line("a", {t: {0: (.5, .4), 2: (.7, .6)}})[1]
-             for s, t in general_model.generalization.TEST.items()}
+             for s, t in general_model.TEST.items()}
     long = {s: None for s in short} | {"CFD": generalization_line("b", {"CFD": {0: (.6, .5), 2: (.8, .79)}})[1]}
     monkeypatch.setattr(general_model, "shipped_lodo_lines", lambda: short)
     monkeypatch.setattr(general_model, "long_lodo_lines", lambda: long)

@@ -2,7 +2,7 @@
 run's stored threshold, on a source the run never saw (2 px F).
 
     python evaluate.py --name gen_lodo_CRACKMAP --test CRACKMAP --data-dir ../shared/data --tolerance 2 --save-images
-    python benchmarks/folder_thresholds.py --name gen_lodo_CRACKMAP --test CRACKMAP --data-dir ../shared/data
+    python benchmarks/studies/folder_thresholds.py --name gen_lodo_CRACKMAP --test CRACKMAP --data-dir ../shared/data
 
 It reads the 8-bit maps evaluate.py --save-images wrote (models/RUN/eval/DATASET/<stem>_prob.png).
 Every rule but the oracle sees the maps only, never a label. "folder top q" assumes the share of
@@ -20,12 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import metrics  # noqa: E402
 from dataset import DatasetError, read_mask, scan_dataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LABELLED_DRAWS = 20
 LEVELS = np.arange(256) / 255
 # logit of each 8-bit level; 0 and 255 clipped half a step inside so both stay finite
@@ -102,42 +102,103 @@ def marked_share(tiles: list[np.ndarray], indices: list[int]) -> float:
     return marked / sum(t.size for t in tiles)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True)
-    p.add_argument("--test", required=True)
-    p.add_argument("--data-dir", default="../shared/data")
-    args = p.parse_args()
-    maps_dir = ROOT / "models" / args.name / "eval" / args.test
+RECORD = ROOT / "benchmarks" / "results" / "folder_thresholds.jsonl"
+SOURCES = {"DEEPCRACK": "DEEPCRACK_TEST", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "MASONRY": "MASONRY"}
+RULE_LABELS = {"stored threshold": "the stored threshold (today)", "fixed 0.5": "a fixed 0.5",
+               "image half its max": "half of each image's largest probability",
+               "folder Otsu on logits": "Otsu's split of the folder's logits",
+               "image Otsu on logits": "Otsu's split of each image's logits",
+               "folder top 4% (a prior)": "the folder's top 4 % of pixels (needs the crack share)",
+               "folder top 2% (a prior)": "the folder's top 2 % of pixels"}
+
+
+def measure_run(name: str, test: str, data_dir: str) -> dict:
+    """Every rule and every number of labelled photos on one run's saved maps of one test set."""
+    maps_dir = ROOT / "models" / name / "eval" / test
     try:
-        samples = scan_dataset(Path(args.data_dir), args.test)[0]
+        samples = scan_dataset(Path(data_dir), test)[0]
     except DatasetError as err:
         sys.exit(f"error: {err}")
     paths = [maps_dir / f"{s.stem}_prob.png" for s in samples]
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        sys.exit(f"no map {missing[0]} ({len(missing)} missing): run evaluate.py --name {args.name} "
-                 f"--test {args.test} --tolerance 2 --save-images first")
+        sys.exit(f"no map {missing[0]} ({len(missing)} missing): run evaluate.py --name {name} "
+                 f"--test {test} --tolerance 2 --save-images first")
     maps = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in paths]
     masks = [read_mask(s.mask) for s in samples]
     counts = np.stack([metrics.image_counts(m, g, tolerance=2) for m, g in zip(maps, masks, strict=True)])
-    stored = json.loads((ROOT / "models" / args.name / "config.json").read_text())["threshold"]
+    stored = json.loads((ROOT / "models" / name / "config.json").read_text())["threshold"]
     ods = float(metrics.f1_curve(counts).max())
-    print(f"{args.name} on {args.test}, {len(maps)} images, 2 px; ODS F {ods:.3f} (best threshold, needs labels)")
     tiles = crack_free_tiles(maps, masks)
     on_tiles = rules(tiles, stored) if tiles else {}
-    print(f"| rule | median threshold | F | ODS F - F | crack-free 64 px tiles ({len(tiles)}): pixels marked |")
-    print("|---|---|---|---|---|")
-    for name, indices in rules(maps, stored).items():
+    found = {}
+    for rule, indices in rules(maps, stored).items():
         f = f1_at(counts, indices)
-        false = f"{marked_share(tiles, on_tiles[name]):.2%}" if tiles else "-"
-        print(f"| {name} | {np.median(metrics.DEFAULT_THRESHOLDS[indices]):.2f} | {f:.3f} | {ods - f:.3f} | {false} |")
-    print("\n| labelled photos | draws | median threshold | mean loss (the other photos' ODS F - F) | worst loss |")
-    print("|---|---|---|---|---|")
+        found[rule] = {"threshold": float(np.median(metrics.DEFAULT_THRESHOLDS[indices])), "f1": f, "loss": ods - f,
+                       "crack_free_marked_pct": 100 * marked_share(tiles, on_tiles[rule]) if tiles else None}
+    labelled = {}
     for k in (1, 5, 20):
         if k < len(counts):
             chosen, losses = labelled_threshold_losses(counts, k, draws=LABELLED_DRAWS)
-            print(f"| {k} | {LABELLED_DRAWS} | {np.median(chosen):.2f} | {losses.mean():.3f} | {losses.max():.3f} |")
+            labelled[str(k)] = {"draws": LABELLED_DRAWS, "threshold": float(np.median(chosen)),
+                                "mean_loss": float(losses.mean()), "worst_loss": float(losses.max())}
+    return {"experiment": f"folder_{name}_{test}", "run": name, "test": test, "tolerance": 2, "images": len(maps),
+            "ods_f1": ods, "crack_free_tiles": len(tiles), "rules": found, "labelled": labelled}
+
+
+def print_run(line: dict) -> None:
+    print(f"{line['run']} on {line['test']}, {line['images']} images, 2 px; ODS F {line['ods_f1']:.3f} "
+          "(best threshold, needs labels)")
+    print(f"| rule | median threshold | F | ODS F - F | crack-free 64 px tiles ({line['crack_free_tiles']}): "
+          "pixels marked |")
+    print("|---|---|---|---|---|")
+    for rule, r in line["rules"].items():
+        marked = "-" if r["crack_free_marked_pct"] is None else f"{r['crack_free_marked_pct']:.2f}%"
+        print(f"| {rule} | {r['threshold']:.2f} | {r['f1']:.3f} | {r['loss']:.3f} | {marked} |")
+
+
+def render_tables(record: Path) -> str:
+    """The two tables across the four held-out sources, from the record."""
+    lines = {line["test"]: line for line in map(json.loads, record.read_text().splitlines()) if line}
+    cols = [lines.get(test) for test in SOURCES.values()]
+    header = "| " + " | ".join(SOURCES) + " |"
+    rows = [f"| rule {header} mean loss | crack-free pixels marked ({' / '.join(SOURCES)}) |",
+            "|---" * (len(SOURCES) + 3) + "|"]
+    for rule, label in RULE_LABELS.items():
+        losses = [c["rules"][rule]["loss"] if c else None for c in cols]
+        marked = [c["rules"][rule]["crack_free_marked_pct"] if c else None for c in cols]
+        share = " / ".join(f"{m:.2f}" for m in marked) + " %" if all(m is not None for m in marked) else \
+            f"{rule.split()[2]} by construction"
+        mean = f"{sum(losses) / len(losses):.3f}" if all(x is not None for x in losses) else "-"
+        rows.append(f"| {label} | " + " | ".join("-" if x is None else f"{x:.3f}" for x in losses)
+                    + f" | {mean} | {share} |")
+    rows += ["", f"| labelled photos {header}", "|---" * (len(SOURCES) + 1) + "|",
+             "| none (the stored threshold) | " + " | ".join(f"{c['rules']['stored threshold']['loss']:.3f}"
+                                                         if c else "-" for c in cols) + " |"]
+    for k in ("1", "5", "20"):
+        cells = [f"{c['labelled'][k]['mean_loss']:.3f} ({c['labelled'][k]['worst_loss']:.3f})"
+                 if c and k in c["labelled"] else "-" for c in cols]
+        rows.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", help="the run whose saved maps are read (required unless --table-only)")
+    p.add_argument("--test", help="the held-out dataset those maps are of")
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--record", action="store_true", help=f"append the result as one line to {RECORD.name}")
+    p.add_argument("--table-only", action="store_true", help="render the tables across sources from the record")
+    args = p.parse_args()
+    if args.table_only:
+        return print(render_tables(RECORD))
+    if not (args.name and args.test):
+        p.error("--name and --test are required (or --table-only)")
+    line = measure_run(args.name, args.test, args.data_dir)
+    print_run(line)
+    if args.record:
+        with open(RECORD, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Should the recipe adopt --loss BCEDiceBatch or --no-align-corners? Before/after at equal CPU minutes.
 
-    python benchmarks/loss_align.py --list                # every experiment's exact commands
-    python benchmarks/loss_align.py --commit              # run what the record lacks, committing each line
-    python benchmarks/loss_align.py --table-only          # the table and the decisions
+    python benchmarks/studies/loss_align.py --list                # every experiment's exact commands
+    python benchmarks/studies/loss_align.py --commit              # run what the record lacks, committing each line
+    python benchmarks/studies/loss_align.py --table-only          # the table and the decisions
 
-Each arm is architecture.py's shipped width-4 UNet with the multi-source recipe, trained for 12 minutes
+Each arm is the shipped width-4 UNet (runner.SHIPPED) with the multi-source recipe, trained for 12 minutes
 with CRACKMAP or MASONRY held out, seeds 0 and 1, and scored on the held-out source (2 px ODS F and
 F at the run's threshold). "before" is the recipe as it is; each other arm changes one thing. An arm
 is adopted only when its mean beats before's by more than the seed spread (the largest difference
@@ -14,18 +14,16 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import architecture  # noqa: E402
-import generalization  # noqa: E402
-from runner import ROOT, add_common_args, read_record, run_all, score  # noqa: E402
+from runner import (ABLATION_MINUTES, ABLATION_SOURCES, RESULTS, add_common_args, lodo_commands,  # noqa: E402
+                    lodo_summary, read_record, run_all, shipped_lodo, two_px)
 
-SOURCES = generalization.ABLATION_SOURCES   # CRACKMAP, MASONRY
+SOURCES = ABLATION_SOURCES   # CRACKMAP, MASONRY
 SEEDS = (0, 1)
-MINUTES = generalization.ABLATION_MINUTES   # 12
 ARMS = {"before": [], "dicebatch": ["--loss", "BCEDiceBatch"], "noalign": ["--no-align-corners"]}
 PREFIX = "la_"
-RECORD = ROOT / "benchmarks" / "results" / "loss_align.jsonl"
+RECORD = RESULTS / "loss_align.jsonl"
 
 
 def experiment_name(arm: str, source: str, seed: int) -> str:
@@ -38,20 +36,13 @@ def experiments() -> dict[str, dict]:
     for seed in SEEDS:
         for source in SOURCES:
             for arm, extra in ARMS.items():
-                shipped = architecture.EXPERIMENTS[architecture.experiment_name(architecture.SHIPPED, source)]
+                shipped = shipped_lodo(source, ABLATION_MINUTES)
                 found[experiment_name(arm, source, seed)] = {
-                    **shipped, "minutes": MINUTES, "extra": shipped["extra"] + extra + ["--seed", str(seed)]}
+                    **shipped, "extra": shipped["extra"] + extra + ["--seed", str(seed)]}
     return found
 
 
 EXPERIMENTS = experiments()
-
-
-def two_px(line: dict | None) -> tuple[float, float] | None:
-    if not line:
-        return None
-    r = score(next(iter(line["metrics"].values())), 2)
-    return r["ods"]["f1"], r["at_run_threshold"]["f1"]
 
 
 def seed_spread(done: dict) -> float | None:
@@ -81,8 +72,10 @@ def render_table(record: Path) -> str:
         cells = []
         for source in SOURCES:
             for seed in SEEDS:
-                f = two_px(done.get(experiment_name(arm, source, seed)))
-                cells.append(f"{f[0]:.3f} / {f[1]:.3f}" if f else "-")
+                line = done.get(experiment_name(arm, source, seed))
+                f = two_px(line)
+                # epochs show the CPU the run got: a budget shared with another process fits fewer
+                cells.append(f"{f[0]:.3f} / {f[1]:.3f} ({line['training']['epochs']} ep)" if f else "-")
         mean = arm_mean(done, arm)
         diff = mean[0] - before[0] if mean and before else None
         verdict = "-" if arm == "before" or diff is None or spread is None else \
@@ -102,9 +95,8 @@ def main() -> None:
     add_common_args(p, RECORD, list(EXPERIMENTS))
     args = p.parse_args()
     if not args.table_only:
-        run_all({name: generalization.commands(name, args, EXPERIMENTS[name], PREFIX + name)
-                 for name in EXPERIMENTS}, args,
-                lambda name: generalization.summarize(name, EXPERIMENTS[name], PREFIX + name))
+        run_all({name: lodo_commands(args, EXPERIMENTS[name], PREFIX + name) for name in EXPERIMENTS}, args,
+                lambda name: lodo_summary(EXPERIMENTS[name], PREFIX + name))
     if not args.list:
         print(render_table(args.record))
 

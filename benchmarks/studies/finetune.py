@@ -1,12 +1,12 @@
 """Adapting the general recipe to a new surface with a few labelled photos: how much do they buy?
 
-    python benchmarks/finetune.py --list          # every experiment's exact commands
-    python benchmarks/finetune.py --only ...      # run (skips what benchmarks/finetune.jsonl has)
-    python benchmarks/finetune.py --table-only    # the README table
+    python benchmarks/studies/finetune.py --list          # every experiment's exact commands
+    python benchmarks/studies/finetune.py --only ... --commit   # run (skips what its record has)
+    python benchmarks/studies/finetune.py --table-only    # the table of docs/bundle.md
 
 For each source S in CFD, CRACKMAP, MASONRY, the parent is the leave-one-dataset-out model of the
-shipped network that never saw S (architecture.lodo_run: generalization.py's lodo_S for the width-32
-UNet, architecture.py's runs otherwise; retrain it from their --list if this machine lost it).
+shipped network that never saw S (runner.lodo_run: generalization.py's lodo_S for the width-32
+UNet, studies/architecture.py's runs otherwise; retrain it from their --list if this machine lost it).
 Draw d (0, 1) takes a seeded pool of 20 images of S; k = 5 uses the pool's first 5. Every arm is
 scored on the images of S outside the pool (the same for every arm of a draw), strict and 2 px:
   none      the parent as shipped, at its own threshold
@@ -14,7 +14,7 @@ scored on the images of S outside the pool (the same for every arm of a draw), s
   scratch   the same images, budget and recipe from random weights
 and, to choose the defaults, finetune variants on k = 20 (--lr 1e-4; --freeze-encoder).
 The *_long arms repeat none and finetune (k = 20) from parent_long_S: the same leave-one-out run
-trained for the bundle's budget (general_model.MINUTES) rather than the comparison's 25 minutes, so the
+trained for the bundle's budget (runner.BUNDLE_MINUTES) rather than the comparison's 25 minutes, so the
 start is as strong as the model users fine-tune; scratch does not depend on the parent. LONG_VARIANTS
 try other fine-tuning settings from that parent (k = 20), run only where the default one fell short.
 The k images are linked (not copied) under inputs/finetune/ as ordinary datasets, so each arm
@@ -29,40 +29,34 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import architecture  # noqa: E402
-import general_model  # noqa: E402
-import generalization  # noqa: E402
-from runner import MODELS, ROOT, add_common_args, read_record, run_all, score, shell, training_summary  # noqa: E402
+from runner import (BUNDLE_MINUTES, MINUTES, MODELS, RESULTS, ROOT, SHIPPED, add_common_args,  # noqa: E402
+                    long_parent_name, lodo_commands, lodo_run, lodo_summary, network_args, read_record, run_all,
+                    score, shell, shipped_lodo, training_summary)
 
 SOURCES = ["CFD", "CRACKMAP", "MASONRY"]
 DRAWS, POOL, SHOTS = (0, 1), 20, (5, 20)
 LINKS = ROOT / "inputs" / "finetune"   # gitignored; rebuilt from the data on any machine
 RECIPE = ["--preset", "finetune"]     # train.py's fine-tuning defaults, which these arms chose
-NETWORK = architecture.network_args(architecture.SHIPPED)   # scratch runs train the parents' network
+NETWORK = network_args(SHIPPED)       # scratch runs train the parents' network
 VARIANTS = {"finetune_lr1e-4": ["--lr", "1e-4"], "finetune_frozen": ["--freeze-encoder"]}
 LONG_VARIANTS = {"finetune_lr3e-4": ["--lr", "3e-4"]}
 LONG = "_long"                        # arm suffix: started from the parent trained for the bundle's budget
-LABELS = {"none_long": f"none ({general_model.MINUTES}-min parent)",
-          "finetune_long": f"finetune ({general_model.MINUTES}-min parent)",
-          **{v + LONG: f"{v} ({general_model.MINUTES}-min parent)" for v in LONG_VARIANTS}}
+LABELS = {"none_long": f"none ({BUNDLE_MINUTES}-min parent)",
+          "finetune_long": f"finetune ({BUNDLE_MINUTES}-min parent)",
+          **{v + LONG: f"{v} ({BUNDLE_MINUTES}-min parent)" for v in LONG_VARIANTS}}
 
 
 def parent(source: str, arm: str = "") -> str:
     if arm.endswith(LONG):
         return PREFIX + long_parent_name(source)
-    return architecture.lodo_run(architecture.SHIPPED, source)
-
-
-def long_parent_name(source: str) -> str:
-    return f"parent_long_{source}"
+    return lodo_run(SHIPPED, source)
 
 
 def long_parent_experiment(source: str) -> dict:
     """The shipped network's leave-one-out experiment without `source`, at the bundle's budget."""
-    shipped = architecture.EXPERIMENTS[architecture.experiment_name(architecture.SHIPPED, source)]
-    return {**shipped, "minutes": general_model.MINUTES}
+    return shipped_lodo(source, BUNDLE_MINUTES)
 
 
 def subset(source: str, draw: int, k: int | None) -> str:
@@ -130,7 +124,7 @@ def scored_run(name: str) -> str:
 def commands(name: str, args) -> list[list[str]]:
     e = EXPERIMENTS[name]
     if e["arm"] == "parent":
-        return generalization.commands(name, args, long_parent_experiment(e["source"]), PREFIX + name)
+        return lodo_commands(args, long_parent_experiment(e["source"]), PREFIX + name)
     run = scored_run(name)
     scored = [sys.executable, "evaluate.py", "--name", run, "--test", subset(e["source"], e["draw"], None),
               "--data-dir", str(LINKS.relative_to(ROOT)), "--tolerance", "0", "2"]
@@ -151,7 +145,7 @@ def variant_flags(arm: str) -> list[str]:
 def summarize(name: str) -> dict:
     e = EXPERIMENTS[name]
     if e["arm"] == "parent":
-        return {**e, **generalization.summarize(name, long_parent_experiment(e["source"]), PREFIX + name)}
+        return {**e, **lodo_summary(long_parent_experiment(e["source"]), PREFIX + name)}
     run = scored_run(name)
     metrics = MODELS / run / "eval" / subset(e["source"], e["draw"], None) / "metrics.json"
     line = {**e, "run": run, "metrics": json.loads(metrics.read_text())}
@@ -186,7 +180,7 @@ def verdict_rows(done: dict[str, dict], suffix: str = "", tuned: str = "finetune
     k = max(SHOTS)
     rows = ["| held-out source | 2 px score | parent | finetune - none, per draw | finetune - scratch, per draw "
             "| draw spread (none, scratch, finetune) | beats both beyond the spread |", "|---" * 7 + "|"]
-    budget = f"{general_model.MINUTES} min" if suffix else f"{generalization.MINUTES} min"
+    budget = f"{BUNDLE_MINUTES} min" if suffix else f"{MINUTES} min"
     if tuned != "finetune":
         budget += ", " + " ".join(LONG_VARIANTS[tuned])
     for source in SOURCES:
@@ -233,7 +227,7 @@ def render_table(record: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, ROOT / "benchmarks" / "finetune.jsonl", list(EXPERIMENTS))
+    add_common_args(p, RESULTS / "finetune.jsonl", list(EXPERIMENTS))
     args = p.parse_args()
     if not args.table_only and not args.list:
         link_subsets(Path(args.data_dir) if Path(args.data_dir).is_absolute() else ROOT / args.data_dir)
@@ -244,7 +238,7 @@ def main() -> None:
         missing = sorted(run for run in needed - trained_here if not (MODELS / run / "best.pt").exists())
         if missing:
             sys.exit(f"parents missing in {MODELS}: {', '.join(missing)}; train them first: `--list` of "
-                     "benchmarks/generalization.py (gen_ runs) or benchmarks/architecture.py (arch_ runs) has "
+                     "benchmarks/generalization.py (gen_ runs) or benchmarks/studies/architecture.py (arch_ runs) has "
                      "their commands; run them with --only NAME --rerun (parent_long_S: this script's --only)")
     if not args.table_only:
         run_all({name: commands(name, args) for name in EXPERIMENTS}, args, summarize)

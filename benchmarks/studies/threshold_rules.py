@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from runner import ROOT, read_record, score  # noqa: E402
+from runner import RESULTS, read_record, score  # noqa: E402
 
 import metrics  # noqa: E402
 
 RECORDS = ("generalization.jsonl", "architecture.jsonl")
-GRID = np.round(np.linspace(0, 1, 101), 2)
+GRID = metrics.DEFAULT_THRESHOLDS
 
 
 def plateau_centre(curve: np.ndarray, within: float = 0.01) -> int:
@@ -63,7 +63,7 @@ def held_out_rows(record: Path):
 
 
 def main() -> None:
-    rows = [row for record in RECORDS for row in held_out_rows(ROOT / "benchmarks" / record)]
+    rows = [row for record in RECORDS for row in held_out_rows(RESULTS / record)]
     if not rows:
         sys.exit(f"no line of {' or '.join(RECORDS)} has validation curves and a held-out source yet")
     print("| experiment | held out | ODS F | " + " | ".join(f"{rule}: t / F" for rule in RULES) + " |")

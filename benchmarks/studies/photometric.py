@@ -1,6 +1,6 @@
 """What --photometric does to the network input once per-image min-max scaling has run.
 
-    python benchmarks/photometric.py --dataset DEEPCRACK_TRAIN --images 60
+    python benchmarks/studies/photometric.py --dataset DEEPCRACK_TRAIN --images 60
 
 The brightness/contrast change is made on the uint8 photo; min-max scaling then undoes any affine
 change except where it clipped at 0 or 255. This prints, over the images it changed, how many scaled
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset import Intensity, photo_transform, preprocess, read_image, scan_dataset  # noqa: E402
 
