@@ -1,5 +1,6 @@
 """The documents the code and README point to exist and say what the code does."""
 import re
+import sys
 from pathlib import Path
 
 import losses
@@ -27,3 +28,49 @@ def test_method_page_names_every_departure_the_code_offers():
 
 def test_the_code_has_a_licence():
     assert "Permission is hereby granted" in (ROOT / "LICENSE").read_text()
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_rendered_table_matches_its_records():
+    """Each table between markers is what its command prints from the committed records today."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import render_docs
+    stale = {path.name: render_docs.refresh(path.read_text())[1] for path in documents()}
+    assert not any(stale.values()), f"run python benchmarks/render_docs.py: {stale}"
+
+
+HAND_TABLES = {"| file | owns |"}   # tables of words (the layout), not of measurements
+
+
+def test_no_table_is_typed_by_hand():
+    """Every table of README.md and docs/ lies inside a rendered block, except tables of words."""
+    for path in documents():
+        inside, header, loose = False, None, []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.startswith("<!-- table: "):
+                inside = True
+            elif line == "<!-- /table -->":
+                inside = False
+            header = (header or line) if line.startswith("|") else None
+            if line.startswith("|") and not inside and header not in HAND_TABLES:
+                loose.append(f"{path.name}:{number}")
+        assert not loose, loose
+
+
+def test_readme_is_a_manual_with_the_two_commands_first():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250
+    head = "\n".join(lines[:20])
+    assert "pip install torch==2.13.0 -r requirements.txt && python train.py --preset fast" in head
+    assert "pip install torch==2.13.0 -r requirements.txt pytest && python -m pytest -q" in head
+    images = [p for p in (ROOT / "docs").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".gif")]
+    assert sum(p.stat().st_size for p in images) <= 600 * 1024
+
+
+def test_relative_links_resolve():
+    for path in documents():
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
+            assert (path.parent / target).exists(), f"{path.name} links to missing {target}"

@@ -1,0 +1,83 @@
+"""Re-render every table of README.md and docs/*.md from the benchmark records.
+
+    python benchmarks/render_docs.py            # rewrite the tables in place
+    python benchmarks/render_docs.py --check    # exit 1 and name the tables that differ
+
+A rendered table sits between two marker comments that name the command printing it, optionally
+one part of its output (parts are separated by blank lines):
+
+    <!-- table: python benchmarks/studies/architecture.py --table-only -->
+    | ... |
+    <!-- /table -->
+
+    <!-- table: python benchmarks/generalization.py --table-only (part 4) -->
+
+The commands read only the committed records (benchmarks/results/*.jsonl), never models/, so
+tests/test_docs.py runs this check on a fresh clone. No number in these blocks is typed by hand.
+"""
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- table: (?P<command>.+?)(?: \(part (?P<part>\d+)\))? -->\n)(?P<body>.*?)(<!-- /table -->)",
+                   re.DOTALL)
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@cache
+def output(command: str) -> str:
+    argv = shlex.split(command)
+    if argv[0] != "python":
+        raise ValueError(f"a table command must start with python: {command!r}")
+    result = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if result.returncode:
+        raise RuntimeError(f"{command} failed: {result.stderr[-1000:]}")
+    return result.stdout
+
+
+def rendered(command: str, part: str | None) -> str:
+    """The command's output, or its part-th blank-line-separated part, ending with one newline."""
+    text = output(command).strip("\n")
+    if part:
+        parts = re.split(r"\n\s*\n", text)
+        text = parts[int(part) - 1]
+    return text + "\n"
+
+
+def refresh(text: str) -> tuple[str, list[str]]:
+    """The document with every block re-rendered, and the commands whose blocks changed."""
+    changed = []
+
+    def replace(match):
+        new = rendered(match["command"], match["part"])
+        if new != match["body"]:
+            changed.append(match["command"] + (f" (part {match['part']})" if match["part"] else ""))
+        return match.group(1) + new + match.group(5)
+    return BLOCK.sub(replace, text), changed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is out of date")
+    args = p.parse_args()
+    stale = []
+    for path in documents():
+        new, changed = refresh(path.read_text())
+        stale += [f"{path.relative_to(ROOT)}: {command}" for command in changed]
+        if changed and not args.check:
+            path.write_text(new)
+    for line in stale:
+        print(("out of date: " if args.check else "re-rendered: ") + line)
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
