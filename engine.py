@@ -1,5 +1,6 @@
 """The machine a script runs on: device, autocast precision, memory format and DDP rank, decided
 once at start-up by make_engine and printed by every script (Engine.describe)."""
+import argparse
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,6 +41,16 @@ class Engine:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """--device, --precision and --channels-last, the same in train.py, evaluate.py and predict.py."""
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: the GPU when PyTorch sees one, else the CPU")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on CPUs with native bf16 and recent GPUs, fp16 on older GPUs, else fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format; default: channels_last under bf16/fp16 autocast, NCHW in fp32")
 
 
 def auto_dtype(device: torch.device) -> torch.dtype | None:

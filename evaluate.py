@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
 from engine import make_engine
-from inference import EvalOptions, evaluate, load_runs
+from inference import EvalOptions, add_inference_options, evaluate, load_runs
 from rundir import (MODELS_DIR, RUNS_DIR, RunError, json_dump, load_config, name_arg, provenance, read_split,
                     run_datasets, runs_arg)
 from utils import run_cli
@@ -41,14 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="default: the run's --data-dir (inputs with --pred-dir or a bundled model)")
     p.add_argument("--tolerance", type=int, nargs="+", default=[0, 2],
                    help="pixel tolerances; 0 = strict, 2 = the crack-detection literature")
-    p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower)")
     p.add_argument("--save-images", action="store_true", help="write probability maps and panels")
-    p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 on CPUs with native bf16 and recent GPUs, fp16 on older GPUs, else fp32")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="memory format; default: channels_last under bf16/fp16 autocast, NCHW in fp32")
+    add_inference_options(p)
     return p
 
 

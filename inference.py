@@ -3,6 +3,7 @@ probability map of an image of any size (padding to the pooling grid, overlappin
 one-pass limit, the 8 rotations/flips of TTA), plus evaluate(), which scores a dataset's images
 through that same path for training's validation and evaluate.py alike.
 """
+import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -14,12 +15,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import metrics
-from engine import Engine
+from engine import Engine, add_engine_options
 from losses import compute_loss
 from models import fold_batchnorm
 from rundir import RunError, load_config, load_weights, model_from_config, run_state
 
 # ---------------------------------------------------------------- loading
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    """The options of evaluate.py and predict.py that choose the weights and how they run."""
+    p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower)")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
+    add_engine_options(p)
+
 
 def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
     """The model of a run or bundle, with its config (threshold checked, 0.5 if absent); ready for inference."""

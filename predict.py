@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from dataset import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess, read_heif
 from engine import make_engine
-from inference import OVERLAP, TILE, load_runs, predict_probability
+from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_probability
 from measure import measure
 from rundir import DEFAULT_BUNDLE, MODELS_DIR, PRETRAINED_DIR, REPO_DIR, RunError, bundle_dir, runs_arg
 from utils import run_cli
@@ -62,16 +62,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write the photo with cracks drawn in magenta")
     p.add_argument("--min-area", type=int, default=20, help="pieces under this many pixels are not measured")
     p.add_argument("--mm-per-px", type=float, help="scale of the photos: adds lengths and widths in mm")
-    p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower)")
     p.add_argument("--tile", type=int, default=TILE,
                    help="largest side predicted in one pass; lower it (e.g. 512) if memory runs out")
     p.add_argument("--overlap", type=int, default=OVERLAP, help="pixels shared by neighbouring tiles")
-    p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 on CPUs with native bf16 and recent GPUs, fp16 on older GPUs, else fp32")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="memory format; default: channels_last under bf16/fp16 autocast, NCHW in fp32")
+    add_inference_options(p)
     return p
 
 

@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, Intensity, photo_transform, scan_dataset, split_ids,
                      train_transform)
-from engine import make_engine
+from engine import add_engine_options, make_engine
 from losses import LOSSES
 from models import ARCHS
 from rundir import (MODELS_DIR, RUNS_DIR, RunError, fresh_run_name, load_checkpoint, load_config, name_arg, provenance,
@@ -144,12 +144,7 @@ def add_optimisation_options(p) -> None:
 
 
 def add_machine_options(p) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: the GPU when PyTorch sees one, else the CPU")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 on AVX-512 CPUs and recent GPUs, fp16 on older GPUs")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="memory format; default: channels_last under bf16/fp16 autocast, NCHW in fp32")
+    add_engine_options(p)
     p.add_argument("--sync-bn", action="store_true",
                    help="synchronised BatchNorm under torchrun: statistics over every GPU's crops (default: off)")
     p.add_argument("--seed", type=int, default=0,

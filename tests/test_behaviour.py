@@ -107,7 +107,7 @@ def test_a_run_and_its_evaluation_leave_the_same_files_and_keys(snapshot):
 if __name__ == "__main__" and "--write" in sys.argv:
     import tempfile
     sys.path.insert(0, str(ROOT))
-    from prepare_data import make_synthetic_dataset
+    from synthetic import make_synthetic_dataset
     with tempfile.TemporaryDirectory() as tmp:
         make_synthetic_dataset(Path(tmp) / "data", "SYN", count=12, size=(96, 128), seed=1)
         (Path(tmp) / "work").mkdir()
