@@ -21,9 +21,11 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import metrics  # noqa: E402
 from dataset import DatasetError, read_mask, scan_dataset  # noqa: E402
+from runner import DATA_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELLED_DRAWS = 20
@@ -186,7 +188,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", help="the run whose saved maps are read (required unless --table-only)")
     p.add_argument("--test", help="the held-out dataset those maps are of")
-    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--record", action="store_true", help=f"append the result as one line to {RECORD.name}")
     p.add_argument("--table-only", action="store_true", help="render the tables across sources from the record")
     args = p.parse_args()

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset import read_mask, scan_dataset  # noqa: E402
 from measure import crack_widths, skeletonize  # noqa: E402
+from runner import DATA_DIR  # noqa: E402
 
 
 def label_widths(data_dir: Path, name: str) -> dict:
@@ -52,7 +54,7 @@ def render_table(lines: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["DEEPCRACK_TRAIN", "CFD", "CRACKMAP", "MASONRY"])
-    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--data-dir", type=Path, default=Path(DATA_DIR))
     p.add_argument("--record", action="store_true", help=f"append one line per dataset to {RECORD.name}")
     p.add_argument("--table-only", action="store_true", help="print the table from that record and exit")
     args = p.parse_args()

@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset import Intensity, photo_transform, preprocess, read_image, scan_dataset  # noqa: E402
+from runner import DATA_DIR  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="DEEPCRACK_TRAIN")
-    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--data-dir", type=Path, default=Path(DATA_DIR))
     p.add_argument("--images", type=int, default=60)
     args = p.parse_args()
     transform = photo_transform(photometric=True)
