@@ -32,9 +32,33 @@ def python(*args, cwd: Path = ROOT) -> str:
     return result.stdout
 
 
-def options(name: str) -> list[str]:
+# One interpreter runs every script's --help and --list (torch is imported once, not 23 times):
+# each script runs as __main__ with its own argv, and its printed output is kept.
+OUTPUTS = """
+import contextlib, io, json, runpy, sys
+found = {}
+for key, path, flag in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    sys.argv = [path, flag]
+    with contextlib.redirect_stdout(out):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit:
+            pass
+    found[key] = out.getvalue()
+print(json.dumps(found))
+"""
+
+
+def script_outputs() -> dict[str, str]:
+    jobs = [[f"help:{name}", str(script(name)), "--help"] for name in ENTRY_SCRIPTS]
+    jobs += [[f"list:{name}", str(script(name)), "--list"] for name in LISTED]
+    return json.loads(python("-c", OUTPUTS, json.dumps(jobs)))
+
+
+def options(help_text: str) -> list[str]:
     """The option flags of a script's usage line, sorted (help texts may change, flags may not)."""
-    usage = python(script(name), "--help").split("\n\n")[0]
+    usage = help_text.split("\n\n")[0]
     return sorted(set(re.findall(r"--[a-z][a-z0-9-]*", usage)))
 
 
@@ -66,8 +90,9 @@ def run_layout(work: Path, data_root: Path) -> dict:
 
 
 def current(tmp: Path, data_root: Path) -> dict:
-    return {"list": {name: python(script(name), "--list") for name in LISTED},
-            "options": {name: options(name) for name in ENTRY_SCRIPTS},
+    outputs = script_outputs()
+    return {"list": {name: outputs[f"list:{name}"] for name in LISTED},
+            "options": {name: options(outputs[f"help:{name}"]) for name in ENTRY_SCRIPTS},
             "run": run_layout(tmp, data_root)}
 
 
