@@ -194,10 +194,17 @@ def run_all(experiments: dict[str, list[list[str]]], args, summarize) -> None:
             subprocess.run(cmd, cwd=ROOT, check=True)
         line = {"experiment": name, "commands": [shell(cmd) for cmd in experiments[name]], "commit": commit,
                 "date": time.strftime("%Y-%m-%d %H:%M"), "wall_minutes": round((time.time() - started) / 60, 1),
-                "machine": f"{platform.machine()} {platform.processor() or ''} {cpu_count()} cores".strip(),
+                "machine": machine(),
                 **summarize(name)}
         append_record(args.record, line, args.commit)
         print(f"recorded {name} in {args.record}", flush=True)
+
+
+def machine() -> str:
+    """The CPU kind a wall-clock number depends on: bf16 autocast is about 3x faster where it is native."""
+    from engine import cpu_has_native_bf16
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{platform.machine()} {cpu_count()} cores, {bf16}"
 
 
 def cpu_count() -> int:
