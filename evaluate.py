@@ -114,8 +114,8 @@ def score_run(model, engine, config: dict, samples, args, out_dir: Path) -> tupl
         if len(panels) < 3:
             panels.append(panel)
     data = CrackDataset(samples, Intensity.from_config(config))
-    result = evaluate(model, data, engine, EvalOptions(tolerances=tuple(args.tolerance), tta=args.tta),
-                      on_image=save if args.save_images else None)
+    options = EvalOptions(tolerances=tuple(args.tolerance), tta=args.tta, scale=config["scale"])
+    result = evaluate(model, data, engine, options, on_image=save if args.save_images else None)
     return result, panels
 
 
@@ -142,6 +142,9 @@ def summarize_all(result: dict, dataset: str, tolerances, threshold: float | Non
                  "f1_curve": [round(float(f), 6) for f in metrics.f1_curve(counts)]}   # F at t = 0.00 ... 1.00
         rows = [{"tolerance": t, "name": name, **row}
                 for name, row in zip(result["names"], s["per_image"], strict=True)]
+        if "factors" in result:   # a model's maps, not --pred-dir's
+            for row, factor in zip(rows, result["factors"], strict=True):
+                row["scale"] = factor
         if threshold is not None:
             k = metrics.threshold_index(threshold)
             at_run = metrics.scores_at(counts, k)
@@ -194,7 +197,8 @@ def main() -> int:
     if args.name:
         engine = make_engine(args.device, args.precision, args.channels_last)
         model, config = load_runs(args.name, engine, args.checkpoint)
-        print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}")
+        config["scale"] = config["scale"] if args.scale is None else args.scale
+        print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}, scale {config['scale']}")
     data_dir = Path(args.data_dir or (config or {}).get("data_dir", "inputs"))   # a bundle keeps no local path
     summaries = []
     for dataset in args.test:
@@ -211,7 +215,8 @@ def main() -> int:
         summary, per_image = summarize_all(result, dataset, args.tolerance, config["threshold"] if config else None)
         if args.name:
             summary["made_by"] = {**engine.record(), "checkpoint": config["checkpoint"],
-                                  "commit": provenance()["git_commit"], "tta": args.tta}
+                                  "commit": provenance()["git_commit"], "tta": args.tta, "scale": config["scale"]}
+            summary["scales"] = dict(zip(result["names"], result["factors"], strict=True))
         write_results(out_dir, summary, per_image)
         if args.name:
             log_tensorboard(args.name, summary, result, panels)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import metrics
+import scales
 from engine import Engine, add_engine_options
 from losses import compute_loss
 from models import fold_batchnorm
@@ -26,6 +27,7 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     """The options of evaluate.py and predict.py that choose the weights and how they run."""
     p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips (8x slower)")
     p.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
+    scales.add_scale_option(p, None)
     add_engine_options(p)
 
 
@@ -33,6 +35,7 @@ def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[t
     """The model of a run or bundle, with its config (threshold checked, 0.5 if absent); ready for inference."""
     config = load_config(name)
     config["threshold_source"] = "config.json" if "threshold" in config else "default"
+    config["scale"] = config.get("scale", 1.0)   # runs from before --scale predicted at 1
     config["threshold"] = config.get("threshold", 0.5)
     if not (0 <= config["threshold"] < 1 and round(config["threshold"], 2) == config["threshold"]):
         raise RunError(f"{name}'s config.json: threshold {config['threshold']!r} must be one of "
@@ -61,6 +64,7 @@ class Ensemble(torch.nn.Module):
     def __init__(self, members: list[torch.nn.Module]):
         super().__init__()
         self.members = torch.nn.ModuleList(members)
+        self.input_multiple = math.lcm(*(model_stride(m) for m in members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         prob = torch.stack([member(x).float().sigmoid() for member in self.members]).mean(0)
@@ -92,6 +96,12 @@ def load_runs(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.
 
 TILE, OVERLAP = 1024, 128   # the one-pass limit and tile overlap of training's validation, evaluate.py and predict.py
 
+
+def model_stride(model: torch.nn.Module) -> int:
+    """What the network's input sides must divide by (2 ** its poolings)."""
+    return getattr(model, "input_multiple", 16)
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     """Pad the bottom and right edges so both sides divide by `multiple` (mirror where possible)."""
     h, w = x.shape[-2:]
@@ -106,7 +116,7 @@ def forward_logits(model: torch.nn.Module, x: torch.Tensor, engine: Engine) -> t
     """Bx3xHxW (any H, W) -> Bx1xHxW fp32 logits."""
     h, w = x.shape[-2:]
     with engine.autocast():
-        out = model(engine.to_device(pad_to_multiple(x)))
+        out = model(engine.to_device(pad_to_multiple(x, model_stride(model))))
     return out[..., :h, :w].float()
 
 
@@ -120,19 +130,19 @@ def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     return torch.rot90(x, rot, (-2, -1))
 
 
-def tile_layout(size: int, tile: int, overlap: int) -> tuple[int, list[int]]:
-    """Tile side and starts along one axis of a padded image (a multiple of 16): the fewest tiles of at
-    most `tile` px overlapping by at least `overlap`, spread evenly on the 16-pixel pooling grid, so
-    no pixel is computed more often than it must be (a 4000 px side: 5 tiles of 928, not 1024)."""
+def tile_layout(size: int, tile: int, overlap: int, stride: int = 16) -> tuple[int, list[int]]:
+    """Tile side and starts along one axis of a padded image (a multiple of `stride`): the fewest tiles
+    of at most `tile` px overlapping by at least `overlap`, spread evenly on the network's pooling grid,
+    so no pixel is computed more often than it must be (a 4000 px side: 5 tiles of 928, not 1024)."""
     if size <= tile:
         return size, [0]
     n = math.ceil((size - overlap) / (tile - overlap))
-    while True:   # +15 per seam: rounding the starts down to the grid can cost up to 15 px of overlap
-        side = 16 * math.ceil((size + (n - 1) * (overlap + 15)) / n / 16)
+    while True:   # + stride - 1 per seam: rounding the starts down to the grid can cost that much overlap
+        side = stride * math.ceil((size + (n - 1) * (overlap + stride - 1)) / n / stride)
         if side <= tile:
             break
         n += 1
-    return side, [16 * (i * (size - side) // (n - 1) // 16) for i in range(n - 1)] + [size - side]
+    return side, [stride * (i * (size - side) // (n - 1) // stride) for i in range(n - 1)] + [size - side]
 
 
 def blend_ramp(n: int, overlap: int, start_inside: bool, end_inside: bool) -> torch.Tensor:
@@ -152,12 +162,13 @@ def blend_ramp(n: int, overlap: int, start_inside: bool, end_inside: bool) -> to
 def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: int) -> tuple[torch.Tensor, int]:
     """Bx3xHxW -> Bx1xHxW probability from overlapping tiles; also returns the tile count.
 
-    Padded to a multiple of 16 first, as the one pass is, so every tile starts on the network's
-    16-pixel pooling grid."""
+    Padded to a multiple of the model's stride first, as the one pass is, so every tile starts on the
+    network's pooling grid."""
     height, width = x.shape[-2:]
-    x = pad_to_multiple(x)
+    stride = model_stride(model)
+    x = pad_to_multiple(x, stride)
     b, _, h, w = x.shape
-    (th, tops), (tw, lefts) = tile_layout(h, tile, overlap), tile_layout(w, tile, overlap)
+    (th, tops), (tw, lefts) = tile_layout(h, tile, overlap, stride), tile_layout(w, tile, overlap, stride)
     total = torch.zeros(b, 1, h, w)
     weight = torch.zeros(1, 1, h, w)
     count = 0
@@ -173,13 +184,33 @@ def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: in
     return (total / weight)[..., :height, :width], count
 
 
+def resample(x: torch.Tensor, size: tuple[int, int], enlarge: str = "bicubic") -> torch.Tensor:
+    """BxCxHxW to `size`: area averaging to shrink (fine texture does not alias into false cracks),
+    `enlarge` (bicubic for photos, bilinear for probability maps, which must not overshoot) to grow."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if size[0] <= h and size[1] <= w:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode=enlarge, align_corners=False)
+
+
+def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
+    return max(round(h * scale), 1), max(round(w * scale), 1)
+
+
 @torch.inference_mode()
 def predict_probability(model, x: torch.Tensor, engine: Engine, tta: bool = False,
-                        tile: int = TILE, overlap: int = OVERLAP) -> torch.Tensor:
+                        tile: int = TILE, overlap: int = OVERLAP, scale: float = 1.0) -> torch.Tensor:
     """Bx3xHxW image -> Bx1xHxW fp32 crack probability at full resolution (CPU tensor).
 
+    With `scale` != 1 the network sees the image resampled by that factor, and its map is resampled
+    back onto the image's own grid, so masks, scores, lengths and widths stay in the image's pixels.
     One pass when both sides fit in `tile`, overlapping tiles otherwise; with `tta`
     the mean probability over the 8 rotations/flips."""
+    if scale != 1:
+        return predict_on_grid(model, x, engine, scale, tta, tile, overlap)[1]
+
     def one_view(view):
         if max(view.shape[-2:]) <= tile:
             return torch.sigmoid(forward_logits(model, view, engine)).cpu()
@@ -187,6 +218,41 @@ def predict_probability(model, x: torch.Tensor, engine: Engine, tta: bool = Fals
     if not tta:
         return one_view(x)
     return sum(dihedral(one_view(dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
+
+
+def predict_on_grid(model, x: torch.Tensor, engine: Engine, factor: float, tta: bool = False,
+                    tile: int = TILE, overlap: int = OVERLAP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the map on the network's grid, that map on the image's grid) for `x` seen at `factor`."""
+    h, w = x.shape[-2:]
+    net = predict_probability(model, resample(x, scaled_size(h, w, factor)), engine, tta, tile, overlap)
+    return net, resample(net, (h, w), enlarge="bilinear")
+
+
+@dataclass
+class Scaled:
+    """A map on the image's grid, the factor it was predicted at and, under auto, the features
+    scales.choose() saw ({factor: scales.features()})."""
+    prob: torch.Tensor
+    factor: float
+    features: dict
+
+
+def predict_scaled(model, x: torch.Tensor, engine: Engine, scale: float | str = 1.0, tta: bool = False,
+                   tile: int = TILE, overlap: int = OVERLAP) -> Scaled:
+    """predict_probability at a fixed factor, or under `auto` at the factor scales.choose() picks for this
+    image from its shrunk maps (reused when chosen; 1x3xHxW only: the choice is per image)."""
+    if scale != "auto":
+        return Scaled(predict_probability(model, x, engine, tta, tile, overlap, scale), float(scale), {})
+    if x.shape[0] != 1:
+        raise ValueError("--scale auto chooses per image: predict one image at a time")
+    h, w = x.shape[-2:]
+    maps, found = {}, {}
+    for factor in scales.scoring_factors(h, w):
+        net, maps[factor] = predict_on_grid(model, x, engine, factor, tta, tile, overlap)
+        found[factor] = scales.features(net[0, 0].numpy())
+    factor = scales.choose(found, scales.allowed(h, w))
+    prob = maps[factor] if factor in maps else predict_probability(model, x, engine, tta, tile, overlap, factor)
+    return Scaled(prob, factor, found)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -216,15 +282,17 @@ class EvalOptions:
     tta: bool = False
     tile: int = TILE
     overlap: int = OVERLAP
+    scale: float | str = 1.0
 
 
 @torch.inference_mode()
 def evaluate(model, dataset, engine: Engine, options: EvalOptions = EvalOptions(), on_image=None) -> dict:
     """Predict every full image of `dataset` and count (cntP, sumP, cntR, sumR) per threshold.
 
-    The maps come from predict_probability, the path predict.py uses, so a threshold chosen here
-    (training's validation) is applied to the same maps later. Returns {"names", "loss" (None without
-    options.loss_name), "counts": {tol: (N,T,4)}}. `on_image(item, prob)` is called per image (panels, saving maps)."""
+    The maps come from predict_scaled, the path predict.py uses, so a threshold chosen here
+    (training's validation) is applied to the same maps later. Returns {"names", "factors" (each image's
+    scale), "loss" (None without options.loss_name), "counts": {tol: (N,T,4)}}. `on_image(item, prob)` is
+    called per image (panels, saving maps)."""
     model.eval()
     rows = []
     indices = shard(list(range(len(dataset))), engine)
@@ -232,18 +300,19 @@ def evaluate(model, dataset, engine: Engine, options: EvalOptions = EvalOptions(
     for index in tqdm(indices, desc="evaluate", unit="image", leave=False, disable=not engine.main, mininterval=1):
         item = dataset[index]
         image, mask, roi = item["image"][None], item["mask"][0].numpy(), item["roi"][0].numpy()
-        prob = predict_probability(model, image, engine, tta=options.tta, tile=options.tile, overlap=options.overlap)
+        scaled = predict_scaled(model, image, engine, options.scale, options.tta, options.tile, options.overlap)
+        prob = scaled.prob
         loss = None if options.loss_name is None else \
             float(compute_loss(options.loss_name, probability_logits(prob), item["mask"][None]))
         prob = prob[0, 0].numpy()
         counts = [metrics.image_counts(prob, mask, tolerance=t, thresholds=options.thresholds, roi=roi)
                   for t in tolerances]
-        rows.append((item["name"], loss, counts))
+        rows.append((item["name"], loss, counts, scaled.factor))
         if on_image is not None:
             on_image(item, prob)
     rows = gather(rows, engine)
     losses = [row[1] for row in rows if row[1] is not None]
-    return {"names": [row[0] for row in rows],
+    return {"names": [row[0] for row in rows], "factors": [row[3] for row in rows],
             "loss": float(np.mean(losses)) if losses else None,
             "counts": {t: np.stack([row[2][i] for row in rows]) for i, t in enumerate(tolerances)}}
 

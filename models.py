@@ -1,6 +1,6 @@
 """Single-output crack segmentation networks: UNet, NestedUNet (UNet++) and AttentionUNet.
 
-Every model maps a Bx3xHxW image (H, W multiples of 16) to Bx1xHxW logits.
+Every model maps a Bx3xHxW image (H, W multiples of its `input_multiple`: 16 for four poolings) to Bx1xHxW logits.
 `build_model("UNet")` is the one way scripts construct a model.
 """
 import torch
@@ -37,6 +37,7 @@ def upsample(x: torch.Tensor, align_corners: bool) -> torch.Tensor:
 
 class UNet(nn.Module):
     """Four 2x2 poolings down, bilinear upsampling and concatenation back up."""
+    input_multiple = 16   # what H and W must divide by: 2 ** poolings
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 1, base_width: int = 32,
                  align_corners: bool = True):
@@ -101,6 +102,7 @@ class AttentionUNet(UNet):
 
 class NestedUNet(nn.Module):
     """UNet++: node x{i}_{j} sees every earlier node of row i and the upsampled x{i+1}_{j-1}."""
+    input_multiple = 16
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 1, base_width: int = 32,
                  deep_supervision: bool = False, align_corners: bool = True):

@@ -40,13 +40,13 @@ from tqdm import tqdm
 
 from dataset import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess, read_heif
 from engine import make_engine
-from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_probability
+from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_scaled
 from measure import measure
 from rundir import DEFAULT_BUNDLE, MODELS_DIR, PRETRAINED_DIR, REPO_DIR, RunError, bundle_dir, runs_arg
 from utils import run_cli
 from visuals import crack_overlay, save_probability, write_image
 
-COLUMNS = ["image", "width", "height", "threshold", "crack_fraction", "components", "length_px",
+COLUMNS = ["image", "width", "height", "scale", "threshold", "crack_fraction", "components", "length_px",
            "mean_width_px", "max_width_px"]
 MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
 
@@ -162,18 +162,19 @@ def read_photo(path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------- one image
 
-def predict_image(path: Path, model, engine, intensity: Intensity, args) -> tuple[np.ndarray, np.ndarray]:
-    """(HxWx3 uint8 RGB photo, HxW float32 crack probability) at full resolution."""
+def predict_image(path: Path, model, engine, intensity: Intensity, args) -> tuple[np.ndarray, np.ndarray, float]:
+    """(HxWx3 uint8 RGB photo, HxW float32 crack probability at full resolution, the scale it was seen at)."""
     image = read_photo(path)
     x = preprocess(image, intensity, str(path))                           # HxWx3 float32
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]  # 1x3xHxW
-    prob = predict_probability(model, x, engine, tta=args.tta, tile=args.tile, overlap=args.overlap)
-    return image, prob[0, 0].numpy()
+    scaled = predict_scaled(model, x, engine, args.scale, args.tta, args.tile, args.overlap)
+    return image, scaled.prob[0, 0].numpy(), scaled.factor
 
 
-def summary_row(rel: Path, mask: np.ndarray, threshold: float, args) -> dict:
+def summary_row(rel: Path, mask: np.ndarray, threshold: float, factor: float, args) -> dict:
     stats = measure(mask, args.min_area)
-    row = {"image": rel.as_posix(), "width": mask.shape[1], "height": mask.shape[0], "threshold": threshold,
+    row = {"image": rel.as_posix(), "width": mask.shape[1], "height": mask.shape[0], "scale": factor,
+           "threshold": threshold,
            "crack_fraction": round(stats["crack_fraction"], 6), "components": stats["components"],
            **{k: round(stats[k], 2) for k in ("length_px", "mean_width_px", "max_width_px")}}
     if args.mm_per_px:
@@ -214,13 +215,14 @@ def main(argv=None) -> int:
     model, config = load_runs(args.name, engine, args.checkpoint)
     intensity = Intensity.from_config(config)
     threshold = config["threshold"] if args.threshold is None else args.threshold
+    args.scale = config["scale"] if args.scale is None else args.scale
     source = config["threshold_source"] if args.threshold is None else "--threshold"
     # 2. the images: a missing INPUT stops everything before any work, as a typo should
     check_out_dir(out_dir, args.inputs, [])
     items = find_inputs(args.inputs, out_dir.resolve())
     check_out_dir(out_dir, args.inputs, items)
     print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}, "
-          f"threshold {threshold:g} ({source}); {len(items)} image(s) -> {out_dir}")
+          f"threshold {threshold:g} ({source}), scale {args.scale}; {len(items)} image(s) -> {out_dir}")
     # 3. one image at a time (sizes differ; batching gains little next to decoding and writing);
     #    an unreadable file is reported and skipped, the rest still done
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
         writer.writeheader()
         for path, rel in tqdm(items, unit="image", file=sys.stderr):
             try:
-                image, prob = predict_image(path, model, engine, intensity, args)
+                image, prob, factor = predict_image(path, model, engine, intensity, args)
             except DatasetError as err:
                 tqdm.write(f"skipped {err}", file=sys.stderr)
                 failed.append(path)
@@ -250,7 +252,7 @@ def main(argv=None) -> int:
             write_image(Path(f"{base}_mask.png"), mask.astype(np.uint8) * 255)
             if args.overlay:
                 write_image(Path(f"{base}_overlay.jpg"), crack_overlay(image, mask))
-            writer.writerow(summary_row(rel, mask, threshold, args))
+            writer.writerow(summary_row(rel, mask, threshold, factor, args))
             f.flush()  # a long run interrupted still leaves the rows done so far
     # 4. report
     print(f"wrote {len(items) - len(failed)} prediction(s) and summary.csv to {out_dir}"

@@ -80,6 +80,13 @@ def _crack_mask(rng, height, width):
     return mask
 
 
+def pavement(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A crack-free synthetic pavement photo, uint8 HxWx3 (gray, so RGB and BGR alike): a canvas for
+    tests that draw their own cracks."""
+    gray = np.clip(_background(rng, height, width), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+
+
 def synthetic_pair(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic pavement photo: (image uint8 HxWx3 BGR, mask uint8 HxW in {0,255})."""
     gray = _background(rng, height, width)

@@ -30,6 +30,7 @@ from rundir import (MODELS_DIR, RUNS_DIR, RunError, fresh_run_name, load_checkpo
                     read_split, remove_run, run_datasets, run_state, write_config, write_split)
 from training import (PRESETS, RunFiles, build_state, check_replicas_agree, end_epoch, keep_log_rows_before,
                       make_train_loader, restore, resume_progress, start_epoch, sync_buffers, train_one_epoch, validate)
+from scales import add_scale_option
 from utils import run_cli
 
 # what --init-from takes from the parent
@@ -69,6 +70,7 @@ def add_data_options(p) -> None:
     p.add_argument("--val-split", type=float, default=0.1,
                    help="fraction of each dataset held out for validation, which chooses best.pt and the run's "
                         "threshold (0.1; 0 trains on every image and keeps the last epoch)")
+    add_scale_option(p, 1.0)
     p.add_argument("--crop", type=int, default=512,
                    help="random crop side, a multiple of 16; 512 as in the reference, 256 on a CPU")
     p.add_argument("--resize", action="store_true",

@@ -35,6 +35,8 @@ RECIPE_BASE = ("--crop", "256", "--batch-size", "4", "--lr", "1e-3", "--schedule
                "--photometric", "--scale-aug", "--cache", "--epochs", "1000")
 RECIPE_CAMERA = ("--camera-aug",)
 RECIPE_NETWORK = ("--base-width", "4")
+# adopted after the bundle's runs were made (benchmarks/studies/loss_align.py: no worse, and tiles match one pass)
+RECIPE_UPSAMPLING = ("--no-align-corners",)
 
 PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
     "fast": {"dataset": ["SYNTHETIC"], "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
@@ -43,9 +45,10 @@ PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still w
     "finetune": {"crop": 256, "batch_size": 4, "lr": 1e-3, "scheduler": "CosineAnnealingLR", "photometric": True,
                  "scale_aug": True, "camera_aug": list(CAMERA_PARTS), "cache": True, "epochs": 1000,
                  "epoch_size": 64, "max_minutes": 5},
-    # RECIPE_BASE + RECIPE_CAMERA + RECIPE_NETWORK (tests/test_train.py checks they agree); set --max-minutes
+    # RECIPE_BASE + RECIPE_CAMERA + RECIPE_NETWORK + RECIPE_UPSAMPLING (tests/test_train.py checks they agree)
     "recipe": {"crop": 256, "batch_size": 4, "lr": 1e-3, "scheduler": "CosineAnnealingLR", "photometric": True,
-               "scale_aug": True, "cache": True, "epochs": 1000, "camera_aug": list(CAMERA_PARTS), "base_width": 4},
+               "scale_aug": True, "cache": True, "epochs": 1000, "camera_aug": list(CAMERA_PARTS), "base_width": 4,
+               "align_corners": False},
 }
 F1_THRESHOLD_INDEX = 50  # t = 0.50 in metrics.DEFAULT_THRESHOLDS
 THRESHOLD_TOLERANCE = 2  # px: the run's threshold is chosen at the literature's tolerance
@@ -327,7 +330,7 @@ def validate(model, val_sets: dict, engine, args, epoch: int, writer) -> tuple[d
         if want_panels and len(panels) < 3:
             panels.append(panel(item, prob))
     scored = for_inference(copy.deepcopy(model), engine)   # the form evaluate.py and predict.py load
-    options = EvalOptions(loss_name=args.loss, tolerances=(0, THRESHOLD_TOLERANCE))
+    options = EvalOptions(loss_name=args.loss, tolerances=(0, THRESHOLD_TOLERANCE), scale=args.scale)
     results = {name: evaluate(scored, val_set, engine, options, on_image=keep_panel)
                for name, val_set in val_sets.items()}
     strict = {name: metrics.summarize(r["counts"][0])["ods"]["f1"] for name, r in results.items()}

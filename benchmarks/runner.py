@@ -34,15 +34,16 @@ MINUTES, ABLATION_MINUTES, BUNDLE_MINUTES = 25, 12, 120   # leave-one-out runs, 
 ABLATION_SOURCES = ["CRACKMAP", "MASONRY"]                # held out by the 12-minute arms
 
 
-def recipe_parts() -> tuple[list[str], list[str], list[str]]:
+def recipe_parts() -> tuple[list[str], ...]:
     """train.py's `--preset recipe` as the flags the experiments vary separately: the optimisation and
-    augmentation recipe, the camera augmentation, and the shipped network (training.py defines them)."""
+    augmentation recipe, the camera augmentation, the shipped network and the upsampling adopted since
+    (training.py defines them; experiments recorded before UPSAMPLING keep their commands without it)."""
     sys.path.insert(0, str(ROOT))
-    from training import RECIPE_BASE, RECIPE_CAMERA, RECIPE_NETWORK
-    return list(RECIPE_BASE), list(RECIPE_CAMERA), list(RECIPE_NETWORK)
+    from training import RECIPE_BASE, RECIPE_CAMERA, RECIPE_NETWORK, RECIPE_UPSAMPLING
+    return list(RECIPE_BASE), list(RECIPE_CAMERA), list(RECIPE_NETWORK), list(RECIPE_UPSAMPLING)
 
 
-RECIPE, CAMERA, SHIPPED_NETWORK = recipe_parts()
+RECIPE, CAMERA, SHIPPED_NETWORK, UPSAMPLING = recipe_parts()
 SHIPPED = "UNet:" + SHIPPED_NETWORK[-1]   # the bundle's network, as architecture.py names its candidates
 REFERENCE = "UNet:32"                     # the width-32 UNet of generalization.py's lodo_S runs
 

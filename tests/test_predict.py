@@ -22,7 +22,7 @@ from models import build_model
 from synthetic import synthetic_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = "image,width,height,threshold,crack_fraction,components,length_px,mean_width_px,max_width_px"
+HEADER = "image,width,height,scale,threshold,crack_fraction,components,length_px,mean_width_px,max_width_px"
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -470,13 +470,13 @@ def test_align_corners_is_stored_and_inherited_by_init_from(no_align_run, synthe
 def test_a_photo_that_runs_out_of_memory_is_skipped_with_the_tile_hint(tiny_run, monkeypatch, capsys):
     write_photo(tiny_run / "site/big.png", size=(80, 96))
     write_photo(tiny_run / "site/small.png")
-    real = predict.predict_probability
+    real = predict.predict_scaled
 
     def short_of_memory(model, x, *args, **kwargs):
         if x.shape[-1] == 96:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return real(model, x, *args, **kwargs)
-    monkeypatch.setattr(predict, "predict_probability", short_of_memory)
+    monkeypatch.setattr(predict, "predict_scaled", short_of_memory)
     assert predict.main(["--name", "tiny", "site", "--out", "out"]) == 1    # the rest done, exit 1 at the end
     err = capsys.readouterr().err
     assert "big.png: out of memory" in err and "lower --tile" in err

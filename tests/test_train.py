@@ -231,7 +231,7 @@ def test_the_recipe_preset_is_the_recipe_flags_and_no_preset_keeps_the_reference
     import train
     import training
     from dataset import CAMERA_PARTS
-    flags = [*training.RECIPE_BASE, *training.RECIPE_CAMERA, *training.RECIPE_NETWORK]
+    flags = [*training.RECIPE_BASE, *training.RECIPE_CAMERA, *training.RECIPE_NETWORK, *training.RECIPE_UPSAMPLING]
     assert vars(train.get_args(["--preset", "recipe"])) == {**vars(train.get_args(flags)), "preset": "recipe"}
     recipe = train.get_args(["--preset", "recipe"])
     assert (recipe.crop, recipe.lr, recipe.base_width, recipe.camera_aug) == (256, 1e-3, 4, list(CAMERA_PARTS))
@@ -327,7 +327,7 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
         model(val_set[0]["image"][None, :, :, :1024])
     model.eval()
     engine = make_engine("cpu", "fp32", False)
-    args = argparse.Namespace(loss="BCEDiceLoss", panels_every=1000)
+    args = argparse.Namespace(loss="BCEDiceLoss", panels_every=1000, scale=1.0)
     row, curves = training.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
     x, truth = val_set[0]["image"][None], val_set[0]["mask"][None]
     folded = inference.for_inference(copy.deepcopy(model), engine)   # what evaluate.py and predict.py load

@@ -1,0 +1,99 @@
+"""The scale policy: at which factor the network sees a photo, chosen per photo without labels.
+
+The network learned cracks a few pixels wide (the sources' median label width is 3-7 px). A close-up
+phone photo shows cracks 12-40 px wide, which the model traces as the gaps between stones; shown the
+photo shrunk so the crack is a few pixels wide again, it finds the crack as one band. `--scale auto`
+predicts cheap maps at the shrinking factors first (1/2, 1/4, 1/8: a third of one full-size pass
+together), measures the cracks each map shows (features(), no label involved), and choose() picks the
+factor from those measurements; the chosen factor's map is reused when it is one of them, else
+predicted once more. This module is numpy only: inference.py runs the passes, and
+benchmarks/zoom.py replays choose() on recorded features to compare rules without retraining.
+"""
+import math
+
+import cv2
+import numpy as np
+
+from measure import crack_length, crack_widths, skeletonize
+
+FACTORS = (2.0, 1.0, 0.5, 0.25, 0.125)   # the factors auto may choose
+MIN_SIDE = 128           # a shrinking factor is allowed while the photo's short side stays this long
+MAX_MEGAPIXELS = 4.0     # an enlarging factor is allowed while the network's input stays this small
+FEATURE_THRESHOLD = 0.5  # features describe p > 0.5, whatever the run's threshold (the choice must not move with it)
+MIN_PIECE = 8            # pixels: smaller pieces of a map are noise, not cracks
+TARGET_WIDTH = 5.0       # px at the network's input: the middle of the widths it was trained on
+
+
+def scale_arg(text: str) -> float | str:
+    """argparse type of --scale: `auto` or a factor between 1/16 and 4."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 1 / 16 <= value <= 4:
+        import argparse
+        raise argparse.ArgumentTypeError(f"{text!r}: give auto or a factor between 0.0625 and 4 (1 = as is)")
+    return value
+
+
+def add_scale_option(p, default: float | None) -> None:
+    what = ("the factor validation predicts at, stored as the run's scale policy (config key scale) that "
+            "evaluate.py and predict.py then use" if default is not None else
+            "resample each photo by this factor before the network sees it (the map returns to the photo's "
+            "grid); default: the run's own policy (config key scale), else 1")
+    p.add_argument("--scale", type=scale_arg, default=default, metavar="S|auto",
+                   help=what + "; auto chooses per photo from its shrunk maps (see scales.py)")
+
+
+def allowed(height: int, width: int) -> list[float]:
+    """The factors auto may use for a photo of this size: 1 always, shrinking ones while the short
+    side stays >= MIN_SIDE, enlarging ones while the network's input stays <= MAX_MEGAPIXELS."""
+    short, megapixels = min(height, width), height * width / 1e6
+    return [f for f in FACTORS if f == 1 or (f < 1 and short * f >= MIN_SIDE)
+            or (f > 1 and megapixels * f * f <= MAX_MEGAPIXELS)]
+
+
+def scoring_factors(height: int, width: int) -> list[float]:
+    """The factors whose maps auto predicts before choosing: the allowed shrinking ones."""
+    return [f for f in allowed(height, width) if f < 1]
+
+
+def features(prob: np.ndarray) -> dict:
+    """Label-free measurements of one map on the network's grid: how much crack, how long, how wide
+    (px at the network's input), and how sure."""
+    mask = prob > FEATURE_THRESHOLD
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= MIN_PIECE
+    keep[0] = False
+    mask = keep[labels]
+    skeleton = skeletonize(mask)
+    widths = crack_widths(mask, skeleton)
+    unsure = prob > 0.1
+    return {"fraction": round(float(mask.mean()), 6), "pieces": int(keep.sum()),
+            "length": round(float(crack_length(skeleton)), 1),
+            "median_width": round(float(np.median(widths)), 2) if widths.size else 0.0,
+            "mean_p": round(float(prob[mask].mean()), 4) if mask.any() else 0.0,
+            "sureness": round(float(np.abs(2 * prob[unsure] - 1).mean()), 4) if unsure.any() else 1.0}
+
+
+def nearest(factor: float, candidates: list[float]) -> float:
+    """The candidate nearest `factor` on a log scale."""
+    return min(candidates, key=lambda f: abs(math.log(f / factor)))
+
+
+def choose(found: dict[float, dict], candidates: list[float]) -> float:
+    """The factor for one photo from the features of its scoring maps ({factor: features()}).
+
+    Each scoring map that shows a crack of some length gives an estimate of the crack's width on
+    the photo (its median width / factor); the estimate of the map whose width is nearest the
+    training width is trusted most (there the network works as it learned). The chosen factor makes
+    that width TARGET_WIDTH. No crack on any scoring map: 1, the photo as it is (thin cracks vanish
+    when shrunk)."""
+    seen = {f: feat for f, feat in found.items() if feat["length"] * 1 >= 16 and feat["median_width"] > 0}
+    if not seen:
+        return 1.0
+    best = min(seen, key=lambda f: abs(math.log(seen[f]["median_width"] / TARGET_WIDTH)))
+    photo_width = seen[best]["median_width"] / best
+    return nearest(TARGET_WIDTH / photo_width, candidates)

@@ -1,0 +1,132 @@
+"""--scale S and --scale auto: maps on the photo's grid, widths in the photo's pixels, a choice that
+sees no label, and a policy stored by training and used by evaluate.py and predict.py."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import inference
+import scales
+from engine import make_engine
+from measure import measure
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = make_engine("cpu", "fp32", False)
+
+
+class Darkness(torch.nn.Module):
+    """A stand-in network: crack probability = how dark the pixel is (inputs in [0, 1])."""
+
+    def forward(self, x):
+        return 24 * (0.5 - x.mean(1, keepdim=True))
+
+
+def light_photo_with_crack(size: tuple[int, int], width: int, zoom: int = 1) -> torch.Tensor:
+    """1x3xHxW in [0, 1]: light gray with one dark slanted crack about `width` px wide, then every pixel
+    made a zoom x zoom block (the same crack photographed `zoom` times closer, exactly `zoom` times wider)."""
+    image = np.full(size, 0.8, np.float32)
+    cv2.line(image, (10, 20), (size[1] - 10, size[0] - 30), 0.1, width)
+    image = np.kron(image, np.ones((zoom, zoom), np.float32))
+    return torch.from_numpy(image)[None, None].expand(1, 3, *image.shape).contiguous()
+
+
+def test_scale_one_is_the_unscaled_path_bit_for_bit():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 40, 56)
+    model = torch.nn.Conv2d(3, 1, 3, padding=1).eval()
+    got = inference.predict_scaled(model, x, ENGINE, 1.0)
+    assert got.factor == 1 and torch.equal(got.prob, inference.predict_probability(model, x, ENGINE))
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_scaled_maps_come_back_on_the_photos_grid(scale):
+    x = light_photo_with_crack((77, 101), 3)
+    prob = inference.predict_scaled(Darkness(), x, ENGINE, scale).prob
+    assert prob.shape == (1, 1, 77, 101) and 0 <= prob.min() and prob.max() <= 1
+    seen = inference.predict_probability(Darkness(), inference.resample(x, inference.scaled_size(77, 101, scale)),
+                                         ENGINE)
+    assert seen.shape[-2:] != prob.shape[-2:]                           # the network did see another size
+    assert (prob[0, 0] > 0.5).sum() > 100
+
+
+def test_a_crack_three_times_closer_measures_three_times_as_wide():
+    near = light_photo_with_crack((160, 200), 4, zoom=3)                # 480x600, a 12 px crack
+    far = light_photo_with_crack((160, 200), 4)
+    for scale in (1 / 3, 0.5, "auto"):
+        wide = measure(inference.predict_scaled(Darkness(), near, ENGINE, scale).prob[0, 0].numpy() > 0.5)
+        thin = measure(inference.predict_scaled(Darkness(), far, ENGINE, 1.0).prob[0, 0].numpy() > 0.5)
+        assert wide["mean_width_px"] == pytest.approx(3 * thin["mean_width_px"], abs=1), scale
+        # the skeleton's zigzag at this angle reads lengths a few % long, differently at each size
+        assert wide["length_px"] == pytest.approx(3 * thin["length_px"], rel=0.1), scale
+
+
+def test_allowed_factors_keep_the_short_side_and_cap_the_megapixels():
+    assert scales.allowed(3000, 4000) == [1.0, 0.5, 0.25, 0.125]          # 12 MP: no enlarging
+    assert scales.allowed(384, 544) == [2.0, 1.0, 0.5]                    # 1/4 would leave 96 px
+    assert scales.allowed(100, 100) == [2.0, 1.0]
+    assert scales.scoring_factors(384, 544) == [0.5]
+
+
+def test_auto_chooses_the_same_factors_when_every_mask_is_empty(tmp_path):
+    from dataset import CrackDataset, Intensity, Sample
+    from synthetic import make_synthetic_dataset
+    root = make_synthetic_dataset(tmp_path, "SYN", count=4, size=(512, 544), seed=2)
+    zeros = tmp_path / "zeros"
+    zeros.mkdir()
+    for mask in sorted((root / "masks").iterdir()):
+        cv2.imwrite(str(zeros / mask.name), np.zeros(cv2.imread(str(mask), 0).shape, np.uint8))
+    samples = [Sample(p.stem, p, root / "masks" / f"{p.stem}.png") for p in sorted((root / "images").iterdir())]
+    blank = [Sample(s.stem, s.image, zeros / s.mask.name) for s in samples]
+    options = inference.EvalOptions(scale="auto")
+    intensity = Intensity(minmax=True)
+    with_labels = inference.evaluate(Darkness(), CrackDataset(samples, intensity), ENGINE, options)
+    without = inference.evaluate(Darkness(), CrackDataset(blank, intensity), ENGINE, options)
+    assert with_labels["factors"] == without["factors"] and len(with_labels["factors"]) == 4
+    assert not np.array_equal(with_labels["counts"][0], without["counts"][0])   # the masks did differ
+
+
+def bundle_factor(crack_width: int) -> float:
+    from dataset import Intensity, preprocess
+    from synthetic import pavement
+    image = pavement(np.random.default_rng(0), 1024, 1024)
+    points = np.array([[100, 80], [400, 380], [600, 500], [900, 950]], np.int32)
+    cv2.polylines(image, [points], False, (40, 40, 40), crack_width)
+    model, config = inference.load_runs("crackseg-general", ENGINE)
+    x = preprocess(image, Intensity.from_config(config), "drawn")
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+    return inference.predict_scaled(model, x, ENGINE, "auto").factor
+
+
+def test_the_bundle_shrinks_a_photo_of_a_wide_crack_more_than_one_of_a_thin_crack():
+    assert bundle_factor(40) < bundle_factor(4)
+
+
+def test_training_stores_its_scale_and_chooses_the_threshold_on_maps_made_at_it(tmp_path, synthetic_root):
+    tiny = ["--dataset", "SYN", "--data-dir", synthetic_root, "--crop", "64", "--base-width", "4", "--workers", "0",
+            "--val-split", "0.25", "--epochs", "3", "--lr", "1e-3", "--precision", "fp32"]
+
+    def run(script, *args):
+        done = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    run("train.py", *tiny, "--scale", "2", "--name", "at2")
+    config = json.loads((tmp_path / "models/at2/config.json").read_text())
+    assert config["scale"] == 2
+    with open(tmp_path / "models/at2/log.csv") as f:
+        best = next(row for row in csv.DictReader(f) if int(row["epoch"]) == config["best_epoch"])
+    logged = float(best["val_ods_f1"])
+    run("evaluate.py", "--name", "at2", "--test", "SYN", "--precision", "fp32")   # its validation split
+    scored = json.loads((tmp_path / "models/at2/eval/SYN/metrics.json").read_text())
+    assert scored["made_by"]["scale"] == 2 and set(scored["scales"].values()) == {2.0}
+    assert scored["results"][0]["ods"]["f1"] == pytest.approx(logged, abs=1e-12)   # the maps validation saw
+    assert scored["results"][1]["ods"]["threshold"] == config["threshold"]         # 2 px: the run's threshold rule
+    run("evaluate.py", "--name", "at2", "--test", "SYN", "--precision", "fp32", "--scale", "1")
+    unscaled = json.loads((tmp_path / "models/at2/eval/SYN/metrics.json").read_text())
+    assert unscaled["results"][1]["f1_curve"] != scored["results"][1]["f1_curve"]
+
