@@ -275,7 +275,7 @@ def gather(items: list, engine: Engine) -> list:
 class EvalOptions:
     """What evaluate() counts and how it makes the maps: counts at each pixel tolerance over the
     threshold grid (metrics.DEFAULT_THRESHOLDS when None); the mean loss too when loss_name is set;
-    the maps as predict_probability makes them with tta, tile and overlap."""
+    the maps as predict_scaled makes them with scale, tta, tile and overlap."""
     loss_name: str | None = None
     tolerances: tuple[int, ...] = (0,)
     thresholds: tuple[float, ...] | None = None

@@ -123,15 +123,20 @@ def half_pixel_widths(mask: np.ndarray) -> np.ndarray:
     return cv2.dilate(dist, NEIGHBOURHOOD_2X, anchor=(2, 2))[::2, ::2]
 
 
-def measure(mask: np.ndarray, min_area: int = 20) -> dict:
-    """Crack statistics of an HxW bool mask, leaving out 8-connected pieces under min_area pixels."""
+def without_specks(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
+    """(the mask without its 8-connected pieces under min_area pixels, how many pieces remain)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_area
     keep[0] = False  # label 0 is the background
-    cracks = keep[labels]
+    return keep[labels], int(keep.sum())
+
+
+def measure(mask: np.ndarray, min_area: int = 20) -> dict:
+    """Crack statistics of an HxW bool mask, leaving out 8-connected pieces under min_area pixels."""
+    cracks, pieces = without_specks(mask, min_area)
     skeleton = skeletonize(cracks)
     widths = crack_widths(cracks, skeleton)
-    return {"crack_fraction": float(cracks.mean()), "components": int(keep.sum()),
+    return {"crack_fraction": float(cracks.mean()), "components": pieces,
             "length_px": crack_length(skeleton),
             "mean_width_px": float(widths.mean()) if widths.size else 0.0,
             "max_width_px": float(widths.max()) if widths.size else 0.0}

@@ -9,12 +9,12 @@ factor from those measurements; the chosen factor's map is reused when it is one
 predicted once more. This module is numpy only: inference.py runs the passes, and
 benchmarks/zoom.py replays choose() on recorded features to compare rules without retraining.
 """
+import argparse
 import math
 
-import cv2
 import numpy as np
 
-from measure import crack_length, crack_widths, skeletonize
+from measure import crack_length, crack_widths, skeletonize, without_specks
 
 FACTORS = (2.0, 1.0, 0.5, 0.25, 0.125)   # the factors auto may choose
 MIN_SIDE = 128           # a shrinking factor is allowed while the photo's short side stays this long
@@ -33,7 +33,6 @@ def scale_arg(text: str) -> float | str:
     except ValueError:
         value = math.nan
     if not 1 / 16 <= value <= 4:
-        import argparse
         raise argparse.ArgumentTypeError(f"{text!r}: give auto or a factor between 0.0625 and 4 (1 = as is)")
     return value
 
@@ -63,15 +62,11 @@ def scoring_factors(height: int, width: int) -> list[float]:
 def features(prob: np.ndarray) -> dict:
     """Label-free measurements of one map on the network's grid: how much crack, how long, how wide
     (px at the network's input), and how sure."""
-    mask = prob > FEATURE_THRESHOLD
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= MIN_PIECE
-    keep[0] = False
-    mask = keep[labels]
+    mask, pieces = without_specks(prob > FEATURE_THRESHOLD, MIN_PIECE)
     skeleton = skeletonize(mask)
     widths = crack_widths(mask, skeleton)
     unsure = prob > 0.1
-    return {"fraction": round(float(mask.mean()), 6), "pieces": int(keep.sum()),
+    return {"fraction": round(float(mask.mean()), 6), "pieces": pieces,
             "length": round(float(crack_length(skeleton)), 1),
             "median_width": round(float(np.median(widths)), 2) if widths.size else 0.0,
             "mean_p": round(float(prob[mask].mean()), 4) if mask.any() else 0.0,
@@ -91,7 +86,7 @@ def choose(found: dict[float, dict], candidates: list[float]) -> float:
     training width is trusted most (there the network works as it learned). The chosen factor makes
     that width TARGET_WIDTH. No crack on any scoring map: 1, the photo as it is (thin cracks vanish
     when shrunk)."""
-    seen = {f: feat for f, feat in found.items() if feat["length"] * 1 >= 16 and feat["median_width"] > 0}
+    seen = {f: feat for f, feat in found.items() if feat["length"] >= 16 and feat["median_width"] > 0}
     if not seen:
         return 1.0
     best = min(seen, key=lambda f: abs(math.log(seen[f]["median_width"] / TARGET_WIDTH)))

@@ -30,8 +30,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MODELS, RECIPE, RESULTS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
-                    add_common_args, read_record, run_all, shipped_lodo, training_summary)
+import metrics  # noqa: E402
+import scales  # noqa: E402
+from dataset import Intensity, preprocess, read_sample, scan_dataset  # noqa: E402
+from engine import make_engine  # noqa: E402
+from inference import load_runs, predict_on_grid  # noqa: E402
+from measure import crack_widths, skeletonize  # noqa: E402
+from rundir import run_datasets  # noqa: E402
+from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MODELS, RESULTS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
+                    add_common_args, lodo_commands, read_record, run_all, shipped_lodo, training_summary)
 
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 TOLERANCE = 2
@@ -59,11 +66,10 @@ EXPERIMENTS = experiments()
 
 
 def commands(args, e: dict, run: str) -> list[list[str]]:
-    train = [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", run,
-             "--overwrite", "--max-minutes", str(e["minutes"]), *RECIPE, *e["extra"]]
+    """runner's leave-one-out training, then this script's zoom scores in place of evaluate.py."""
     score = [sys.executable, "benchmarks/zoom.py", "--score", run, "--source", e["source"],
              "--data-dir", args.data_dir]
-    return [train, score]
+    return [lodo_commands(args, e, run)[0], score]
 
 
 # ---------------------------------------------------------------- zooming and scoring one run
@@ -89,7 +95,6 @@ def zoom_mask(mask: np.ndarray, z: float, size: tuple[int, int]) -> np.ndarray:
 
 
 def label_width(masks: list[np.ndarray]) -> float:
-    from measure import crack_widths, skeletonize
     widths = [crack_widths(m, skeletonize(m)) for m in masks]
     return float(np.median(np.concatenate(widths)))
 
@@ -97,10 +102,6 @@ def label_width(masks: list[np.ndarray]) -> float:
 def score_image(model, engine, config, image, mask, roi, t_index) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """One zoomed image: counts (F+1, K, 4) for every factor and fuse, features (F, n), valid (F+1,),
     and the factor live auto chose."""
-    import metrics
-    import scales
-    from dataset import Intensity, preprocess
-    from inference import predict_on_grid
     x = torch.from_numpy(np.ascontiguousarray(preprocess(image, Intensity.from_config(config), "").transpose(2, 0, 1)))
     x = x[None]
     keep = list(GRID) + [t_index]
@@ -127,11 +128,6 @@ def score_image(model, engine, config, image, mask, roi, t_index) -> tuple[np.nd
 
 def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
     """Every zoom of `source` scored by `run`; arrays to models/RUN/zoom_SOURCE.npz, the rest returned."""
-    import metrics
-    from dataset import read_sample, scan_dataset
-    from engine import make_engine
-    from inference import load_runs
-    from rundir import run_datasets
     engine = make_engine("auto")
     model, config = load_runs(run, engine)
     trained = run_datasets(config)
@@ -180,7 +176,6 @@ def dataset_f(counts: np.ndarray) -> tuple[float, float]:
 
 def replay(arrays: dict, rule) -> dict[float, dict]:
     """Per zoom: fixed 1, auto under `rule` (scales.choose's signature), the oracle fixed factor, fuse."""
-    import scales
     factors = list(scales.FACTORS)
     results = {}
     for zi, z in enumerate(arrays["zooms"]):
@@ -208,7 +203,6 @@ def load_arrays(name: str) -> dict:
 
 
 def summarize(name: str) -> dict:
-    import scales
     e, run = EXPERIMENTS[name], PREFIX + name
     info = json.loads((MODELS / run / f"zoom_{e['source']}.json").read_text())
     ARRAYS.mkdir(parents=True, exist_ok=True)
