@@ -147,12 +147,14 @@ def append_record(path: Path, line: dict, commit: bool) -> None:
 
 
 def commit_record(path: Path, line: dict) -> None:
-    """Commit only `path`, in the checkout that holds it."""
+    """Commit only `path` and the line's "attachments" (paths relative to the record's folder: arrays a
+    line refers to), in the checkout that holds the record."""
     repo = Path(git("rev-parse", "--show-toplevel", cwd=path.parent) or path.parent)
-    rel = str(path.resolve().relative_to(repo.resolve()))
-    git("add", rel, cwd=repo)
+    files = [path, *(path.parent / a for a in line.get("attachments", []))]
+    rel = [str(f.resolve().relative_to(repo.resolve())) for f in files]
+    git("add", *rel, cwd=repo)
     for _ in range(5):   # another git command may hold the index lock for a moment
-        if git("commit", "-m", f"{path.name}: {line['experiment']} ({line['commit']})", "--only", rel, cwd=repo):
+        if git("commit", "-m", f"{path.name}: {line['experiment']} ({line['commit']})", "--only", *rel, cwd=repo):
             return
         time.sleep(2)
     print(f"warning: could not commit {path}; commit it by hand", file=sys.stderr)

@@ -14,7 +14,7 @@ The model's source is checked from its config.json (the sources it trained on), 
 
 For every image, zoom and factor in scales.FACTORS that scales.allowed() permits, the record keeps
 the 2 px counts at thresholds 0.00, 0.05, ..., 1.00 and at the run's threshold (in
-benchmarks/results/zoom/EXPERIMENT.npz), and the label-free scales.features() of each map, so
+benchmarks/results/zoom/EXPERIMENT.npz, beside the record), and the label-free scales.features() of each map, so
 that a new auto rule is replayed (replay()) without predicting again. "fuse" is the mean of the
 maps at 1, 1/2 and 1/4.
 """
@@ -46,7 +46,6 @@ GRID = tuple(range(0, 101, 5))   # indices into metrics.DEFAULT_THRESHOLDS (0.00
 FEATURE_KEYS = ("fraction", "pieces", "length", "median_width", "mean_p", "sureness")
 PREFIX = "zoom_"
 RECORD = RESULTS / "zoom.jsonl"
-ARRAYS = RESULTS / "zoom"
 
 # the recipe arms of steps 4 and 5 at 12 minutes on two held-out sources (the shipped network with the
 # upsampling loss_align.py adopted); more join as they are built
@@ -197,19 +196,22 @@ def replay(arrays: dict, rule) -> dict[float, dict]:
     return results
 
 
-def load_arrays(name: str) -> dict:
-    with np.load(ARRAYS / f"{name}.npz") as data:
+def load_arrays(record: Path, line: dict) -> dict:
+    """The per-image arrays a record line refers to (kept beside the record)."""
+    with np.load(record.parent / line["attachments"][0]) as data:
         return {k: data[k] for k in data.files}
 
 
-def summarize(name: str) -> dict:
+def summarize(name: str, record: Path) -> dict:
+    """The line's results; the run's arrays are copied beside `record` (committed with the line)."""
     e, run = EXPERIMENTS[name], PREFIX + name
     info = json.loads((MODELS / run / f"zoom_{e['source']}.json").read_text())
-    ARRAYS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(MODELS / run / info["arrays"], ARRAYS / f"{name}.npz")
-    policies = replay(load_arrays(name), scales.choose)
+    line = {"attachments": [f"zoom/{name}.npz"]}
+    (record.parent / "zoom").mkdir(parents=True, exist_ok=True)
+    shutil.copy(MODELS / run / info["arrays"], record.parent / line["attachments"][0])
+    policies = replay(load_arrays(record, line), scales.choose)
     return {"trained_on": e["train"], "budget_minutes": e["minutes"], "extra": e["extra"],
-            "training": training_summary(run), "zoom": info, "arrays": f"zoom/{name}.npz",
+            "training": training_summary(run), "zoom": info, **line,
             "policies": {str(z): r for z, r in policies.items()}}
 
 
@@ -223,7 +225,8 @@ def main() -> None:
         print(json.dumps(score_run(args.score, args.source, Path(args.data_dir))))
         return
     if not args.table_only:
-        run_all({name: commands(args, EXPERIMENTS[name], PREFIX + name) for name in EXPERIMENTS}, args, summarize)
+        run_all({name: commands(args, EXPERIMENTS[name], PREFIX + name) for name in EXPERIMENTS}, args,
+                lambda name: summarize(name, args.record))
     if not args.list:
         print(render_table(args.record))
 
