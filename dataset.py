@@ -1,7 +1,8 @@
 """Crack datasets on disk: `<data-dir>/<NAME>/images/<id>.<ext>` paired with `masks/<id>.<ext>`.
 
-Owns pairing, validation, reading and binarising, intensity preprocessing, the albumentations
-transforms, and writing a dataset folder whole (built beside it, then renamed). Items are dicts
+Owns pairing, validation, reading and binarising, intensity preprocessing, the training items
+(augment.py makes their random changes), and writing a dataset folder whole (built beside it, then
+renamed). Items are dicts
 {"image": 3xHxW float32, "mask": 1xHxW float32 in {0,1}, "roi": 1xHxW bool, "name": stem}.
 
 Orientation: files are read as stored, ignoring EXIF orientation tags, because
@@ -23,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from augment import thicken_mask
 from utils import ReportedError
 
 if TYPE_CHECKING:
@@ -124,6 +126,14 @@ def enable_heif(path: Path) -> None:
         raise DatasetError(f"{path}: HEIC/HEIF photos need the optional package pillow-heif "
                            "(pip install pillow-heif), or export the photo as JPEG") from None
     pillow_heif.register_heif_opener()
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """(h, w) from the file's header, without decoding its pixels."""
+    if path.suffix.lower() in HEIF_EXTENSIONS:
+        enable_heif(path)
+    with Image.open(path) as img:
+        return img.height, img.width
 
 
 def read_heif(path: Path) -> np.ndarray:
@@ -310,64 +320,6 @@ def preprocess(image: np.ndarray, intensity: Intensity, name: str) -> np.ndarray
     return x
 
 
-def train_transform(crop: int, resize: bool = False, scale_aug: bool = False, camera_scale: bool = False) -> A.Compose:
-    """docs/METHOD.md, Preprocessing: rot90, flips, then a random crop (images padded up to the crop).
-
-    Options beyond the reference: random scale and small rotations (--scale-aug: 0.7-1.4, +-20
-    degrees; --camera-aug scale: 0.5-2, cameras at other distances and resolutions)."""
-    import albumentations as A   # here: training needs it, predict.py's start-up does not
-    steps = [A.RandomRotate90(), A.HorizontalFlip(), A.VerticalFlip()]
-    if scale_aug or camera_scale:
-        steps.append(A.Affine(scale=(0.5, 2.0) if camera_scale else (0.7, 1.4), rotate=(-20, 20) if scale_aug else 0,
-                              border_mode=cv2.BORDER_REFLECT_101, p=0.8))
-    if resize:
-        steps.append(A.Resize(crop, crop))
-    else:
-        steps += [A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
-                  A.RandomCrop(crop, crop)]
-    return A.Compose(steps)
-
-
-CAMERA_PARTS = ("colour", "gamma", "blur", "noise", "jpeg", "light", "resolution", "scale")
-
-
-def camera_steps(part: str) -> list:
-    """What another camera, lens, light or file format does to a photo; "scale" is geometric (train_transform)."""
-    import albumentations as A
-    return {
-        "colour": [A.ColorJitter(brightness=0, contrast=0, saturation=(0.6, 1.4), hue=(-0.04, 0.04), p=0.5),
-                   A.PlanckianJitter(p=0.3)],                                    # white balance
-        "gamma": [A.RandomGamma(gamma_limit=(60, 160), p=0.5)],                  # tone curves survive min-max
-        "blur": [A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 1.2)), A.MotionBlur(blur_limit=(3, 5)),
-                          A.Defocus(radius=(1, 2), alias_blur=(0.1, 0.3))], p=0.3)],
-        "noise": [A.OneOf([A.GaussNoise(std_range=(0.01, 0.06)), A.ISONoise()], p=0.3)],
-        "jpeg": [A.ImageCompression(quality_range=(30, 90), p=0.3)],
-        "light": [A.Illumination(mode="linear", intensity_range=(0.05, 0.2), p=0.2),
-                  A.Illumination(mode="gaussian", intensity_range=(0.05, 0.2), p=0.2),
-                  A.RandomShadow(shadow_roi=(0, 0, 1, 1), shadow_intensity_range=(0.15, 0.45), p=0.15)],
-        "resolution": [A.Downscale(scale_range=(0.4, 0.9), p=0.3)],              # down and back up
-        "scale": [],
-    }[part]
-
-
-def photo_transform(photometric: bool = False, camera: tuple[str, ...] = ()) -> A.Compose | None:
-    """Changes to the photo alone, made on its uint8 pixels before any scaling, as a camera makes them.
-
-    On scaled floats albumentations clips to [0, 1], which zeroed every below-mean value of a
-    --normalize input. Per-image min-max scaling undoes an affine brightness/contrast change except
-    where it clips at 0 or 255, so under min-max --photometric only saturates shadows or highlights."""
-    import albumentations as A
-    steps = [A.RandomBrightnessContrast(0.2, 0.2)] if photometric else []
-    steps += [step for part in CAMERA_PARTS if part in camera for step in camera_steps(part)]
-    return A.Compose(steps) if steps else None
-
-
-def thicken_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Dilate a bool mask by a disc of radius `pixels`: a centre-line label becomes 2 * pixels wider."""
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.dilate(mask.astype(np.uint8), disc) > 0
-
-
 class CrackDataset(Dataset):
     """Training items (transform given) are random crops; evaluation items are full images.
 
@@ -385,6 +337,12 @@ class CrackDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(h, w) of every image, from the cache or the file's header."""
+        if self.decoded:
+            return [image.shape[:2] for image, _, _ in self.decoded]
+        return [header_size(s.image) for s in self.samples]
 
     def reseed(self, seed: int) -> None:
         """albumentations 2.x seeds its RNG once in Compose: every worker must reseed.

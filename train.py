@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
-from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, Intensity, photo_transform, scan_dataset, split_ids,
-                     train_transform)
+from augment import CAMERA_PARTS, padding_share, photo_transform, train_transform
+from dataset import CrackDataset, DatasetError, Intensity, scan_dataset, split_ids
 from engine import add_engine_options, make_engine
 from losses import LOSSES
 from models import ARCHS
@@ -86,6 +86,10 @@ def add_data_options(p) -> None:
                    help="random brightness/contrast augmentation (on in the recipe)")
     p.add_argument("--scale-aug", action="store_true",
                    help="random scale 0.7-1.4 and rotation +-20 degrees (on in the recipe)")
+    p.add_argument("--scale-aug-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="each crop seen from a random distance: zoom drawn log-uniformly from LO-HI (e.g. 0.25 4: "
+                        "labelled 3-7 px cracks become 1-28 px), small images mirrored outward; replaces the "
+                        "scale of --scale-aug (which keeps its rotation) and of --camera-aug")
     p.add_argument("--camera-aug", nargs="*", choices=CAMERA_PARTS, metavar="PART",
                    help="imitate other cameras on the uint8 photo: " + ", ".join(CAMERA_PARTS)
                         + " (no PART: all, as the recipe, for photos from cameras the training set lacks)")
@@ -204,6 +208,9 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         (0 <= args.ema < 1, "--ema must be in [0, 1) (0 = off)"),
         (0 <= args.seed < 2**32, "--seed must be in [0, 2**32)"),
         (args.panels_every >= 1, "--panels-every must be >= 1"),
+        (not args.scale_aug_range or 0 < args.scale_aug_range[0] <= args.scale_aug_range[1],
+         "--scale-aug-range needs 0 < LO <= HI"),
+        (not (args.scale_aug_range and args.resize), "--scale-aug-range crops; it cannot go with --resize"),
         (len(set(args.dataset)) == len(args.dataset), "--dataset names a dataset twice"),
         (all(name in args.dataset for name, _ in args.thicken_labels),
          "--thicken-labels names a dataset that --dataset does not"),
@@ -298,7 +305,8 @@ def prepare_data(args, engine):
                                      thicken=[thicken.get(name, 0)] * len(val_idx))
     camera = tuple(args.camera_aug or ())
     train_set = CrackDataset(train_samples, intensity,
-                             train_transform(args.crop, args.resize, args.scale_aug, "scale" in camera),
+                             train_transform(args.crop, args.resize, args.scale_aug, "scale" in camera,
+                                             args.scale_aug_range),
                              train_arrays or None, photo_transform(args.photometric, camera), train_thicken)
     return train_set, val, split, [len(split[name]["train"]) for name in scanned]
 
@@ -407,6 +415,10 @@ def main() -> int:
         print(f"run {run_dir}: {len(train_set)} training / {sum(map(len, val_sets.values()))} validation images"
               f"{' from ' + ', '.join(args.dataset) if len(args.dataset) > 1 else ''}, "
               f"{engine.describe()}")
+    if args.scale_aug_range and engine.main:
+        config["scale_aug_padding_share"] = padding_share(train_set.image_sizes(), args.crop, args.scale_aug_range)
+        print(f"--scale-aug-range {args.scale_aug_range[0]:g}-{args.scale_aug_range[1]:g}: "
+              f"{config['scale_aug_padding_share']:.1%} of the crops' pixels are mirrored padding")
     files = RunFiles(run_dir, config, SummaryWriter(RUNS_DIR / args.name) if engine.main else None)
 
     # 5. epochs: train, validate, log, checkpoint, until the plan (--epochs, --max-minutes) is done

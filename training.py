@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import metrics
-from dataset import CAMERA_PARTS, EpochSampler
+from augment import CAMERA_PARTS
+from dataset import EpochSampler
 from inference import EvalOptions, evaluate, for_inference
 from losses import compute_loss
 from models import freeze_encoder

@@ -6,9 +6,9 @@ resampled by zoom z, under fixed scale 1, `--scale auto` and the best fixed fact
     python benchmarks/zoom.py --table-only             # the tables, from the record alone
     python benchmarks/zoom.py --score RUN --source CFD --data-dir ../shared/data   # one run's zoom scores
 
-Zoom: photos area-averaged to shrink, bicubic to enlarge (as a photo taken from further away or
-closer); masks nearest-neighbour to enlarge (an integer zoom makes every width exactly z times
-wider) and area-averaged then kept where at least half a pixel was crack to shrink. The record
+Zoom: augment.py's rule, as --scale-aug-range trains with (photos area-averaged to shrink, bicubic
+to enlarge, as a photo taken from further away or closer; masks nearest-neighbour to enlarge and
+area-averaged then kept where at least half a pixel was crack to shrink). The record
 holds each zoom's median label width, so the rule is checked as label_widths.py measures widths.
 The model's source is checked from its config.json (the sources it trained on), not from a name.
 
@@ -24,13 +24,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import metrics  # noqa: E402
+from augment import zoom_mask, zoom_photo  # noqa: E402
 import scales  # noqa: E402
 from dataset import Intensity, preprocess, read_sample, scan_dataset  # noqa: E402
 from engine import make_engine  # noqa: E402
@@ -49,7 +49,9 @@ RECORD = RESULTS / "zoom.jsonl"
 
 # the recipe arms of steps 4 and 5 at 12 minutes on two held-out sources (the shipped network with the
 # upsampling loss_align.py adopted); more join as they are built
-ARMS = {"w4": []}
+ARMS = {"w4": [],
+        "range4": ["--scale-aug-range", "0.25", "4"],    # step 4: labelled 3-7 px cracks drawn 1-28 px wide
+        "range8": ["--scale-aug-range", "0.35", "8"]}    # ... 1-56 px: the widest users' photos show
 
 
 def experiments() -> dict[str, dict]:
@@ -76,21 +78,6 @@ def commands(args, e: dict, run: str) -> list[list[str]]:
 def family(dataset: str) -> str:
     """The source a dataset's photos come from (DEEPCRACK_TRAIN and DEEPCRACK_TEST: DEEPCRACK)."""
     return next((s for s in TRAIN if dataset in (TRAIN[s], TEST[s])), dataset)
-
-
-def zoom_photo(image: np.ndarray, z: float) -> np.ndarray:
-    if z == 1:
-        return image
-    return cv2.resize(image, None, fx=z, fy=z, interpolation=cv2.INTER_AREA if z < 1 else cv2.INTER_CUBIC)
-
-
-def zoom_mask(mask: np.ndarray, z: float, size: tuple[int, int]) -> np.ndarray:
-    """Bool mask resampled to `size` (w, h: the zoomed photo's)."""
-    if z == 1:
-        return mask
-    if z > 1:
-        return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
 
 
 def label_width(masks: list[np.ndarray]) -> float:

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset import (CAMERA_PARTS, CrackDataset, DatasetError, EpochSampler, Intensity, Sample, photo_transform,
-                     preprocess, read_image, read_mask, scan_dataset, split_ids, train_transform)
+from augment import CAMERA_PARTS, photo_transform, train_transform
+from dataset import (CrackDataset, DatasetError, EpochSampler, Intensity, Sample,
+                     preprocess, read_image, read_mask, scan_dataset, split_ids)
 from synthetic import synthetic_pair
 from training import seed_worker
 

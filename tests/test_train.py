@@ -221,7 +221,7 @@ def test_thickened_labels_reach_training_and_validation_of_that_dataset(syntheti
 
 def test_the_finetune_preset_sets_the_measured_defaults_and_typed_flags_still_win():
     import train
-    from dataset import CAMERA_PARTS
+    from augment import CAMERA_PARTS
     args = train.get_args(["--preset", "finetune", "--dataset", "MINE", "--lr", "1e-4"])
     assert (args.max_minutes, args.epoch_size, args.crop, args.scheduler) == (5, 64, 256, "CosineAnnealingLR")
     assert args.camera_aug == list(CAMERA_PARTS) and args.photometric and args.lr == 1e-4
@@ -230,7 +230,7 @@ def test_the_finetune_preset_sets_the_measured_defaults_and_typed_flags_still_wi
 def test_the_recipe_preset_is_the_recipe_flags_and_no_preset_keeps_the_reference():
     import train
     import training
-    from dataset import CAMERA_PARTS
+    from augment import CAMERA_PARTS
     flags = [*training.RECIPE_BASE, *training.RECIPE_CAMERA, *training.RECIPE_NETWORK, *training.RECIPE_UPSAMPLING]
     assert vars(train.get_args(["--preset", "recipe"])) == {**vars(train.get_args(flags)), "preset": "recipe"}
     recipe = train.get_args(["--preset", "recipe"])

@@ -16,7 +16,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset import Intensity, photo_transform, preprocess, read_image, scan_dataset  # noqa: E402
+from augment import photo_transform  # noqa: E402
+from dataset import Intensity, preprocess, read_image, scan_dataset  # noqa: E402
 from runner import DATA_DIR  # noqa: E402
 
 
