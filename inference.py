@@ -6,6 +6,8 @@ through that same path for training's validation and evaluate.py alike.
 import argparse
 import json
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,6 +161,21 @@ def blend_ramp(n: int, overlap: int, start_inside: bool, end_inside: bool) -> to
     return side(i, start_inside) * side(n - 1 - i, end_inside)
 
 
+# Who hears about each tile (done, total) while a large image is predicted: a progress bar is a caller's
+# concern, so it is set around a call (reporting_tiles) rather than threaded through every signature.
+TILE_PROGRESS: ContextVar = ContextVar("tile_progress", default=None)
+
+
+@contextmanager
+def reporting_tiles(callback):
+    """Within the block, callback(done, total) after each tile of every tiled pass."""
+    token = TILE_PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        TILE_PROGRESS.reset(token)
+
+
 def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: int) -> tuple[torch.Tensor, int]:
     """Bx3xHxW -> Bx1xHxW probability from overlapping tiles; also returns the tile count.
 
@@ -181,6 +198,8 @@ def predict_tiled(model, x: torch.Tensor, engine: Engine, tile: int, overlap: in
             total[..., top:top + th, left:left + tw] += prob * window
             weight[..., top:top + th, left:left + tw] += window
             count += 1
+            if TILE_PROGRESS.get():
+                TILE_PROGRESS.get()(count, len(tops) * len(lefts))
     return (total / weight)[..., :height, :width], count
 
 

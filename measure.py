@@ -1,11 +1,14 @@
 """Crack measurement on a binary mask: the skeleton (Zhang-Suen thinning, vectorised), its length and
-the crack width at each skeleton pixel, and measure(), the statistics predict.py writes to summary.csv.
+the crack width at each skeleton pixel, measure_cracks() (one row per crack: predict.py's cracks.csv)
+and measure(), their sums per photo (summary.csv).
 
-Length is that of the skeleton: 1 per axial and sqrt(2) per diagonal link, exact along rows, columns
-and diagonals, up to ~12% long at angles in between (the skeleton zigzags). Width comes from a precise
+Length is that of the skeleton (1 per axial and sqrt(2) per diagonal link) plus half the width at each
+end: exact along rows, columns and diagonals, up to ~8% long at angles in between for cracks up to
+3 px wide and ~16% for 8 px wide ones (the skeleton zigzags). Width comes from a precise
 distance transform of the mask upsampled 2x (see crack_widths): exact for every width along rows and
 columns, the mean within 0.4 px at any angle for widths 1 to 8 (tests/test_predict.py).
 """
+import bisect
 import math
 
 import cv2
@@ -131,12 +134,100 @@ def without_specks(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
     return keep[labels], int(keep.sum())
 
 
+ROBUST_MAX_PERCENTILE = 95   # a crack's max width: one stray wide pixel (a junction, a blob) is not its width
+AXIS_TOLERANCE = 20          # degrees from the photo's vertical (longitudinal) or horizontal (transverse)
+
+
+def measure_cracks(mask: np.ndarray, min_area: int = 20) -> tuple[np.ndarray, list[dict]]:
+    """(the mask of the counted cracks, one dict per crack, longest first with ids 1, 2, ...).
+
+    A crack is an 8-connected piece of at least min_area pixels (smaller ones are noise, left out of
+    the mask as well, so picture and numbers agree): its bounding box (x, y, w, h), area, length,
+    mean / median / robust max width (the ROBUST_MAX_PERCENTILE-th percentile along the skeleton)
+    and orientation (crack_shape)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    kept = np.zeros(mask.shape, bool)
+    cracks = []
+    for i in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < min_area:
+            continue
+        piece = labels[y:y + h, x:x + w] == i
+        kept[y:y + h, x:x + w] |= piece
+        cracks.append({"x": x, "y": y, "w": w, "h": h, "area": area, **crack_shape(piece)})
+    cracks.sort(key=lambda c: -c["length_px"])
+    for n, crack in enumerate(cracks, 1):
+        crack["id"] = n
+    return kept, cracks
+
+
+def crack_shape(piece: np.ndarray) -> dict:
+    """Length, widths and orientation of one connected piece.
+
+    Length: the skeleton's, plus half the width at each of its ends, where thinning stops short of
+    the crack's end by about that much (a piece too compact to leave a skeleton keeps its deepest pixel)."""
+    skeleton = skeletonize(piece)
+    if not skeleton.any():
+        dist = cv2.distanceTransform(np.pad(piece, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        skeleton[np.unravel_index(int(dist[1:-1, 1:-1].argmax()), piece.shape)] = True
+    widths = crack_widths(piece, skeleton)
+    ends = end_counts(skeleton)[skeleton]
+    angle = principal_angle(piece)
+    return {"length_px": crack_length(skeleton) + float(widths @ ends) / 2,
+            "mean_width_px": float(widths.mean()), "median_width_px": float(np.median(widths)),
+            "max_width_px": float(np.percentile(widths, ROBUST_MAX_PERCENTILE)),
+            "angle_deg": angle, "orientation": orientation(angle), "samples": int(widths.size)}
+
+
+def end_counts(skeleton: np.ndarray) -> np.ndarray:
+    """Per pixel, how many crack ends it is: 1 with one 8-neighbour on the skeleton, 2 with none."""
+    s = np.pad(skeleton, 1).astype(np.float32)
+    neighbours = cv2.filter2D(s, -1, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT)[1:-1, 1:-1] - 1
+    return np.where(skeleton & (neighbours < 1.5), 2 - np.round(neighbours), 0)
+
+
+def principal_angle(piece: np.ndarray) -> float:
+    """The piece's principal axis in degrees in [0, 180), counter-clockwise from the photo's
+    horizontal as a person sees it (45: rising to the right)."""
+    m = cv2.moments(piece.astype(np.uint8), binaryImage=True)
+    theta = 0.5 * math.atan2(2 * m["mu11"], m["mu20"] - m["mu02"])   # clockwise: image rows grow downward
+    return round(math.degrees(-theta) % 180, 1)
+
+
+def orientation(angle: float) -> str:
+    """longitudinal (along the upright photo's vertical: a road running away from the camera),
+    transverse (along its horizontal) or diagonal, within AXIS_TOLERANCE degrees."""
+    if abs(angle - 90) <= AXIS_TOLERANCE:
+        return "longitudinal"
+    if angle <= AXIS_TOLERANCE or angle >= 180 - AXIS_TOLERANCE:
+        return "transverse"
+    return "diagonal"
+
+
+def crack_summary(kept: np.ndarray, cracks: list[dict]) -> dict:
+    """A photo's statistics, the sums of its measure_cracks() rows: the mean width pooled over every
+    skeleton pixel, the max the largest robust max, the longest crack's length."""
+    samples = sum(c["samples"] for c in cracks)
+    return {"crack_fraction": float(kept.mean()), "cracks": len(cracks),
+            "length_px": sum(c["length_px"] for c in cracks),
+            "mean_width_px": sum(c["mean_width_px"] * c["samples"] for c in cracks) / samples if samples else 0.0,
+            "max_width_px": max((c["max_width_px"] for c in cracks), default=0.0),
+            "longest_px": max((c["length_px"] for c in cracks), default=0.0)}
+
+
 def measure(mask: np.ndarray, min_area: int = 20) -> dict:
-    """Crack statistics of an HxW bool mask, leaving out 8-connected pieces under min_area pixels."""
-    cracks, pieces = without_specks(mask, min_area)
-    skeleton = skeletonize(cracks)
-    widths = crack_widths(cracks, skeleton)
-    return {"crack_fraction": float(cracks.mean()), "components": pieces,
-            "length_px": crack_length(skeleton),
-            "mean_width_px": float(widths.mean()) if widths.size else 0.0,
-            "max_width_px": float(widths.max()) if widths.size else 0.0}
+    """crack_summary() of an HxW bool mask, leaving out 8-connected pieces under min_area pixels."""
+    return crack_summary(*measure_cracks(mask, min_area))
+
+
+def class_names(edges: list[float]) -> list[str]:
+    """The width classes that `edges` (mm, increasing) make: two edges name hairline / medium / wide."""
+    middle = [f"{a:g}-{b:g} mm" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    ranges = [f"< {edges[0]:g} mm", *middle, f">= {edges[-1]:g} mm"]
+    if len(edges) == 2:
+        return [f"{name} ({r})" for name, r in zip(("hairline", "medium", "wide"), ranges, strict=True)]
+    return ranges
+
+
+def width_class(width_mm: float, edges: list[float]) -> str:
+    return class_names(edges)[bisect.bisect_right(edges, width_mm)]

@@ -1,36 +1,46 @@
-"""Predict crack maps for photos of any size with a trained run, and measure the cracks.
+"""Predict crack maps for photos of any size with a trained run, measure every crack, and report.
 
-    python predict.py photo.jpg                                    # the bundled model (when shipped)
-    python predict.py --name dc_main photo.jpg                     # -> models/dc_main/predictions/
-    python predict.py --name dc_main survey/ --out survey_cracks --overlay   # a folder, recursively
-    python predict.py --name dc_main "site/**/*.jpg" --mm-per-px 0.25 --min-area 50
+    python predict.py photos/                                      # the bundled model -> ./predictions/...
+    python predict.py photos/ --report --mm-per-px 0.5             # + report.html, widths in mm and classes
+    python predict.py --name dc_main survey/ --out survey_cracks   # a run of yours, a folder of your choice
+    python predict.py --name dc_main "site/**/*.jpg" --min-area 50 --width-classes 0.3 1 3
     python predict.py --name SYNTHETIC_UNet inputs/SYNTHETIC/images --device cpu   # CPU smoke run
-    python evaluate.py --pred-dir models/dc_main/predictions --test CFD --data-dir ../shared/data
+    python evaluate.py --pred-dir predictions/<run>-<time> --test CFD --data-dir ../shared/data
 
-INPUT is an image file, a folder (searched recursively for .jpg .png .bmp .tif .webp .heic) or a quoted
-glob pattern. Outputs mirror the input tree under --out (a file given by name lands at the top):
-<stem>_prob.png (p = value/255, scorable by evaluate.py --pred-dir), <stem>_mask.png (0/255,
-p > threshold), with --overlay <stem>_overlay.jpg, and summary.csv with one row per image.
+INPUT is an image file, a folder (searched recursively for .jpg .png .bmp .tif .webp .heic; folders
+holding a .crackseg-predictions marker, earlier outputs, are skipped) or a quoted glob pattern.
+Outputs go to --out (default ./predictions/<run>-<YYYYmmdd-HHMMSS>/, a new folder each run; an
+existing one is refused unless empty or --overwrite, which replaces only an earlier run's outputs:
+outputs.py), mirroring the input tree (a file given by name lands at the top):
+<stem>_prob.png (p = value/255, scorable by evaluate.py --pred-dir), <stem>_mask.png (0/255, the
+counted cracks: p > threshold without pieces under --min-area), <stem>_overlay.jpg (the counted
+cracks in magenta with their ids; --no-overlay: none), summary.csv (one row per photo), cracks.csv
+(one row per crack) and with --report a self-contained report.html (report.py).
 The threshold is the run's validation ODS threshold from config.json (0.5 if absent).
 
 Images up to --tile pixels a side are predicted in one pass, larger ones in overlapping
 tiles blended with a smooth window (inference.predict_probability, the path evaluate.py uses).
 Unlike the dataset loader, photos are turned upright by their EXIF orientation tag (phones
-store portraits sideways), so every output and width/height in summary.csv are in the upright
-frame. Gray and RGBA files are read as RGB (alpha dropped); 16-bit files scaled to 8-bit.
+store portraits sideways), so every output and every position and angle in the CSVs are in the
+upright frame. Gray and RGBA files are read as RGB (alpha dropped); 16-bit files scaled to 8-bit.
 
-Measurements (summary.csv) use the mask without its pieces under --min-area pixels (noise);
-the written mask keeps them. Length is that of the skeleton (Zhang-Suen thinning): 1 per axial
-and sqrt(2) per diagonal link: exact along rows, columns and diagonals, up to ~12% long at
-angles in between (the skeleton zigzags). Width at each skeleton pixel comes from a precise
-distance transform of the mask upsampled 2x (see measure.crack_widths): exact for every width along rows
-and columns, the mean within 0.4 px at any angle for widths 1 to 8 (tests/test_predict.py).
+Measurements (measure.measure_cracks): a crack is an 8-connected piece of the mask. Its length is
+that of its skeleton (Zhang-Suen thinning; 1 per axial and sqrt(2) per diagonal link) plus half the
+width at each end, exact along rows, columns and diagonals, up to ~8% long at angles in between for
+cracks up to 3 px wide and ~16% for 8 px wide ones (the skeleton zigzags);
+its width at each skeleton pixel comes from a precise distance transform of the mask upsampled 2x
+(exact along rows and columns, the mean within 0.4 px at any angle for widths 1 to 8); its max
+width is the 95th percentile along the skeleton; its orientation the principal axis: longitudinal
+within 20 degrees of the photo's vertical, transverse within 20 degrees of its horizontal, else
+diagonal. Width classes (with --mm-per-px) come from the mean width and --width-classes.
 Exit status: 0 all images done, 1 some unreadable (named on stderr, the rest done), 2 usage error.
 """
 import argparse
 import csv
 import glob
+import os
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -40,15 +50,24 @@ from tqdm import tqdm
 
 from dataset import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess, read_heif
 from engine import make_engine
-from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_scaled
-from measure import measure
-from rundir import DEFAULT_BUNDLE, MODELS_DIR, PRETRAINED_DIR, REPO_DIR, RunError, bundle_dir, runs_arg
+from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_scaled, reporting_tiles
+from measure import class_names, crack_summary, measure_cracks, width_class
+from onnxnet import load_onnx
+from outputs import MARKER, check_out_dir, default_out, prepare_out_dir
+from rundir import DEFAULT_BUNDLE, PRETRAINED_DIR, RunError, bundle_dir, runs_arg
 from utils import run_cli
-from visuals import crack_overlay, save_probability, write_image
+from visuals import crack_overlay, label_cracks, save_probability, write_image
 
-COLUMNS = ["image", "width", "height", "scale", "threshold", "crack_fraction", "components", "length_px",
-           "mean_width_px", "max_width_px"]
-MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
+COLUMNS = ["image", "width", "height", "scale", "threshold", "crack_found", "cracks", "crack_fraction",
+           "length_px", "longest_px", "mean_width_px", "max_width_px"]
+MM_COLUMNS = ["length_mm", "longest_mm", "mean_width_mm", "max_width_mm"]
+CRACK_COLUMNS = ["image", "crack", "x", "y", "w", "h", "length_px", "mean_width_px", "median_width_px",
+                 "max_width_px", "area_px", "angle_deg", "orientation"]
+CRACK_MM_COLUMNS = ["length_mm", "mean_width_mm", "median_width_mm", "max_width_mm", "area_mm2", "width_class"]
+# Example edges only (mean width, mm): hairline < 1 <= medium < 3 <= wide. Practice differs by surface:
+# concrete codes tolerate 0.1-0.4 mm, pavement surveys grade severity at about 6 and 19 mm. Set yours.
+WIDTH_CLASSES = (1.0, 3.0)
+TILE_BAR_FROM = 5   # photos of more tiles than this minus one get a bar of their own
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,11 +76,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run under models/ (or bundled model) that predicts; RUN1+RUN2 = their ensemble "
                         f"(mean probability); default: the bundled {DEFAULT_BUNDLE}")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted glob patterns")
-    p.add_argument("--out", type=Path, help="output folder (default: models/RUN/predictions/)")
+    p.add_argument("--out", type=Path, help="output folder (default: ./predictions/<run>-<YYYYmmdd-HHMMSS>/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out, only if an earlier predict.py run made it (its marker) "
+                        "and it holds no input")
     p.add_argument("--threshold", type=float, help="crack where p > this (default: the run's, else 0.5)")
-    p.add_argument("--overlay", action="store_true", help="also write the photo with cracks drawn in magenta")
-    p.add_argument("--min-area", type=int, default=20, help="pieces under this many pixels are not measured")
+    p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the photo with the counted cracks in magenta and their ids (default: on)")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.html: every photo, most crack length first (writes the overlays)")
+    p.add_argument("--min-area", type=int, default=20, help="pieces under this many pixels are not cracks")
     p.add_argument("--mm-per-px", type=float, help="scale of the photos: adds lengths and widths in mm")
+    p.add_argument("--width-classes", type=float, nargs="+", default=list(WIDTH_CLASSES), metavar="MM",
+                   help="edges of the width classes by mean width in mm, with --mm-per-px (default 1 3: "
+                        "hairline / medium / wide; examples, not a standard)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="who runs the network: PyTorch, or onnxruntime on export.py's models/RUN/model.onnx "
+                        "(fp32; the same preprocessing, tiling and --scale)")
     p.add_argument("--tile", type=int, default=TILE,
                    help="largest side predicted in one pass; lower it (e.g. 512) if memory runs out")
     p.add_argument("--overlap", type=int, default=OVERLAP, help="pixels shared by neighbouring tiles")
@@ -79,20 +110,38 @@ def get_args(argv=None) -> argparse.Namespace:
         parser.error("--threshold must be in [0, 1)")
     if args.mm_per_px is not None and args.mm_per_px <= 0:
         parser.error("--mm-per-px must be positive")
+    if args.width_classes != sorted(set(args.width_classes)) or args.width_classes[0] <= 0:
+        parser.error("--width-classes must be increasing positive widths in mm, e.g. 1 3")
+    args.overlay = args.overlay or args.report   # the report's cards show the overlays
+    if args.min_area < 1:
+        parser.error("--min-area must be >= 1")
     return args
 
 
 # ---------------------------------------------------------------- finding and reading images
 
+def walk_images(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted, skipping folders that hold predict.py's marker (its outputs)."""
+    files = []
+    for root, dirs, names in os.walk(folder):
+        if MARKER in names:
+            dirs[:] = []
+            continue
+        dirs.sort()
+        files += [Path(root) / n for n in sorted(names)]
+    return files
+
+
 def images_under(root: Path, paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     """(image, path relative to root) for image files among paths and inside folders among them."""
     files = []
     for path in paths:
-        files += sorted(path.rglob("*")) if path.is_dir() else [path]
+        files += walk_images(path) if path.is_dir() else [path]
     return [(f, f.relative_to(root)) for f in files
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
             and not any(part.startswith(".") for part in f.relative_to(root).parts)
-            and not f.resolve().is_relative_to(out_dir)]  # earlier outputs are not inputs
+            and not (f.parent / MARKER).is_file()          # a glob's match inside earlier outputs
+            and not f.resolve().is_relative_to(out_dir)]  # this run's outputs are not inputs
 
 
 def glob_root(pattern: str) -> Path:
@@ -135,20 +184,6 @@ def find_inputs(patterns: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
     return list(found.values())
 
 
-def check_out_dir(out_dir: Path, patterns: list[str], items: list[tuple[Path, Path]]) -> None:
-    """--out may be any folder except one that is, or holds, an input, the working directory, the
-    repository or the home directory: outputs written there would land among the user's own files."""
-    out = out_dir.resolve()
-    protected = [("the working directory", Path.cwd()), ("the repository", REPO_DIR),
-                 ("the home directory", Path.home())]
-    protected += [(f"the input {glob_root(p)}", glob_root(p)) for p in patterns if glob_root(p).exists()]
-    protected += [(f"the input {image}", image) for image, _ in items]
-    for what, path in protected:
-        if path.resolve().is_relative_to(out):
-            raise RunError(f"--out {out_dir} is or contains {what}; give a new or empty folder of its own "
-                           "(for example --out predictions/run1)")
-
-
 def read_photo(path: Path) -> np.ndarray:
     """HxWx3 uint8 RGB, upright: IMREAD_COLOR applies the EXIF orientation (dataset.read_image does not)."""
     check_header(path)
@@ -171,16 +206,43 @@ def predict_image(path: Path, model, engine, intensity: Intensity, args) -> tupl
     return image, scaled.prob[0, 0].numpy(), scaled.factor
 
 
-def summary_row(rel: Path, mask: np.ndarray, threshold: float, factor: float, args) -> dict:
-    stats = measure(mask, args.min_area)
-    row = {"image": rel.as_posix(), "width": mask.shape[1], "height": mask.shape[0], "scale": factor,
-           "threshold": threshold,
-           "crack_fraction": round(stats["crack_fraction"], 6), "components": stats["components"],
-           **{k: round(stats[k], 2) for k in ("length_px", "mean_width_px", "max_width_px")}}
+def in_mm(row: dict, keys: list[str], mm_per_px: float) -> dict:
+    """The mm columns of `keys` (lengths and widths; area in mm^2)."""
+    return {k.replace("_px", "_mm").replace("area_mm", "area_mm2"):
+            round(row[k] * (mm_per_px ** 2 if k == "area_px" else mm_per_px), 4) for k in keys}
+
+
+def crack_rows(rel: Path, cracks: list[dict], args) -> list[dict]:
+    rows = []
+    for c in cracks:
+        row = {"image": rel.as_posix(), "crack": c["id"], **{k: c[k] for k in ("x", "y", "w", "h")},
+               **{k: round(c[k], 2) for k in ("length_px", "mean_width_px", "median_width_px", "max_width_px")},
+               "area_px": c["area"], "angle_deg": c["angle_deg"], "orientation": c["orientation"]}
+        if args.mm_per_px:
+            row.update(in_mm(row, ["length_px", "mean_width_px", "median_width_px", "max_width_px", "area_px"],
+                             args.mm_per_px))
+            row["width_class"] = width_class(row["mean_width_mm"], args.width_classes)
+        rows.append(row)
+    return rows
+
+
+def summary_row(rel: Path, kept: np.ndarray, cracks: list[dict], threshold: float, factor: float, args) -> dict:
+    stats = crack_summary(kept, cracks)
+    row = {"image": rel.as_posix(), "width": kept.shape[1], "height": kept.shape[0], "scale": factor,
+           "threshold": threshold, "crack_found": int(bool(cracks)), "cracks": len(cracks),
+           "crack_fraction": round(stats["crack_fraction"], 6),
+           **{k: round(stats[k], 2) for k in ("length_px", "longest_px", "mean_width_px", "max_width_px")}}
     if args.mm_per_px:
-        for key in ("length_px", "mean_width_px", "max_width_px"):
-            row[key.replace("_px", "_mm")] = round(stats[key] * args.mm_per_px, 4)
+        row.update(in_mm(row, ["length_px", "longest_px", "mean_width_px", "max_width_px"], args.mm_per_px))
     return row
+
+
+def write_photo_outputs(base: Path, image: np.ndarray, prob: np.ndarray, kept: np.ndarray, cracks: list[dict],
+                        overlay: bool) -> None:
+    save_probability(Path(f"{base}_prob.png"), prob)  # also makes the folder
+    write_image(Path(f"{base}_mask.png"), kept.astype(np.uint8) * 255)
+    if overlay:
+        write_image(Path(f"{base}_overlay.jpg"), label_cracks(crack_overlay(image, kept), cracks))
 
 
 def out_of_memory(err: BaseException) -> bool:
@@ -199,40 +261,80 @@ def release_memory(engine) -> None:
         torch.cuda.empty_cache()
 
 
+class TileBar:
+    """A second bar for the tiles of a photo of more than TILE_BAR_FROM - 1 tiles (each tiled pass anew)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < TILE_BAR_FROM:
+            return
+        if self.bar is None or done == 1:
+            self.close()
+            self.bar = tqdm(total=total, unit="tile", desc="  tiles", leave=False, file=sys.stderr, position=1)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 # ---------------------------------------------------------------- main
 
-def main(argv=None) -> int:
-    # 1. arguments, device, model and threshold
-    args = get_args(argv)
+def choose_model(args):
+    """The run that predicts (the bundle when --name is absent), the engine, its model and config."""
     if args.name is None:
         if not bundle_dir(DEFAULT_BUNDLE):
             raise RunError(f"no --name given and no bundled model in {PRETRAINED_DIR / DEFAULT_BUNDLE}; "
                            "name a run under models/ with --name")
         args.name = DEFAULT_BUNDLE
         print(f"no --name: using the bundled model {DEFAULT_BUNDLE} ({bundle_dir(DEFAULT_BUNDLE)})")
-    out_dir = args.out or MODELS_DIR / args.name / "predictions"
     engine = make_engine(args.device, args.precision, args.channels_last)
     model, config = load_runs(args.name, engine, args.checkpoint)
-    intensity = Intensity.from_config(config)
-    threshold = config["threshold"] if args.threshold is None else args.threshold
-    args.scale = config["scale"] if args.scale is None else args.scale
-    source = config["threshold_source"] if args.threshold is None else "--threshold"
-    # 2. the images: a missing INPUT stops everything before any work, as a typo should
-    check_out_dir(out_dir, args.inputs, [])
-    items = find_inputs(args.inputs, out_dir.resolve())
-    check_out_dir(out_dir, args.inputs, items)
-    print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}, "
-          f"threshold {threshold:g} ({source}), scale {args.scale}; {len(items)} image(s) -> {out_dir}")
-    # 3. one image at a time (sizes differ; batching gains little next to decoding and writing);
-    #    an unreadable file is reported and skipped, the rest still done
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failed = []
-    with open(out_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + (MM_COLUMNS if args.mm_per_px else []))
-        writer.writeheader()
-        for path, rel in tqdm(items, unit="image", file=sys.stderr):
+    if args.backend == "onnxruntime":
+        model = load_onnx(args.name, config, engine.device)
+        engine = make_engine("cpu", "fp32", False)   # onnxruntime takes fp32 CPU arrays and runs its own device
+    return engine, model, config
+
+
+class Results:
+    """summary.csv and cracks.csv, written row by row (a long run interrupted keeps the rows done), and
+    what the report needs of each photo."""
+
+    def __init__(self, out_dir: Path, mm: bool):
+        self.files = [open(out_dir / name, "w", newline="") for name in ("summary.csv", "cracks.csv")]
+        self.summary, self.cracks = (
+            csv.DictWriter(f, fieldnames=cols + (mm_cols if mm else []))
+            for f, cols, mm_cols in zip(self.files, (COLUMNS, CRACK_COLUMNS), (MM_COLUMNS, CRACK_MM_COLUMNS),
+                                        strict=True))
+        self.summary.writeheader()
+        self.cracks.writeheader()
+        self.photos: list[dict] = []
+
+    def add(self, row: dict, cracks: list[dict], files: dict) -> None:
+        self.summary.writerow(row)
+        self.cracks.writerows(cracks)
+        for f in self.files:
+            f.flush()
+        self.photos.append({"summary": row, "cracks": cracks, **files})
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+def predict_all(items, model, engine, config, args, out_dir: Path) -> tuple[Results, list[Path]]:
+    """Every photo in turn (sizes differ; batching gains little next to decoding and writing); an
+    unreadable file, or one that runs out of memory, is reported and skipped, the rest still done."""
+    intensity, failed = Intensity.from_config(config), []
+    results, tiles = Results(out_dir, bool(args.mm_per_px)), TileBar()
+    try:
+        for path, rel in tqdm(items, unit="photo", file=sys.stderr, position=0):
             try:
-                image, prob, factor = predict_image(path, model, engine, intensity, args)
+                with reporting_tiles(tiles):
+                    image, prob, factor = predict_image(path, model, engine, intensity, args)
             except DatasetError as err:
                 tqdm.write(f"skipped {err}", file=sys.stderr)
                 failed.append(path)
@@ -246,16 +348,56 @@ def main(argv=None) -> int:
                 failed.append(path)
                 release_memory(engine)
                 continue
-            mask = prob > threshold
+            finally:
+                tiles.close()
+            kept, cracks = measure_cracks(prob > args.threshold, args.min_area)
             base = out_dir / rel.parent / rel.stem
-            save_probability(Path(f"{base}_prob.png"), prob)  # also makes the folder
-            write_image(Path(f"{base}_mask.png"), mask.astype(np.uint8) * 255)
-            if args.overlay:
-                write_image(Path(f"{base}_overlay.jpg"), crack_overlay(image, mask))
-            writer.writerow(summary_row(rel, mask, threshold, factor, args))
-            f.flush()  # a long run interrupted still leaves the rows done so far
-    # 4. report
-    print(f"wrote {len(items) - len(failed)} prediction(s) and summary.csv to {out_dir}"
+            write_photo_outputs(base, image, prob, kept, cracks, args.overlay)
+            files = {"source": path, "overlay": f"{base}_overlay.jpg" if args.overlay else None}
+            results.add(summary_row(rel, kept, cracks, args.threshold, factor, args), crack_rows(rel, cracks, args),
+                        files)
+    finally:
+        results.close()
+    return results, failed
+
+
+def settings(args, config: dict) -> dict:
+    """What the report and the start line say about how the photos were read."""
+    return {"model": args.name, "arch": config["arch"], "threshold": args.threshold, "scale": args.scale,
+            "mm_per_px": args.mm_per_px, "min_area": args.min_area, "terms": config.get("terms"),
+            "width_classes": class_names(args.width_classes) if args.mm_per_px else None}
+
+
+def main(argv=None) -> int:
+    # 1. arguments, device, model, threshold and scale
+    args = get_args(argv)
+    engine, model, config = choose_model(args)
+    source = config["threshold_source"] if args.threshold is None else "--threshold"
+    args.threshold = config["threshold"] if args.threshold is None else args.threshold
+    args.scale = config["scale"] if args.scale is None else args.scale
+    # 2. the images and the output folder: a missing INPUT or a folder of the user's stops everything
+    #    before any work, as a typo should
+    out_dir = args.out or default_out(args.name)
+    roots = [glob_root(p) for p in args.inputs if glob_root(p).exists()]
+    check_out_dir(out_dir, roots)   # before the scan, which leaves out what lies inside --out
+    items = find_inputs(args.inputs, out_dir.resolve())
+    prepare_out_dir(out_dir, roots + [image for image, _ in items], args.overwrite)
+    print(f"{args.name}: {config['arch']} ({args.checkpoint}, {args.backend}), {engine.describe()}, "
+          f"threshold {args.threshold:g} ({source}), scale {args.scale}; {len(items)} photo(s) -> {out_dir}")
+    if config.get("terms"):
+        print(f"terms of {args.name}: {config['terms']}")
+    # 3. every photo, then the report
+    started = time.perf_counter()
+    results, failed = predict_all(items, model, engine, config, args, out_dir)
+    report = None
+    if args.report:
+        from report import write_report
+        report = write_report(out_dir, settings(args, config), results.photos, failed)
+    # 4. what was done, where it is
+    done = len(items) - len(failed)
+    print(f"wrote {done} prediction(s), summary.csv and cracks.csv to {out_dir} "
+          f"({done / max(time.perf_counter() - started, 1e-9):.2f} photos/s)"
+          + (f"; report: {report}" if report else "")
           + (f"; {len(failed)} file(s) skipped (unreadable or out of memory): {', '.join(map(str, failed))}"
              if failed else ""))
     return 1 if failed else 0

@@ -237,15 +237,17 @@ LOCAL_KEYS = ("data_dir", "name", "resume", "overwrite", "init_from", "device", 
               "panels_every")   # paths and machine settings: meaningless in a shipped model
 
 
-def export_bundle(run: str, folder: Path) -> dict:
+def export_bundle(run: str, folder: Path, extra: dict | None = None) -> dict:
     """Write a finished run as a bundled model: model.pt (best.pt's weights only, half precision),
-    config.json (no local paths, with model.pt's sha256) and split.json. Returns the config."""
+    config.json (no local paths, with model.pt's sha256 and `extra`, e.g. its terms) and split.json.
+    Returns the config."""
     state, _ = run_state(run)
     folder.mkdir(parents=True, exist_ok=True)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(half, folder / "model.pt")
     config = {k: v for k, v in load_config(run).items() if k not in LOCAL_KEYS}
-    config.update({"exported_from": run, "weights": "fp16", "sha256": file_sha256(folder / "model.pt")})
+    config.update({"exported_from": run, "weights": "fp16", "sha256": file_sha256(folder / "model.pt"),
+                   **(extra or {})})
     write_config(folder, config)
     write_split(folder, read_split(run))
     return config

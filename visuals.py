@@ -73,3 +73,19 @@ def crack_overlay(image: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """The photo with predicted cracks drawn in a strong colour, thickened to stay visible when zoomed out."""
     thick = cv2.dilate(pred.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     return paint(image, thick, CRACK_COLOUR, alpha=0.9)
+
+
+def label_cracks(overlay: np.ndarray, cracks: list[dict]) -> np.ndarray:
+    """Each crack's id (cracks.csv) beside its bounding box, in type sized to the photo, white on black
+    so it reads on any surface."""
+    out = overlay.copy()
+    scale = max(max(out.shape[:2]) / 1200, 0.6)
+    thickness = max(int(round(2 * scale)), 1)
+    for crack in cracks:
+        text = str(crack["id"])
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        x = min(crack["x"] + crack["w"] + 2, out.shape[1] - tw - 2)
+        y = min(max(crack["y"] + th + 2, th + 2), out.shape[0] - 2)
+        cv2.rectangle(out, (x - 2, y - th - 2), (x + tw + 2, y + 4), (0, 0, 0), -1)
+        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out

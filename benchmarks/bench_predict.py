@@ -2,6 +2,8 @@
 
     python benchmarks/bench_predict.py                        # the bundled model against the width-32 UNet
     python benchmarks/bench_predict.py --candidates UNet:32 UNet:16 NestedUNet:16   # speed of networks
+    python benchmarks/bench_predict.py --backend torch onnxruntime --record   # the bundle, two backends
+    python benchmarks/bench_predict.py --table-only                            # the backends table
 
 Each arm is `python predict.py photo.jpg [--name RUN]` in a fresh process (imports, loading,
 tiling, the probability map, mask, widths and summary.csv), run --repeat times in turn with the
@@ -10,6 +12,10 @@ not depend on its weights, so a candidate is a network of that shape with random
 a run, its output bias set so that 2% of the photo comes out as crack (measuring the cracks then
 costs what it does on a trained model's masks). The last line is `ratio: <width-32 UNet / bundled
 model>` (or / the last candidate).
+
+--backend times the bundled model under each backend (onnxruntime on the network export.py writes)
+on the 4000x3000 photo and on a folder of 50 photos of 2 MP, each repeat into a fresh --out; --record
+appends the medians and the ratio torch / onnxruntime to benchmarks/results/bench_predict.jsonl.
 """
 import argparse
 import json
@@ -36,6 +42,9 @@ from rundir import DEFAULT_BUNDLE, bundle_dir  # noqa: E402
 
 HEIGHT, WIDTH = 3000, 4000
 REFERENCE = "UNet:32"
+FOLDER_PHOTOS, FOLDER_SIZE = 50, (1152, 1728)   # 2 MP each
+RECORD = ROOT / "benchmarks" / "results" / "bench_predict.jsonl"
+RUNS = iter(range(10**9))   # each predict.py call writes into a fresh --out (an existing one is refused)
 
 
 def write_photo(path: Path) -> None:
@@ -89,8 +98,15 @@ def calibrate_head(model: torch.nn.Module, photo: Path) -> None:
     head.bias -= float(np.quantile(logits, 1 - CRACK_FRACTION))
 
 
-def time_predict(cwd: Path, photo: Path, name: str | None) -> float:
-    cmd = [sys.executable, str(ROOT / "predict.py"), str(photo), "--out", str(cwd / "out")]
+def write_folder(folder: Path) -> None:
+    folder.mkdir()
+    for i in range(FOLDER_PHOTOS):
+        image, _ = synthetic_pair(np.random.default_rng(i), *FOLDER_SIZE)
+        cv2.imwrite(str(folder / f"{i:02d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def time_predict(cwd: Path, photo: Path, name: str | None, extra: tuple[str, ...] = ()) -> float:
+    cmd = [sys.executable, str(ROOT / "predict.py"), str(photo), "--out", str(cwd / f"out{next(RUNS)}"), *extra]
     cmd += ["--name", name] if name else []
     started = time.perf_counter()
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
@@ -105,13 +121,63 @@ def parameters(candidate: str) -> int:
     return count_parameters(build_model(arch, base_width=int(width)))
 
 
+def time_backends(backends: list[str], repeat: int) -> dict:
+    """{input: {backend: median seconds}} for the bundled model; onnxruntime's network exported first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inputs = {f"one {WIDTH}x{HEIGHT} photo": tmp / "photo.jpg", f"{FOLDER_PHOTOS} photos of 2 MP": tmp / "photos"}
+        write_photo(inputs[f"one {WIDTH}x{HEIGHT} photo"])
+        write_folder(inputs[f"{FOLDER_PHOTOS} photos of 2 MP"])
+        if "onnxruntime" in backends:
+            subprocess.run([sys.executable, str(ROOT / "export.py")], cwd=tmp, check=True, capture_output=True)
+        times = {what: {b: [] for b in backends} for what in inputs}
+        for what, path in inputs.items():
+            time_predict(tmp, path, None, ("--backend", backends[0]))   # warm the file cache; not counted
+            for _ in range(repeat):
+                for backend in backends:
+                    times[what][backend].append(time_predict(tmp, path, None, ("--backend", backend)))
+    return {what: {b: round(statistics.median(s), 2) for b, s in arms.items()} for what, arms in times.items()}
+
+
+def record_backends(medians: dict, repeat: int) -> None:
+    from runner import code_version, machine
+    line = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": code_version(), "machine": machine(),
+            "torch": torch.__version__, "repeat": repeat, "medians_s": medians}
+    with open(RECORD, "a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def render_backends(record: Path = RECORD) -> str:
+    rows = ["| machine | torch | input | torch (s) | onnxruntime (s) | ratio torch / onnxruntime |",
+            "|---|---|---|---|---|---|"]
+    for line in map(json.loads, record.read_text().splitlines()):
+        for what, m in line["medians_s"].items():
+            rows.append(f"| {line['machine']} | {line['torch']} | {what} | {m['torch']:.2f} | {m['onnxruntime']:.2f} | "
+                        f"{m['torch'] / m['onnxruntime']:.2f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", nargs="+", metavar="ARCH:WIDTH",
                    help="time these networks (random weights) instead of the bundled model")
+    p.add_argument("--backend", nargs="+", choices=["torch", "onnxruntime"],
+                   help="time the bundled model under these backends (one photo and a folder)")
+    p.add_argument("--record", action="store_true", help="with --backend: append the medians to " + str(RECORD))
+    p.add_argument("--table-only", action="store_true", help="print the backends table from the record and exit")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the times here (benchmarks/architecture.py reads it)")
     args = p.parse_args()
+    if args.table_only:
+        print(render_backends())
+        return
+    if args.backend:
+        medians = time_backends(args.backend, args.repeat)
+        print(json.dumps(medians))
+        if args.record:
+            record_backends(medians, args.repeat)
+            print(render_backends())
+        return
     if not args.candidates and not bundle_dir(DEFAULT_BUNDLE):
         sys.exit(f"no bundled model in pretrained/{DEFAULT_BUNDLE}/; time networks with --candidates")
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,7 +55,7 @@ def export(replace: bool) -> None:
                  "DEEPCRACK_TEST both improved by more than the seed spread")
     if folder.exists():
         shutil.rmtree(folder)
-    config = export_bundle(RUN, folder)
+    config = export_bundle(RUN, folder, {"terms": TERMS_LINE})
     print(f"exported {RUN} to {folder} ({(folder / 'model.pt').stat().st_size / 2**20:.1f} MiB, "
           f"sha256 {config['sha256'][:12]}...)")
 
@@ -148,6 +148,9 @@ def score_cells(metrics: dict) -> list[str]:
     return cells
 
 
+# the one line predict.py prints and the report shows (config.json's "terms"); TERMS below is the detail
+TERMS_LINE = ("non-commercial research use; credit DeepCrack-537 (Liu et al. 2019), CrackForest (Shi et al. 2016), "
+              "CrackMap (ikatsamenis) and Masonry (Dais et al. 2021): pretrained/crackseg-general/README.md")
 TERMS = """| source | images used | terms of the data |
 |---|---|---|
 | DeepCrack-537 (Liu et al., Neurocomputing 2019) | DEEPCRACK_TRAIN, 300 | no licence stated: cite the paper |

@@ -1,7 +1,6 @@
 """--scale-aug-range: each crop seen from a drawn distance, by the zoom rule benchmarks/zoom.py scores with."""
 import random
 
-import cv2
 import numpy as np
 import pytest
 

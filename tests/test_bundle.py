@@ -65,7 +65,8 @@ def test_predict_finds_the_bundle_by_name_from_any_directory_and_by_default(ship
     monkeypatch.chdir(elsewhere)
     photo = next((synthetic_root / "SYN" / "images").iterdir())
     assert predict.main(["--name", "tiny", str(photo), "--device", "cpu"]) == 0
-    assert (elsewhere / "models" / "tiny" / "predictions" / f"{photo.stem}_prob.png").is_file()   # never in pretrained/
+    out, = (elsewhere / "predictions").glob("tiny-*")                   # in the working directory, never pretrained/
+    assert (out / f"{photo.stem}_prob.png").is_file()
     monkeypatch.setattr(predict, "DEFAULT_BUNDLE", "tiny")
     assert predict.main([str(photo), "--device", "cpu", "--out", "default"]) == 0
     assert "using the bundled model tiny" in capsys.readouterr().out

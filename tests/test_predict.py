@@ -19,33 +19,12 @@ import rundir
 import utils
 from engine import make_engine
 from models import build_model
+from standins import calibrate_batchnorm, photo
 from synthetic import synthetic_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = "image,width,height,scale,threshold,crack_fraction,components,length_px,mean_width_px,max_width_px"
-
-
-def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """HxWx3 float32 in [0, 1]: smooth texture crossed by dark lines, like a wall with cracks."""
-    rng = np.random.default_rng(seed)
-    image = cv2.GaussianBlur(rng.random((height, width, 3)).astype(np.float32), (0, 0), 3)
-    image = (image - image.min()) / (image.max() - image.min())
-    for _ in range(height * width // 200_000 + 2):
-        ends = [tuple(map(int, rng.integers(0, (width, height)))) for _ in range(2)]
-        cv2.line(image, *ends, (0, 0, 0), int(rng.integers(1, 6)))
-    return image
-
-
-def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-    """Random weights with BatchNorm statistics of real activations: outputs spread over (0, 1)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # a cumulative average: one batch gives its exact statistics
-            module.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()
+HEADER = ("image,width,height,scale,threshold,crack_found,cracks,crack_fraction,length_px,longest_px,mean_width_px,"
+          "max_width_px")
 
 
 # ---------------------------------------------------------------- tiling
@@ -180,7 +159,7 @@ def test_length_and_width_of_drawn_lines(direction, width):
     mask = drawn_line(direction, 200, width)
     drawn_width = mask.sum() / 200     # the pixels actually set (a 45-degree band is not exactly `width`)
     stats = measure.measure(mask, min_area=1)
-    assert stats["components"] == 1
+    assert stats["cracks"] == 1
     assert stats["length_px"] == pytest.approx(200, rel=0.1)
     if direction != "diagonal":        # exact along rows and columns, odd and even widths alike
         assert stats["mean_width_px"] == stats["max_width_px"] == width
@@ -191,7 +170,8 @@ def test_length_and_width_of_drawn_lines(direction, width):
 
 @pytest.mark.parametrize("angle", [10, 27, 63])
 def test_slanted_lines_within_the_documented_error(angle):
-    """Between rows and diagonals the link length reads up to ~12% long (the skeleton zigzags);
+    """Between rows and diagonals the length reads up to ~16% long (the skeleton zigzags: ~8% for cracks up to
+    3 px wide, 16% for 8 px wide ones at 27 degrees; the half widths added at the ends no longer hide it);
     widths 1 to 8 read within 0.45 px on average (2d - 1 read even widths 1 px narrow)."""
     y, x = np.mgrid[:320, :320] - 40.0
     a = math.radians(angle)
@@ -200,7 +180,7 @@ def test_slanted_lines_within_the_documented_error(angle):
         mask = (across >= -width / 2) & (across < width / 2) & (along >= 0) & (along <= 200)
         drawn_width = mask.sum() / 200
         stats = measure.measure(mask, min_area=1)
-        assert 0.95 * 200 <= stats["length_px"] <= 1.13 * 200
+        assert 0.95 * 200 <= stats["length_px"] <= (1.09 if width <= 3 else 1.17) * 200
         assert stats["mean_width_px"] == pytest.approx(drawn_width, abs=0.45)
         assert stats["max_width_px"] == pytest.approx(drawn_width, abs=0.5)
 
@@ -213,12 +193,12 @@ def test_components_and_min_area():
     specks[10:13, 10:13] = specks[300:303, 20:23] = True          # 9-pixel noise
     clean = measure.measure(mask)
     noisy = measure.measure(mask | specks)
-    assert clean["components"] == noisy["components"] == 2
+    assert clean["cracks"] == noisy["cracks"] == 2
     assert noisy == clean                                           # dropped before measuring
     assert clean["length_px"] == pytest.approx(100 + 120, rel=0.1)
-    assert measure.measure(mask | specks, min_area=5)["components"] == 4
-    assert measure.measure(np.zeros((20, 30), bool)) == {"crack_fraction": 0.0, "components": 0, "length_px": 0.0,
-                                                         "mean_width_px": 0.0, "max_width_px": 0.0}
+    assert measure.measure(mask | specks, min_area=5)["cracks"] == 4
+    assert measure.measure(np.zeros((20, 30), bool)) == {"crack_fraction": 0.0, "cracks": 0, "length_px": 0.0,
+                                                         "mean_width_px": 0.0, "max_width_px": 0.0, "longest_px": 0.0}
 
 
 def zhang_suen_dense(mask: np.ndarray) -> np.ndarray:
@@ -329,12 +309,12 @@ def test_folders_globs_bad_files_gray_and_rgba(tiny_run):
     write_photo(tiny_run / "extra/nested/skip.png")
     write_photo(tiny_run / "single.bmp")
     result = cli(tiny_run, "--name", "tiny", "site", "extra/**/*.jpg", "single.bmp", "--out", "out",
-                 "--threshold", "0.3", "--overlay", "--mm-per-px", "0.5")
+                 "--threshold", "0.3", "--mm-per-px", "0.5")
     assert result.returncode == 1, result.stderr
     assert "broken.jpg" in result.stderr and "Traceback" not in result.stderr
     assert "threshold 0.3 (--threshold)" in result.stdout
     header, rows = read_summary(tiny_run / "out/summary.csv")
-    assert header == HEADER + ",length_mm,mean_width_mm,max_width_mm"
+    assert header == HEADER + ",length_mm,longest_mm,mean_width_mm,max_width_mm"
     done = ["a.jpg", "sub/gray.png", "sub/deeper/rgba.png", "g1.jpg", "nested/g2.jpg", "single.bmp"]
     assert sorted(rows) == sorted(done)
     for name in done:
@@ -343,7 +323,8 @@ def test_folders_globs_bad_files_gray_and_rgba(tiny_run):
         mask = cv2.imread(f"{stem}_mask.png", cv2.IMREAD_UNCHANGED)
         assert prob.shape == mask.shape == (48, 64) and prob.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 255}
-        assert np.mean((mask > 0) == (prob > 0.3 * 255)) > 0.99   # the mask is the map at the threshold
+        counted, _ = measure.measure_cracks(prob > 0.3 * 255, min_area=20)   # the map at the threshold, no specks
+        assert np.mean((mask > 0) == counted) > 0.99
         assert cv2.imread(f"{stem}_overlay.jpg").shape == (48, 64, 3)
         row = rows[name]
         assert (row["width"], row["height"], float(row["threshold"])) == ("64", "48", 0.3)
@@ -359,7 +340,7 @@ def test_exif_photo_and_the_run_threshold(tiny_run):
     result = cli(tiny_run, "--name", "tiny", "phone.jpg", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "threshold 0.5 (config.json)" in result.stdout
-    out = tiny_run / "models/tiny/predictions"
+    out, = (tiny_run / "predictions").glob("tiny-*")
     header, rows = read_summary(out / "summary.csv")
     assert header == HEADER
     assert (rows["phone.jpg"]["width"], rows["phone.jpg"]["height"]) == ("40", "64")   # stored as 64 x 40

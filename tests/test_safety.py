@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import evaluate
+import outputs
 import predict
 import rundir
 import train
@@ -109,13 +110,13 @@ def test_predict_refuses_an_out_that_holds_inputs_or_the_users_folders(tmp_path,
     out = {"the input folder": photos, "its parent": work / "site", "the working directory": work,
            "the home directory": tmp_path / "home", "the repository": ROOT}[where]
     with pytest.raises(rundir.RunError, match="is or contains"):
-        predict.check_out_dir(out, [str(photos)], [])
+        outputs.check_out_dir(out, [photos])
     items = predict.find_inputs([str(photos / "a.jpg")], out.resolve())
     with pytest.raises(rundir.RunError, match="is or contains"):
-        predict.check_out_dir(out, [str(photos / "a.jpg")], items)
+        outputs.check_out_dir(out, [image for image, _ in items])
     items = predict.find_inputs([str(photos)], (work / "predictions").resolve())
-    predict.check_out_dir(work / "predictions", [str(photos)], items)   # a folder of its own is fine
-    predict.check_out_dir(photos / "cracks", [str(photos)], items)      # inside an input folder: skipped by scans
+    outputs.check_out_dir(work / "predictions", [photos, *(image for image, _ in items)])   # a folder of its own
+    outputs.check_out_dir(photos / "cracks", [photos])      # inside an input folder: marked, so skipped by scans
 
 
 def test_predict_with_a_bad_out_exits_2_and_writes_nothing(tmp_path):

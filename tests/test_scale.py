@@ -15,16 +15,10 @@ import inference
 import scales
 from engine import make_engine
 from measure import measure
+from standins import Darkness
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = make_engine("cpu", "fp32", False)
-
-
-class Darkness(torch.nn.Module):
-    """A stand-in network: crack probability = how dark the pixel is (inputs in [0, 1])."""
-
-    def forward(self, x):
-        return 24 * (0.5 - x.mean(1, keepdim=True))
 
 
 def light_photo_with_crack(size: tuple[int, int], width: int, zoom: int = 1) -> torch.Tensor:

@@ -1,0 +1,168 @@
+"""What an inspector gets from predict.py: one row per crack, a report that opens anywhere, output
+folders of its own that never swallow the user's files, and progress over a large photo's tiles."""
+import csv
+import math
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import inference
+import predict
+from outputs import MARKER
+from standins import Darkness, standin_config
+from utils import run_cli
+
+
+@pytest.fixture
+def standin(monkeypatch, tmp_path):
+    """predict.py with the Darkness stand-in as every run, in tmp_path as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(predict, "load_runs", lambda name, engine, which="best.pt": (Darkness(), standin_config()))
+    return tmp_path
+
+
+def run(*argv) -> int:
+    """predict.py's exit status, as the command line gives it."""
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: predict.main(["--name", "standin", "--device", "cpu", *map(str, argv)]))
+    return stop.value.code
+
+
+def flat_crack(image: np.ndarray, centre, length: float, width: int, degrees: float) -> None:
+    """A dark straight crack with flat ends covering about length x width pixels, rising at `degrees`."""
+    t = math.radians(degrees)
+    along, across = np.array([math.cos(t), -math.sin(t)]), np.array([math.sin(t), math.cos(t)])
+    corners = [np.array(centre) + a * (length - 1) / 2 * along + b * (width - 1) / 2 * across
+               for a, b in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    cv2.fillPoly(image, [np.round(np.array(corners) * 16).astype(np.int32)], (25, 25, 25), shift=4)
+
+
+def light_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A light textured surface with one dark pixel (a speck, not a crack), so that per-image min-max
+    scaling spreads dark to light, not the texture, over [0, 1]."""
+    image = np.random.default_rng(seed).integers(200, 225, (h, w, 3)).astype(np.uint8)
+    image[0, 0] = 25
+    return image
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# (centre, length, width px, degrees, orientation, width class at 0.25 mm/px with edges 1 3 mm)
+DRAWN = [((250, 120), 300, 3, 0, "transverse", "hairline (< 1 mm)"),
+         ((520, 330), 300, 6, 45, "diagonal", "medium (1-3 mm)"),
+         ((130, 380), 250, 14, 90, "longitudinal", "wide (>= 3 mm)")]
+
+
+def test_three_drawn_cracks_give_three_rows_of_the_right_size_orientation_and_class(standin):
+    image = light_photo(600, 800)
+    for centre, length, width, degrees, *_ in DRAWN:
+        flat_crack(image, centre, length, width, degrees)
+    cv2.circle(image, (700, 80), 2, (25, 25, 25), -1)   # a speck under --min-area: not a crack anywhere
+    cv2.imwrite(str(standin / "road.png"), image)
+    assert run("road.png", "--out", "out", "--mm-per-px", "0.25") == 0
+    rows = read_csv(standin / "out/cracks.csv")
+    assert len(rows) == 3
+    drawn_area = {}
+    for centre, length, width, degrees, *_ in DRAWN:
+        alone = np.zeros((600, 800), np.uint8)
+        flat_crack(alone, centre, length, width, degrees)
+        drawn_area[degrees] = int((alone[..., 0] if alone.ndim == 3 else alone).astype(bool).sum())
+    for (_, length, _, degrees, orientation, klass) in DRAWN:
+        row = next(r for r in rows if r["orientation"] == orientation)
+        assert float(row["length_px"]) == pytest.approx(length, rel=0.03)
+        assert float(row["mean_width_px"]) == pytest.approx(drawn_area[degrees] / length, abs=0.5)
+        assert float(row["angle_deg"]) == pytest.approx(degrees, abs=2)
+        assert row["width_class"] == klass
+    assert [int(r["crack"]) for r in rows] == [1, 2, 3]          # longest first
+    summary = read_csv(standin / "out/summary.csv")[0]
+    assert (summary["cracks"], summary["crack_found"]) == ("3", "1")
+    assert float(summary["length_px"]) == pytest.approx(sum(float(r["length_px"]) for r in rows), abs=0.05)
+    assert float(summary["longest_px"]) == max(float(r["length_px"]) for r in rows)
+    mask = cv2.imread(str(standin / "out/road_mask.png"), cv2.IMREAD_GRAYSCALE) > 0
+    assert not mask[70:90, 690:710].any()                     # the speck is out of the mask too
+    assert cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 == 3
+    assert (standin / "out/road_overlay.jpg").exists()         # overlays by default
+
+
+def photos_folder(folder: Path) -> list[str]:
+    """Five photos: three with cracks of different lengths, one without, one HEIC and one WebP."""
+    pytest.importorskip("pillow_heif").register_heif_opener()
+    folder.mkdir()
+    names = []
+    for i, length in enumerate((60, 200, 120, 0, 90)):
+        image = light_photo(160, 240, seed=i)
+        if length:
+            flat_crack(image, (120, 80), length, 4, 10 * i)
+        name = ["a.jpg", "b.png", "c.heic", "clean.jpg", "d.webp"][i]
+        Image.fromarray(image).save(folder / name, **({"quality": 95} if name.endswith(".jpg") else {}))
+        names.append(name)
+    return names
+
+
+def test_the_report_links_only_files_beside_it_and_orders_the_photos(standin):
+    names = photos_folder(standin / "photos")
+    assert run("photos", "--out", "out", "--report", "--mm-per-px", "0.5") == 0
+    page = (standin / "out/report.html").read_text()
+    assert not re.search(r"https?:", page, re.IGNORECASE)
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 4 and all((standin / "out" / src).is_file() for src in sources)
+    for name in names:
+        assert name in page                                      # HEIC and WebP included
+    order = [page.index(f"<h3>{n}</h3>") for n in ("b.png", "c.heic", "d.webp", "a.jpg")]
+    assert order == sorted(order)                                # most crack length first
+    assert page.index("clean.jpg") > max(order)                  # photos without cracks last
+    assert "non-commercial" not in page and "<svg" in page
+
+
+def test_a_second_run_into_the_same_out_is_refused_and_overwrite_leaves_nothing_of_the_first(standin):
+    photos_folder(standin / "photos")
+    assert run("photos", "--out", "out") == 0
+    first = {p.name for p in (standin / "out").iterdir()}
+    assert MARKER in first and "b_mask.png" in first
+    assert run("photos", "--out", "out") == 2
+    assert {p.name for p in (standin / "out").iterdir()} == first
+    cv2.imwrite(str(standin / "one.png"), light_photo(64, 64))
+    assert run("one.png", "--out", "out", "--overwrite") == 0
+    assert {p.name for p in (standin / "out").iterdir()} == {MARKER, "summary.csv", "cracks.csv", "one_prob.png",
+                                                              "one_mask.png", "one_overlay.jpg"}
+
+
+def test_overwrite_deletes_nothing_without_the_marker_or_with_an_input_inside(standin):
+    mine = standin / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    cv2.imwrite(str(standin / "one.png"), light_photo(64, 64))
+    assert run("one.png", "--out", "mine", "--overwrite") == 2
+    assert (mine / "notes.txt").read_text() == "the user's"
+    assert run("one.png", "--out", "done") == 0
+    cv2.imwrite(str(standin / "done/inside.png"), light_photo(64, 64))
+    assert run("done/inside.png", "--out", "done", "--overwrite") == 2
+    assert (standin / "done/inside.png").exists() and (standin / "done/one_mask.png").exists()
+
+
+def test_default_out_is_new_per_run_and_earlier_outputs_are_not_inputs(standin, capsys):
+    cv2.imwrite(str(standin / "one.png"), light_photo(64, 64))
+    assert run(".") == 0
+    assert run(".") == 0
+    runs = sorted((standin / "predictions").iterdir())
+    assert len(runs) == 2 and all((r / MARKER).is_file() for r in runs)
+    assert all(re.fullmatch(r"standin-\d{8}-\d{6}(-2)?", r.name) for r in runs)
+    assert [len(read_csv(r / "summary.csv")) for r in runs] == [1, 1]   # the first run's maps were skipped
+    assert str(runs[1].relative_to(standin)) in capsys.readouterr().out   # printed
+
+
+def test_a_large_photo_reports_its_tiles_and_the_last_line_its_speed(standin, capsys):
+    cv2.imwrite(str(standin / "big.jpg"), light_photo(3000, 4000))
+    assert run("big.jpg", "--out", "out") == 0
+    tiles = len(inference.tile_layout(3008, predict.TILE, predict.OVERLAP)[1]) * \
+        len(inference.tile_layout(4000, predict.TILE, predict.OVERLAP)[1])
+    captured = capsys.readouterr()
+    assert tiles > 4 and re.search(rf"tiles.*\b0/{tiles}\b", captured.err)
+    assert re.search(r"photos/s", captured.out.strip().splitlines()[-1])
