@@ -139,10 +139,11 @@ def time_backends(backends: list[str], repeat: int) -> dict:
     return {what: {b: round(statistics.median(s), 2) for b, s in arms.items()} for what, arms in times.items()}
 
 
-def record_backends(medians: dict, repeat: int) -> None:
+def record(results: dict, repeat: int) -> None:
+    """One line of `results` (medians_s: the backends; scales: the --scale arms) in RECORD."""
     from runner import code_version, machine
     line = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": code_version(), "machine": machine(),
-            "torch": torch.__version__, "repeat": repeat, "medians_s": medians}
+            "torch": torch.__version__, "repeat": repeat, **results}
     with open(RECORD, "a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
 
@@ -151,10 +152,59 @@ def render_backends(record: Path = RECORD) -> str:
     rows = ["| machine | torch | input | torch (s) | onnxruntime (s) | ratio torch / onnxruntime |",
             "|---|---|---|---|---|---|"]
     for line in map(json.loads, record.read_text().splitlines()):
-        for what, m in line["medians_s"].items():
+        for what, m in line.get("medians_s", {}).items():
             rows.append(f"| {line['machine']} | {line['torch']} | {what} | {m['torch']:.2f} | {m['onnxruntime']:.2f} | "
                         f"{m['torch'] / m['onnxruntime']:.2f} |")
     return "\n".join(rows)
+
+
+def network_seconds(model, x: torch.Tensor, engine, scale, repeat: int) -> tuple[float, float]:
+    """(median seconds of the network part of predict.py, inference.predict_scaled, the factor chosen)."""
+    from inference import predict_scaled
+    times, factor = [], None
+    for _ in range(repeat + 1):   # the first call warms up; not counted
+        started = time.perf_counter()
+        factor = predict_scaled(model, x, engine, scale).factor
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:]), factor
+
+
+def peak_rss_mib(cmd: list[str], cwd: Path) -> float:
+    """Peak resident memory of one predict.py process (RUSAGE_CHILDREN of a helper that runs only it)."""
+    helper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", helper, *cmd], cwd=cwd, check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1]) / 1024   # Linux reports KiB
+
+
+def real_photo(data_dir: Path) -> np.ndarray:
+    """A DEEPCRACK_TEST photo with a crack, enlarged to 4000x3000 (bicubic): a real surface at phone size."""
+    from dataset import read_image, scan_dataset
+    sample = scan_dataset(data_dir, "DEEPCRACK_TEST")[0][0]
+    return cv2.resize(read_image(sample.image), (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC)
+
+
+def time_scales(scales: list[str], data_dir: Path, repeat: int) -> dict:
+    """Per photo: the network seconds of each --scale and the auto / 1 ratio, and predict.py's peak RSS
+    under --scale auto on the enlarged real photo."""
+    from inference import load_runs
+    engine = make_engine("auto")
+    model, config = load_runs(DEFAULT_BUNDLE, engine)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_photo(tmp / "synthetic.jpg")
+        cv2.imwrite(str(tmp / "real.jpg"), cv2.cvtColor(real_photo(data_dir), cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+        found = {}
+        for name in ("synthetic", "real"):
+            image = cv2.cvtColor(cv2.imread(str(tmp / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
+            x = torch.from_numpy(preprocess(image, Intensity.from_config(config), name).transpose(2, 0, 1).copy())[None]
+            found[name] = {s: network_seconds(model, x, engine, s if s == "auto" else float(s), repeat) for s in scales}
+        rss = peak_rss_mib([sys.executable, str(ROOT / "predict.py"), str(tmp / "real.jpg"), "--scale", "auto",
+                            "--out", str(tmp / "out_rss")], tmp)
+    return {"network_s": {n: {s: round(t, 2) for s, (t, _) in arms.items()} for n, arms in found.items()},
+            "factor": {n: {s: f for s, (_, f) in arms.items()} for n, arms in found.items()},
+            "peak_rss_mib_auto": round(rss)}
 
 
 def main() -> None:
@@ -163,7 +213,12 @@ def main() -> None:
                    help="time these networks (random weights) instead of the bundled model")
     p.add_argument("--backend", nargs="+", choices=["torch", "onnxruntime"],
                    help="time the bundled model under these backends (one photo and a folder)")
-    p.add_argument("--record", action="store_true", help="with --backend: append the medians to " + str(RECORD))
+    p.add_argument("--scales", nargs="+", metavar="SCALE",
+                   help="network time of the bundled model under these --scale values (e.g. 1 auto) on the "
+                        "synthetic photo and an enlarged real one, and predict.py's peak memory under auto")
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--record", action="store_true",
+                   help="with --backend or --scales: append the results to " + str(RECORD))
     p.add_argument("--table-only", action="store_true", help="print the backends table from the record and exit")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the times here (benchmarks/architecture.py reads it)")
@@ -171,11 +226,17 @@ def main() -> None:
     if args.table_only:
         print(render_backends())
         return
+    if args.scales:
+        found = time_scales(args.scales, args.data_dir, args.repeat)
+        print(json.dumps(found))
+        if args.record:
+            record({"scales": found}, args.repeat)
+        return
     if args.backend:
         medians = time_backends(args.backend, args.repeat)
         print(json.dumps(medians))
         if args.record:
-            record_backends(medians, args.repeat)
+            record({"medians_s": medians}, args.repeat)
             print(render_backends())
         return
     if not args.candidates and not bundle_dir(DEFAULT_BUNDLE):

@@ -14,10 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
-LISTED = ["accuracy", "architecture", "finetune", "general_model", "generalization", "loss_align"]
-ENTRY_SCRIPTS = ["train", "evaluate", "predict", "prepare_data", "accuracy", "architecture", "bench_metrics",
+LISTED = ["accuracy", "architecture", "finetune", "general_model", "generalization", "loss_align", "zoom"]
+ENTRY_SCRIPTS = ["train", "evaluate", "predict", "prepare_data", "export", "accuracy", "architecture", "bench_metrics",
                  "bench_predict", "bench_train", "finetune", "folder_thresholds", "general_model", "generalization",
-                 "label_widths", "loss_align", "photometric", "threshold_rules"]
+                 "label_widths", "loss_align", "photometric", "report_screenshot", "threshold_rules", "zoom"]
 
 
 def script(name: str) -> Path:
