@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
-def widths(base_width: int) -> list[int]:
-    """Filters per scale: [32, 64, 128, 256, 512] for the reference base width of 32."""
-    return [base_width * 2**i for i in range(5)]
+def widths(base_width: int, depth: int = 4) -> list[int]:
+    """Filters per scale: [32, 64, 128, 256, 512] for the reference base width of 32 and 4 poolings."""
+    return [base_width * 2**i for i in range(depth + 1)]
 
 
 class VGGBlock(nn.Sequential):
@@ -36,18 +36,20 @@ def upsample(x: torch.Tensor, align_corners: bool) -> torch.Tensor:
 
 
 class UNet(nn.Module):
-    """Four 2x2 poolings down, bilinear upsampling and concatenation back up."""
+    """Four 2x2 poolings down (the reference; `depth` 5 adds a fifth, which doubles the view of the
+    bottleneck), bilinear upsampling and concatenation back up."""
     input_multiple = 16   # what H and W must divide by: 2 ** poolings
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 1, base_width: int = 32,
-                 align_corners: bool = True):
+                 align_corners: bool = True, depth: int = 4):
         super().__init__()
-        f = widths(base_width)
+        f = widths(base_width, depth)
         self.align_corners = align_corners
+        self.input_multiple = 2**depth
         self.pool = nn.MaxPool2d(2)
         self.enc = nn.ModuleList([VGGBlock(in_channels, f[0], f[0])] +
-                                 [VGGBlock(f[i - 1], f[i], f[i]) for i in range(1, 5)])
-        self.dec = nn.ModuleList([VGGBlock(f[i] + f[i + 1], f[i], f[i]) for i in range(4)])
+                                 [VGGBlock(f[i - 1], f[i], f[i]) for i in range(1, depth + 1)])
+        self.dec = nn.ModuleList([VGGBlock(f[i] + f[i + 1], f[i], f[i]) for i in range(depth)])
         self.head = nn.Conv2d(f[0], out_channels, 1)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -58,8 +60,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encode(x)
-        y = features[4]                                              # B,f4,H/16,W/16
-        for i in reversed(range(4)):
+        y = features[-1]                                             # B,f4,H/16,W/16 at depth 4
+        for i in reversed(range(len(self.dec))):
             y = self.dec[i](torch.cat([features[i], upsample(y, self.align_corners)], 1))
         return self.head(y)                                          # B,1,H,W
 
@@ -138,12 +140,16 @@ ARCHS = {"UNet": UNet, "NestedUNet": NestedUNet, "AttentionUNet": AttentionUNet}
 
 
 def build_model(arch: str, *, deep_supervision: bool = False, base_width: int = 32,
-                align_corners: bool = True) -> nn.Module:
-    """Construct a model by name; deep supervision exists only for NestedUNet."""
+                align_corners: bool = True, depth: int = 4) -> nn.Module:
+    """Construct a model by name; deep supervision exists only for NestedUNet, depth other than 4 only for UNet."""
     if arch not in ARCHS:
         raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if deep_supervision and arch != "NestedUNet":
         raise ValueError(f"--deep-supervision needs --arch NestedUNet, not {arch}")
+    if depth != 4:
+        if arch != "UNet":
+            raise ValueError(f"--depth {depth} needs --arch UNet, not {arch}")
+        return UNet(base_width=base_width, align_corners=align_corners, depth=depth)
     if arch == "NestedUNet":
         return NestedUNet(base_width=base_width, deep_supervision=deep_supervision, align_corners=align_corners)
     return ARCHS[arch](base_width=base_width, align_corners=align_corners)

@@ -34,7 +34,7 @@ from scales import add_scale_option
 from utils import run_cli
 
 # what --init-from takes from the parent
-PARENT_KEYS = ("arch", "base_width", "deep_supervision", "align_corners", "minmax", "normalize", "clahe")
+PARENT_KEYS = ("arch", "base_width", "depth", "deep_supervision", "align_corners", "minmax", "normalize", "clahe")
 RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache", "panels_every"}
 
 
@@ -108,6 +108,8 @@ def add_model_options(p) -> None:
     p.add_argument("--deep-supervision", action="store_true", help="NestedUNet only: loss on 4 heads")
     p.add_argument("--base-width", type=int, default=32,
                    help="filters of the first block, doubling per level (32 = reference; 4 in the recipe)")
+    p.add_argument("--depth", type=int, default=4, choices=[4, 5],
+                   help="UNet poolings: 4 (the reference) or 5, which doubles the bottleneck's view of the photo")
     p.add_argument("--loss", default="BCEDiceLoss", choices=LOSSES,
                    help="BCEDiceLoss: the reference (Dice per crop); BCEDiceBatch: Dice over the batch, so "
                         "crack-free crops still give a gradient")
@@ -191,7 +193,9 @@ def typed_options(argv=None) -> set[str]:
 def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every numeric option, and every combination that cannot run, refused at parse time (exit 2)."""
     rules = [
-        (args.crop >= 16 and args.crop % 16 == 0, "--crop must be a positive multiple of 16 (4 poolings)"),
+        (args.crop >= 2**args.depth and args.crop % 2**args.depth == 0,
+         f"--crop must be a positive multiple of {2**args.depth} ({args.depth} poolings)"),
+        (args.depth == 4 or args.arch == "UNet", f"--depth {args.depth} needs --arch UNet"),
         (0 <= args.val_split < 1, "--val-split must be in [0, 1) (0: train on every image, no validation)"),
         (args.workers >= 0, "--workers must be >= 0"),
         (args.epoch_size >= 0, "--epoch-size must be >= 0 (0: one crop per training image)"),

@@ -57,3 +57,16 @@ def test_folding_batchnorm_keeps_the_function_and_leaves_no_batchnorm_behind(arc
 def test_folding_batchnorm_refuses_a_model_in_training_mode():
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(build_model("UNet", base_width=8))
+
+
+def test_a_fifth_pooling_level_doubles_the_input_multiple_and_keeps_the_photos_grid():
+    import inference
+    from engine import make_engine
+    model = build_model("UNet", base_width=4, depth=5).eval()
+    assert model.input_multiple == 32 and len(model.enc) == 6
+    assert build_model("UNet", base_width=4).input_multiple == 16
+    x = torch.rand(1, 3, 100, 140)
+    prob = inference.predict_probability(model, x, make_engine("cpu", "fp32", False), tile=64, overlap=32)
+    assert prob.shape == (1, 1, 100, 140)
+    with pytest.raises(ValueError, match="needs --arch UNet"):
+        build_model("NestedUNet", base_width=4, depth=5)
