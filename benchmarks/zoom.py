@@ -224,11 +224,14 @@ def main() -> None:
 
 
 def render_table(record: Path) -> str:
+    """Every recorded experiment under today's scales.choose, replayed from its arrays (the line's own
+    policies are those of the rule it was recorded under)."""
     done = read_record(record)
     rows = ["| experiment | zoom | label width (px) | fixed 1: ODS / F at t | auto: ODS / F at t | "
             "best fixed factor: ODS | fuse: ODS |", "|---|---|---|---|---|---|---|"]
     for name, line in done.items():
-        for i, (z, r) in enumerate(line["policies"].items()):
+        policies = replay(load_arrays(record, line), scales.choose)
+        for i, (z, r) in enumerate(policies.items()):
             rows.append(f"| {name} | {float(z):g} | {line['zoom']['label_width_px'][i]:.1f} | "
                         f"{r['fixed_1'][0]:.3f} / {r['fixed_1'][1]:.3f} | {r['auto'][0]:.3f} / {r['auto'][1]:.3f} | "
                         f"{r['oracle'][0]:g}: {r['oracle'][1]:.3f} | {r['fuse'][0]:.3f} |")
