@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # runner, when run by render_docs.py
 
 import metrics  # noqa: E402
 from augment import zoom_mask, zoom_photo  # noqa: E402
