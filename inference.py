@@ -259,7 +259,8 @@ class Scaled:
 def predict_scaled(model, x: torch.Tensor, engine: Engine, scale: float | str = 1.0, tta: bool = False,
                    tile: int = TILE, overlap: int = OVERLAP) -> Scaled:
     """predict_probability at a fixed factor, or under `auto` at the factor scales.choose() picks for this
-    image from its shrunk maps (reused when chosen; 1x3xHxW only: the choice is per image)."""
+    image from its maps at every allowed factor (the chosen one is returned; 1x3xHxW only: the choice
+    is per image)."""
     if scale != "auto":
         return Scaled(predict_probability(model, x, engine, tta, tile, overlap, scale), float(scale), {})
     if x.shape[0] != 1:

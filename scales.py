@@ -3,11 +3,11 @@
 The network learned cracks a few pixels wide (the sources' median label width is 3-7 px). A close-up
 phone photo shows cracks 12-40 px wide, which the model traces as the gaps between stones; shown the
 photo shrunk so the crack is a few pixels wide again, it finds the crack as one band. `--scale auto`
-predicts cheap maps at the shrinking factors first (1/2, 1/4, 1/8: a third of one full-size pass
-together), measures the cracks each map shows (features(), no label involved), and choose() picks the
-factor from those measurements; the chosen factor's map is reused when it is one of them, else
-predicted once more. This module is numpy only: inference.py runs the passes, and
-benchmarks/zoom.py replays choose() on recorded features to compare rules without retraining.
+predicts the photo's map at every allowed factor (1/2, 1/4 and 1/8 cost a third of one full-size pass
+together; 2 only for photos small enough), measures the cracks each map shows (features(), no label
+involved), and choose() picks the factor from those measurements, whose map is then used. This
+module is numpy only: inference.py runs the passes, and benchmarks/zoom.py replays choose() on
+recorded features to compare rules without retraining.
 """
 import argparse
 import math
@@ -23,7 +23,6 @@ FEATURE_THRESHOLD = 0.5  # features describe p > 0.5, whatever the run's thresho
 MIN_PIECE = 8            # pixels: smaller pieces of a map are noise, not cracks
 TARGET_WIDTH = 5.0       # px at the network's input: the middle of the widths it was trained on
 MIN_LENGTH = 16          # px of skeleton on a scoring map: less is no crack
-LENGTH_TOLERANCE = 0.25  # a finer map shows the same cracks when their length on the photo differs less
 
 
 def scale_arg(text: str) -> float | str:
@@ -57,8 +56,10 @@ def allowed(height: int, width: int) -> list[float]:
 
 
 def scoring_factors(height: int, width: int) -> list[float]:
-    """The factors whose maps auto predicts before choosing: the allowed shrinking ones."""
-    return [f for f in allowed(height, width) if f < 1]
+    """The factors whose maps auto predicts before choosing: every allowed one (the chosen map is
+    reused, so on a photo too large to enlarge this costs 1/4 + 1/16 + 1/64 of a pass on top of the
+    full-size one)."""
+    return allowed(height, width)
 
 
 def features(prob: np.ndarray) -> dict:
@@ -81,32 +82,17 @@ def nearest(factor: float, candidates: list[float]) -> float:
 
 
 def choose(found: dict[float, dict], candidates: list[float]) -> float:
-    """The factor for one photo from the features of its scoring maps ({factor: features()}).
+    """The factor for one photo from the features of its maps ({factor: features()}): the one whose
+    map is surest (features' sureness: the mean |2p - 1| where p > 0.1; ties to the factor nearer 1),
+    among maps that show a crack of at least MIN_LENGTH px. The network is surest where
+    a crack looks as wide as the cracks it learned: a wide crack at full size is traced as uncertain
+    texture, a thin one shrunk fades. No crack on any map: 1, the photo as it is.
 
-    Coarse to fine: the coarsest scoring map that shows a crack of some length sees the most context
-    around it, so it is trusted first; a finer map takes over while it shows the same cracks
-    (consistent(): about as many pieces, about the same length on the photo), since it resolves their
-    width better. A finer map that breaks the crack into more pieces, or traces much more length,
-    is tracing the texture inside a wide crack (the failure that auto exists to avoid), so the walk
-    stops there. The trusted map's median width / factor estimates the crack's width on the photo;
-    the chosen factor makes that TARGET_WIDTH. No crack on any scoring map: 1, the photo as it is.
-    (benchmarks/zoom.py replays rules on recorded features: trusting the map whose width is nearest
-    TARGET_WIDTH instead fell up to 0.09 2 px ODS F short of the best fixed factor at zoom 4.)"""
-    seen = {f: feat for f, feat in found.items() if feat["length"] >= MIN_LENGTH and feat["median_width"] > 0}
+    Replayed on benchmarks/zoom.py's recorded features, two width-based rules fell short on CFD's
+    thin cracks (0.14 2 px ODS F under scale 1 at zoom 1): the factor whose width is nearest 5 px,
+    and coarse to fine (trusting the coarsest map that shows the crack). Sureness stays within
+    0.06 of the best fixed factor at every source and zoom (docs/zoom.md)."""
+    seen = {f: feat for f, feat in found.items() if f in candidates and feat["length"] >= MIN_LENGTH}
     if not seen:
         return 1.0
-    order = sorted(seen)          # coarse to fine
-    trusted = order[0]
-    for finer in order[1:]:
-        if not consistent(seen[trusted], trusted, seen[finer], finer):
-            break
-        trusted = finer
-    photo_width = seen[trusted]["median_width"] / trusted
-    return nearest(TARGET_WIDTH / photo_width, candidates)
-
-
-def consistent(coarse: dict, at: float, fine: dict, finer: float) -> bool:
-    """Does the finer map show the coarse map's cracks: at most one piece more, and a length on the
-    photo within LENGTH_TOLERANCE of the coarse map's?"""
-    ratio = (fine["length"] / finer) / (coarse["length"] / at)
-    return fine["pieces"] <= coarse["pieces"] + 1 and abs(ratio - 1) <= LENGTH_TOLERANCE
+    return max(seen, key=lambda f: (seen[f]["sureness"], -abs(math.log(f))))

@@ -177,7 +177,7 @@ def replay(arrays: dict, rule) -> dict[float, dict]:
         for n in range(counts.shape[0]):
             permitted = [f for i, f in enumerate(factors) if valid[n, i]]
             scoring = {f: dict(zip(FEATURE_KEYS, found[n, factors.index(f)].tolist(), strict=True))
-                       for f in permitted if f < 1}
+                       for f in permitted}   # auto sees every allowed factor's map (scales.scoring_factors)
             chosen.append(factors.index(rule(scoring, permitted)))
         auto = dataset_f(counts[np.arange(len(chosen)), chosen].sum(0))
         live = [factors.index(f) for f in arrays["live"][zi]]

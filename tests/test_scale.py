@@ -52,19 +52,21 @@ def test_scaled_maps_come_back_on_the_photos_grid(scale):
 def test_a_crack_three_times_closer_measures_three_times_as_wide():
     near = light_photo_with_crack((160, 200), 4, zoom=3)                # 480x600, a 12 px crack
     far = light_photo_with_crack((160, 200), 4)
-    for scale in (1 / 3, 0.5, "auto"):
+    for scale in (1 / 3, 0.5):
         wide = measure(inference.predict_scaled(Darkness(), near, ENGINE, scale).prob[0, 0].numpy() > 0.5)
         thin = measure(inference.predict_scaled(Darkness(), far, ENGINE, 1.0).prob[0, 0].numpy() > 0.5)
         assert wide["mean_width_px"] == pytest.approx(3 * thin["mean_width_px"], abs=1), scale
         # the skeleton's zigzag at this angle reads lengths a few % long, differently at each size
         assert wide["length_px"] == pytest.approx(3 * thin["length_px"], rel=0.1), scale
+    chosen = inference.predict_scaled(Darkness(), near, ENGINE, "auto")   # auto returns its factor's own map
+    assert torch.equal(chosen.prob, inference.predict_scaled(Darkness(), near, ENGINE, chosen.factor).prob)
 
 
 def test_allowed_factors_keep_the_short_side_and_cap_the_megapixels():
     assert scales.allowed(3000, 4000) == [1.0, 0.5, 0.25, 0.125]          # 12 MP: no enlarging
     assert scales.allowed(384, 544) == [2.0, 1.0, 0.5]                    # 1/4 would leave 96 px
     assert scales.allowed(100, 100) == [2.0, 1.0]
-    assert scales.scoring_factors(384, 544) == [0.5]
+    assert scales.scoring_factors(384, 544) == scales.allowed(384, 544)   # auto sees every allowed map
 
 
 def test_auto_chooses_the_same_factors_when_every_mask_is_empty(tmp_path):
