@@ -14,11 +14,12 @@ The model's source is checked from its config.json (the sources it trained on), 
 
 For every image, zoom and factor in scales.FACTORS that scales.allowed() permits, the record keeps
 the 2 px counts at thresholds 0.00, 0.05, ..., 1.00 and at the run's threshold (in
-benchmarks/results/zoom/EXPERIMENT.npz, beside the record), and the label-free scales.features() of each map, so
+benchmarks/results/zoom/EXPERIMENT.json.gz, beside the record), and the label-free scales.features() of each map, so
 that a new auto rule is replayed (replay()) without predicting again. "fuse" is the mean of the
 maps at 1, 1/2 and 1/4.
 """
 import argparse
+import gzip
 import json
 import shutil
 import sys
@@ -119,7 +120,7 @@ def score_image(model, engine, config, image, mask, roi, t_index) -> tuple[np.nd
 
 
 def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
-    """Every zoom of `source` scored by `run`; arrays to models/RUN/zoom_SOURCE.npz, the rest returned."""
+    """Every zoom of `source` scored by `run`; arrays to models/RUN/zoom_SOURCE.json.gz, the rest returned."""
     engine = make_engine("auto")
     model, config = load_runs(run, engine)
     trained = run_datasets(config)
@@ -147,8 +148,8 @@ def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
         widths.append(label_width(masks))
         print(f"{run} {source} zoom {z:g}: done, median label width {widths[-1]:.1f} px", flush=True)
     arrays = {k: np.stack(v) for k, v in out.items()}
-    path = MODELS / run / f"zoom_{source}.npz"
-    np.savez_compressed(path, **arrays, names=np.array([s.stem for s in samples]), zooms=np.array(zooms))
+    path = MODELS / run / f"zoom_{source}.json.gz"
+    save_arrays(path, {**arrays, "names": np.array([s.stem for s in samples]), "zooms": np.array(zooms)})
     info = {"source": source, "zooms": list(zooms), "threshold": config["threshold"], "label_width_px": widths,
             "images": len(samples), "arrays": path.name}
     (MODELS / run / f"zoom_{source}.json").write_text(json.dumps(info))
@@ -191,15 +192,26 @@ def replay(arrays: dict, rule) -> dict[float, dict]:
 
 def load_arrays(record: Path, line: dict) -> dict:
     """The per-image arrays a record line refers to (kept beside the record)."""
-    with np.load(record.parent / line["attachments"][0]) as data:
-        return {k: data[k] for k in data.files}
+    return read_arrays(record.parent / line["attachments"][0])
+
+
+def save_arrays(path: Path, arrays: dict) -> None:
+    """Measurements as gzipped JSON text (lists and dtypes), not a binary blob beside the record."""
+    found = {k: {"dtype": str(v.dtype), "data": v.tolist()} for k, v in arrays.items()}
+    with gzip.open(path, "wt") as f:
+        json.dump(found, f, separators=(",", ":"))
+
+
+def read_arrays(path: Path) -> dict:
+    with gzip.open(path, "rt") as f:
+        return {k: np.array(v["data"], dtype=v["dtype"]) for k, v in json.load(f).items()}
 
 
 def summarize(name: str, record: Path) -> dict:
     """The line's results; the run's arrays are copied beside `record` (committed with the line)."""
     e, run = EXPERIMENTS[name], PREFIX + name
     info = json.loads((MODELS / run / f"zoom_{e['source']}.json").read_text())
-    line = {"attachments": [f"zoom/{name}.npz"]}
+    line = {"attachments": [f"zoom/{name}.json.gz"]}
     (record.parent / "zoom").mkdir(parents=True, exist_ok=True)
     shutil.copy(MODELS / run / info["arrays"], record.parent / line["attachments"][0])
     policies = replay(load_arrays(record, line), scales.choose)
