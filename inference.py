@@ -250,7 +250,7 @@ def predict_on_grid(model, x: torch.Tensor, engine: Engine, factor: float, tta: 
 @dataclass
 class Scaled:
     """A map on the image's grid, the factor it was predicted at and, under auto, the features
-    scales.choose() saw ({factor: scales.features()})."""
+    scales.choose() saw ({factor: scales.MapFeatures}, measured as far as choose() read them)."""
     prob: torch.Tensor
     factor: float
     features: dict
@@ -266,13 +266,14 @@ def predict_scaled(model, x: torch.Tensor, engine: Engine, scale: float | str = 
     if x.shape[0] != 1:
         raise ValueError("--scale auto chooses per image: predict one image at a time")
     h, w = x.shape[-2:]
-    maps, found = {}, {}
-    for factor in scales.scoring_factors(h, w):
-        net, maps[factor] = predict_on_grid(model, x, engine, factor, tta, tile, overlap)
-        found[factor] = scales.features(net[0, 0].numpy())
+    nets = {f: predict_probability(model, resample(x, scaled_size(h, w, f)), engine, tta, tile, overlap)
+            for f in scales.scoring_factors(h, w)}
+    found = {f: scales.MapFeatures(net[0, 0].numpy()) for f, net in nets.items()}
     factor = scales.choose(found, scales.allowed(h, w))
-    prob = maps[factor] if factor in maps else predict_probability(model, x, engine, tta, tile, overlap, factor)
-    return Scaled(prob, factor, found)
+    if factor not in nets:
+        return Scaled(predict_probability(model, x, engine, tta, tile, overlap, factor), factor, found)
+    # only the chosen map comes back to the image's grid (as predict_on_grid brings it)
+    return Scaled(resample(nets[factor], (h, w), enlarge="bilinear"), factor, found)
 
 
 # ---------------------------------------------------------------- evaluation

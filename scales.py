@@ -11,6 +11,7 @@ recorded features to compare rules without retraining.
 """
 import argparse
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -62,18 +63,51 @@ def scoring_factors(height: int, width: int) -> list[float]:
     return allowed(height, width)
 
 
+class MapFeatures(Mapping):
+    """Label-free measurements of one map on the network's grid, each computed when first read: how
+    much crack, how long, how wide (px at the network's input), and how sure. choose() reads sureness
+    for every map but the skeleton (length) only of the maps it considers, so a live choice skips the
+    full-size map's thinning whenever a smaller map wins."""
+    KEYS = ("fraction", "pieces", "length", "median_width", "mean_p", "sureness")
+
+    def __init__(self, prob: np.ndarray):
+        self.prob = prob
+        self.found = {}
+
+    def __iter__(self):
+        return iter(self.KEYS)
+
+    def __len__(self):
+        return len(self.KEYS)
+
+    def __getitem__(self, key: str):
+        if key not in self.KEYS:
+            raise KeyError(key)
+        if key not in self.found:
+            self.measure(key)
+        return self.found[key]
+
+    def measure(self, key: str) -> None:
+        prob = self.prob
+        if key == "sureness":
+            unsure = prob > 0.1
+            self.found[key] = round(float(np.abs(2 * prob[unsure] - 1).mean()), 4) if unsure.any() else 1.0
+            return
+        if "pieces" not in self.found:
+            self.mask, self.found["pieces"] = without_specks(prob > FEATURE_THRESHOLD, MIN_PIECE)
+            self.found["fraction"] = round(float(self.mask.mean()), 6)
+            self.found["mean_p"] = round(float(prob[self.mask].mean()), 4) if self.mask.any() else 0.0
+        if key in ("length", "median_width") and "length" not in self.found:
+            self.skeleton = skeletonize(self.mask)
+            self.found["length"] = round(float(crack_length(self.skeleton)), 1)
+        if key == "median_width":
+            widths = crack_widths(self.mask, self.skeleton)
+            self.found[key] = round(float(np.median(widths)), 2) if widths.size else 0.0
+
+
 def features(prob: np.ndarray) -> dict:
-    """Label-free measurements of one map on the network's grid: how much crack, how long, how wide
-    (px at the network's input), and how sure."""
-    mask, pieces = without_specks(prob > FEATURE_THRESHOLD, MIN_PIECE)
-    skeleton = skeletonize(mask)
-    widths = crack_widths(mask, skeleton)
-    unsure = prob > 0.1
-    return {"fraction": round(float(mask.mean()), 6), "pieces": pieces,
-            "length": round(float(crack_length(skeleton)), 1),
-            "median_width": round(float(np.median(widths)), 2) if widths.size else 0.0,
-            "mean_p": round(float(prob[mask].mean()), 4) if mask.any() else 0.0,
-            "sureness": round(float(np.abs(2 * prob[unsure] - 1).mean()), 4) if unsure.any() else 1.0}
+    """Every MapFeatures measurement of one map (what benchmarks/zoom.py records)."""
+    return dict(MapFeatures(prob))
 
 
 def nearest(factor: float, candidates: list[float]) -> float:
@@ -81,7 +115,7 @@ def nearest(factor: float, candidates: list[float]) -> float:
     return min(candidates, key=lambda f: abs(math.log(f / factor)))
 
 
-def choose(found: dict[float, dict], candidates: list[float]) -> float:
+def choose(found: dict[float, Mapping], candidates: list[float]) -> float:
     """The factor for one photo from the features of its maps ({factor: features()}): the one whose
     map is surest (features' sureness: the mean |2p - 1| where p > 0.1; ties to the factor nearer 1),
     among maps that show a crack of at least MIN_LENGTH px. The network is surest where
@@ -92,7 +126,6 @@ def choose(found: dict[float, dict], candidates: list[float]) -> float:
     thin cracks (0.14 2 px ODS F under scale 1 at zoom 1): the factor whose width is nearest 5 px,
     and coarse to fine (trusting the coarsest map that shows the crack). Sureness stays within
     0.06 of the best fixed factor at every source and zoom (docs/zoom.md)."""
-    seen = {f: feat for f, feat in found.items() if f in candidates and feat["length"] >= MIN_LENGTH}
-    if not seen:
-        return 1.0
-    return max(seen, key=lambda f: (seen[f]["sureness"], -abs(math.log(f))))
+    surest_first = sorted((f for f in found if f in candidates),
+                          key=lambda f: (found[f]["sureness"], -abs(math.log(f))), reverse=True)
+    return next((f for f in surest_first if found[f]["length"] >= MIN_LENGTH), 1.0)

@@ -45,7 +45,7 @@ from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MINUTES, MODELS, RESULTS
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 TOLERANCE = 2
 GRID = tuple(range(0, 101, 5))   # indices into metrics.DEFAULT_THRESHOLDS (0.00 ... 1.00)
-FEATURE_KEYS = ("fraction", "pieces", "length", "median_width", "mean_p", "sureness")
+FEATURE_KEYS = scales.MapFeatures.KEYS
 PREFIX = "zoom_"
 RECORD = RESULTS / "zoom.jsonl"
 

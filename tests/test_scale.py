@@ -62,6 +62,25 @@ def test_a_crack_three_times_closer_measures_three_times_as_wide():
     assert torch.equal(chosen.prob, inference.predict_scaled(Darkness(), near, ENGINE, chosen.factor).prob)
 
 
+def crack_map(size: int, width: int, crack_p: float, texture_p: float) -> np.ndarray:
+    """A probability map: a diagonal band of `crack_p` on speckled texture around `texture_p`."""
+    prob = np.random.default_rng(size).uniform(0, 2 * texture_p, (size, size)).astype(np.float32)
+    cv2.line(prob, (0, 0), (size - 1, size - 1), crack_p, width)
+    return prob
+
+
+def test_the_live_choice_measures_lazily_what_the_recorded_features_replay():
+    maps = {1.0: crack_map(400, 12, 0.6, 0.3),    # full size: a wide crack traced as unsure texture
+            0.5: crack_map(200, 6, 0.99, 0.01),
+            0.25: crack_map(100, 3, 0.9, 0.05)}
+    lazy = {f: scales.MapFeatures(m) for f, m in maps.items()}
+    recorded = {f: scales.features(m) for f, m in maps.items()}
+    chosen = scales.choose(lazy, list(maps))
+    assert chosen == scales.choose(recorded, list(maps)) == 0.5
+    assert "length" not in lazy[1.0].found        # the full-size map was never thinned
+    assert dict(lazy[1.0]) == recorded[1.0]       # and measures as the record does when read
+
+
 def test_allowed_factors_keep_the_short_side_and_cap_the_megapixels():
     assert scales.allowed(3000, 4000) == [1.0, 0.5, 0.25, 0.125]          # 12 MP: no enlarging
     assert scales.allowed(384, 544) == [2.0, 1.0, 0.5]                    # 1/4 would leave 96 px
