@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
 from engine import make_engine
-from inference import EvalOptions, add_inference_options, evaluate, load_runs
+from inference import EvalOptions, add_inference_options, evaluate, load_runs, use_scale
 from rundir import (MODELS_DIR, RUNS_DIR, RunError, json_dump, load_config, name_arg, provenance, read_split,
                     run_datasets, runs_arg)
 from utils import run_cli
@@ -197,7 +197,7 @@ def main() -> int:
     if args.name:
         engine = make_engine(args.device, args.precision, args.channels_last)
         model, config = load_runs(args.name, engine, args.checkpoint)
-        config["scale"] = config["scale"] if args.scale is None else args.scale
+        use_scale(config, args.scale)
         print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}, scale {config['scale']}")
     data_dir = Path(args.data_dir or (config or {}).get("data_dir", "inputs"))   # a bundle keeps no local path
     summaries = []

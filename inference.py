@@ -39,14 +39,25 @@ def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[t
     config["threshold_source"] = "config.json" if "threshold" in config else "default"
     config["scale"] = config.get("scale", 1.0)   # runs from before --scale predicted at 1
     config["threshold"] = config.get("threshold", 0.5)
-    if not (0 <= config["threshold"] < 1 and round(config["threshold"], 2) == config["threshold"]):
-        raise RunError(f"{name}'s config.json: threshold {config['threshold']!r} must be one of "
-                       "0.00, 0.01, ..., 0.99 (the grid every score is counted on)")
+    for threshold in [config["threshold"], *config.get("thresholds_by_scale", {}).values()]:
+        if not (0 <= threshold < 1 and round(threshold, 2) == threshold):
+            raise RunError(f"{name}'s config.json: threshold {threshold!r} must be one of "
+                           "0.00, 0.01, ..., 0.99 (the grid every score is counted on)")
     state, path = run_state(name, which, engine.device)
     model = model_from_config(config)
     load_weights(model, state, path)
     config["checkpoint"] = str(path)
     return for_inference(model, engine), config
+
+
+def use_scale(config: dict, scale: float | str | None) -> None:
+    """The run's scale policy, or `scale` when given, with the threshold chosen under that scale where
+    config.json keeps one (thresholds_by_scale: a bundle whose policy changed after training keeps
+    the threshold of each policy, so --scale 1 restores the old behaviour whole)."""
+    config["scale"] = config["scale"] if scale is None else scale
+    chosen = config.get("thresholds_by_scale", {}).get(scales.policy_key(config["scale"]))
+    if chosen is not None:
+        config["threshold"] = chosen
 
 
 def for_inference(model: torch.nn.Module, engine: Engine) -> torch.nn.Module:

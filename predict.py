@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from dataset import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess, read_heif
 from engine import make_engine
-from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_scaled, reporting_tiles
+from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_scaled, reporting_tiles, use_scale
 from measure import class_names, crack_summary, measure_cracks, width_class
 from onnxnet import load_onnx
 from outputs import MARKER, check_out_dir, default_out, prepare_out_dir
@@ -372,9 +372,10 @@ def main(argv=None) -> int:
     # 1. arguments, device, model, threshold and scale
     args = get_args(argv)
     engine, model, config = choose_model(args)
+    use_scale(config, args.scale)
     source = config["threshold_source"] if args.threshold is None else "--threshold"
     args.threshold = config["threshold"] if args.threshold is None else args.threshold
-    args.scale = config["scale"] if args.scale is None else args.scale
+    args.scale = config["scale"]
     # 2. the images and the output folder: a missing INPUT or a folder of the user's stops everything
     #    before any work, as a typo should
     out_dir = args.out or default_out(args.name)

@@ -48,6 +48,11 @@ def add_scale_option(p, default: float | None) -> None:
                    help=what + "; auto chooses per photo from its shrunk maps (see scales.py)")
 
 
+def policy_key(scale: float | str) -> str:
+    """A scale as config.json's thresholds_by_scale names it: "auto", "1", "0.5"."""
+    return scale if scale == "auto" else f"{float(scale):g}"
+
+
 def allowed(height: int, width: int) -> list[float]:
     """The factors auto may use for a photo of this size: 1 always, shrinking ones while the short
     side stays >= MIN_SIDE, enlarging ones while the network's input stays <= MAX_MEGAPIXELS."""

@@ -16,6 +16,7 @@ the recipe's mean leave-one-out F and DEEPCRACK_TEST both improved by more than 
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from runner import (BUNDLE_MINUTES, CAMERA, MINUTES, MODELS, RECIPE, REFERENCE, 
 sys.path.insert(0, str(ROOT))
 
 RUN = "gen_general"
+POLICY = "policy_auto"   # the bundle's --scale auto policy, with its threshold re-chosen under it
 BUNDLE = "crackseg-general"
 NETWORK = network_args(SHIPPED)
 TESTS = ["DEEPCRACK_TEST", "CFD", "CRACKMAP", "MASONRY"]   # CFD, CRACKMAP, MASONRY: their validation splits
@@ -45,6 +47,36 @@ def commands(args) -> list[list[str]]:
             [*score[:2], "--name", BUNDLE, *score[2:]],
             [py, "benchmarks/general_model.py", "--half-precision", *data],
             [py, "benchmarks/bench_predict.py", "--json", str(SPEED_JSON.relative_to(ROOT))]]
+
+
+def policy_commands(args, scale: str) -> list[list[str]]:
+    """The current bundle's scale policy set to `scale`, its threshold re-chosen on maps made under it,
+    then the bundle scored as users now get it."""
+    py, data = sys.executable, ["--data-dir", args.data_dir]
+    return [[py, "benchmarks/general_model.py", "--adopt-scale", scale, *data],
+            [py, "evaluate.py", "--name", BUNDLE, "--test", *TESTS, *data, "--tolerance", "0", "2"]]
+
+
+def adopt_scale(scale: str, data_dir: str) -> None:
+    """The bundle's config.json gets scale `scale` and the threshold train.py's rule picks on the four
+    training sources' validation splits predicted under it (the mean 2 px F curve's best); the
+    threshold of each earlier policy stays in thresholds_by_scale, so `--scale 1` restores it."""
+    import metrics
+    import scales
+    from rundir import PRETRAINED_DIR, write_config
+    datasets = list(TRAIN.values())
+    subprocess.run([sys.executable, "evaluate.py", "--name", BUNDLE, "--test", *datasets, "--data-dir", data_dir,
+                    "--scale", scale, "--tolerance", "2"], cwd=ROOT, check=True)
+    curves = [score(json.loads((MODELS / BUNDLE / "eval" / d / "metrics.json").read_text()), 2)["f1_curve"]
+              for d in datasets]
+    folder = PRETRAINED_DIR / BUNDLE
+    config = json.loads((folder / "config.json").read_text())
+    by_scale = config.get("thresholds_by_scale") or {scales.policy_key(config.get("scale", 1.0)): config["threshold"]}
+    threshold = metrics.best_mean_threshold(curves)
+    by_scale[scales.policy_key(scale)] = threshold
+    config.update({"scale": scales.scale_arg(scale), "threshold": threshold, "thresholds_by_scale": by_scale})
+    write_config(folder, config)
+    print(f"{folder / 'config.json'}: scale {scale}, threshold {threshold:.2f} (thresholds by scale {by_scale})")
 
 
 def export(replace: bool) -> None:
@@ -297,10 +329,17 @@ def render_table(record: Path) -> str:
     return "\n".join(rows)
 
 
+def scores(run: str) -> dict:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((MODELS / run / "eval").glob("*/metrics.json"))}
+
+
+def summarize_policy(scale: str) -> dict:
+    config = json.loads((ROOT / "pretrained" / BUNDLE / "config.json").read_text())
+    return {"scale": scale, "threshold": config["threshold"], "thresholds_by_scale": config["thresholds_by_scale"],
+            "bundle_metrics": scores(BUNDLE), "bundle_sha256": config["sha256"]}
+
+
 def summarize(_name: str, data_dir: str) -> dict:
-    def scores(run):
-        return {p.parent.name: json.loads(p.read_text())
-                for p in sorted((MODELS / run / "eval").glob("*/metrics.json"))}
     return {"trained_on": list(TRAIN.values()), "budget_minutes": BUNDLE_MINUTES,
             "data_dir": str(Path(data_dir).resolve()),
             "training": training_summary(RUN), "run_metrics": scores(RUN), "bundle_metrics": scores(BUNDLE),
@@ -310,20 +349,25 @@ def summarize(_name: str, data_dir: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, RESULTS / "general_model.jsonl", ["general"])
+    add_common_args(p, RESULTS / "general_model.jsonl", ["general", POLICY])
     p.add_argument("--replace", action="store_true", help="replace an existing bundle (see above for when)")
     p.add_argument("--export", action="store_true", help="only export the finished run to pretrained/")
     p.add_argument("--half-precision", action="store_true", help="only measure the half-precision change")
     p.add_argument("--card", action="store_true", help="only write the bundle's README.md from the jsonl")
+    p.add_argument("--adopt-scale", metavar="S|auto", help="only set the bundle's scale policy and re-choose its "
+                   "threshold under it (what experiment policy_auto runs)")
     args = p.parse_args()
     if args.export:
         return export(args.replace)
+    if args.adopt_scale:
+        return adopt_scale(args.adopt_scale, args.data_dir)
     if args.half_precision:
         return half_precision(args.data_dir)
     if args.card:
         return write_card(read_record(args.record)["general"], ROOT / "pretrained" / BUNDLE)
     if not args.table_only:
-        run_all({"general": commands(args)}, args, lambda name: summarize(name, args.data_dir))
+        run_all({"general": commands(args), POLICY: policy_commands(args, "auto")}, args,
+                lambda name: summarize_policy("auto") if name == POLICY else summarize(name, args.data_dir))
     if not args.list:
         print(render_table(args.record))
 

@@ -81,6 +81,17 @@ def test_the_live_choice_measures_lazily_what_the_recorded_features_replay():
     assert dict(lazy[1.0]) == recorded[1.0]       # and measures as the record does when read
 
 
+def test_a_scale_given_takes_the_threshold_chosen_under_it():
+    bundle = {"scale": "auto", "threshold": 0.41, "thresholds_by_scale": {"1": 0.59, "auto": 0.41}}
+    for given, scale, threshold in ((None, "auto", 0.41), (1.0, 1.0, 0.59), ("auto", "auto", 0.41), (0.5, 0.5, 0.41)):
+        config = dict(bundle)
+        inference.use_scale(config, given)
+        assert (config["scale"], config["threshold"]) == (scale, threshold), given
+    run = {"scale": 2.0, "threshold": 0.3}   # a run trained at its scale keeps its one threshold
+    inference.use_scale(run, 1.0)
+    assert (run["scale"], run["threshold"]) == (1.0, 0.3)
+
+
 def test_allowed_factors_keep_the_short_side_and_cap_the_megapixels():
     assert scales.allowed(3000, 4000) == [1.0, 0.5, 0.25, 0.125]          # 12 MP: no enlarging
     assert scales.allowed(384, 544) == [2.0, 1.0, 0.5]                    # 1/4 would leave 96 px
