@@ -79,12 +79,75 @@ def adopt_scale(scale: str, data_dir: str) -> None:
     print(f"{folder / 'config.json'}: scale {scale}, threshold {threshold:.2f} (thresholds by scale {by_scale})")
 
 
+def two_px_ods(metrics: dict) -> float:
+    return score(metrics, 2)["ods"]["f1"]
+
+
+def bundle_deepcrack() -> float:
+    """The current bundle's DEEPCRACK_TEST 2 px ODS F as users get it (under its policy once adopted)."""
+    done = read_record(RESULTS / "general_model.jsonl")
+    line = done.get(POLICY) or done["general"]
+    return two_px_ods(line["bundle_metrics"]["DEEPCRACK_TEST"])
+
+
+def lodo_means() -> tuple[float | None, float | None]:
+    """Mean 2 px ODS F over the four held-out sources at MINUTES: the shipped recipe's (scale 1) and
+    zoom.py's chosen recipe's under today's auto rule at zoom 1 (None until every source has run)."""
+    import zoom
+    old = [two_px_ods(line["metrics"][TEST[s]]) for s, line in shipped_lodo_lines().items() if line]
+    record = read_record(zoom.RECORD)
+    lines = [record.get(f"{zoom.CHOSEN}_{MINUTES}min_{s}") for s in TEST]
+    new = [zoom.replay(zoom.load_arrays(zoom.RECORD, line), zoom.scales.choose)[1.0]["auto"][0]
+           for line in lines if line]
+    mean = lambda values: sum(values) / len(values) if len(values) == len(TEST) else None  # noqa: E731
+    return mean(old), mean(new)
+
+
+def seed_spreads() -> dict[str, float]:
+    """What a second seed moved (2 px ODS F, generalization.py's seed pairs): DEEPCRACK_TEST's score,
+    and a mean over the held-out sources a pair was scored on (the signed gaps averaged, as the
+    mean leave-one-out F averages them)."""
+    from generalization import SEED_PAIRS, f1_pair
+    done = read_record(RESULTS / "generalization.jsonl")
+    spreads = {"DEEPCRACK_TEST": 0.0, "mean leave-one-out": 0.0}
+    for one, two in SEED_PAIRS:
+        if one not in done or two not in done:
+            continue
+        trained = set(done[one]["trained_on"])
+        gaps = {t: f1_pair(done[one], t, 2)[0] - f1_pair(done[two], t, 2)[0] for t in done[one]["metrics"]}
+        held_out = [g for t, g in gaps.items() if t not in trained and t != "DEEPCRACK_TEST"]
+        spreads["DEEPCRACK_TEST"] = max(spreads["DEEPCRACK_TEST"], abs(gaps.get("DEEPCRACK_TEST", 0.0)))
+        if held_out:
+            spreads["mean leave-one-out"] = max(spreads["mean leave-one-out"], abs(sum(held_out) / len(held_out)))
+    return spreads
+
+
+def replacement_verdict() -> tuple[bool, str]:
+    """Whether the trained run may replace the bundle: its DEEPCRACK_TEST and its recipe's mean
+    leave-one-out F must both beat the bundle's by more than the seed spread."""
+    spreads = seed_spreads()
+    run_dc = two_px_ods(json.loads((MODELS / RUN / "eval" / "DEEPCRACK_TEST" / "metrics.json").read_text()))
+    old, new = lodo_means()
+    gains = {"DEEPCRACK_TEST": run_dc - bundle_deepcrack(),
+             "mean leave-one-out": None if old is None or new is None else new - old}
+    wins = all(gains[k] is not None and gains[k] > spreads[k] for k in gains)
+    text = "; ".join(f"{k} {'not measured' if v is None else f'{v:+.3f}'} (seed spread {spreads[k]:.3f})"
+                     for k, v in gains.items())
+    return wins, f"{RUN} against the bundle, 2 px ODS F: {text}"
+
+
 def export(replace: bool) -> None:
     from rundir import PRETRAINED_DIR, export_bundle
     folder = PRETRAINED_DIR / BUNDLE
-    if (folder / "model.pt").exists() and not replace:
-        sys.exit(f"{folder} exists: replace it (--replace) only when the recipe's mean leave-one-out F and "
-                 "DEEPCRACK_TEST both improved by more than the seed spread")
+    if (folder / "model.pt").exists():
+        if not replace:
+            sys.exit(f"{folder} exists: replace it (--replace) only when the recipe's mean leave-one-out F and "
+                     "DEEPCRACK_TEST both improved by more than the seed spread")
+        wins, why = replacement_verdict()
+        print(why)
+        if not wins:
+            sys.exit(f"{folder} stays: {RUN} did not win beyond the seed spread on both. Give the current bundle "
+                     f"the scale policy instead: python benchmarks/general_model.py --only {POLICY}")
     if folder.exists():
         shutil.rmtree(folder)
     config = export_bundle(RUN, folder, {"terms": TERMS_LINE})

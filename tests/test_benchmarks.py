@@ -233,3 +233,29 @@ def test_bundle_table_scores_the_bundle_then_each_trained_leave_one_out_run(tmp_
     assert len(rows) == 1 + 4 + 1                                   # MASONRY etc. at 120 min: not trained, left out
     assert rows[-1] == (f"| held-out CFD: trained without CFD, {general_model.BUNDLE_MINUTES} min | "
                         "0.600 / 0.500 | 0.800 / 0.790 |")
+
+
+@pytest.mark.parametrize("dc_gain, lodo_gain, replaced", [(0.02, 0.03, True), (0.02, 0.01, False),
+                                                          (0.005, 0.03, False), (0.02, None, False)])
+def test_the_bundle_is_replaced_only_when_both_gains_pass_the_seed_spread(tmp_path, monkeypatch, dc_gain, lodo_gain,
+                                                                        replaced):
+    import json
+
+    import general_model
+    metrics = generalization_line("x", {"DEEPCRACK_TEST": {0: (.8, .8), 2: (.90 + dc_gain, .9)}})[1]["metrics"]
+    scored = tmp_path / general_model.RUN / "eval" / "DEEPCRACK_TEST"
+    scored.mkdir(parents=True)
+    (scored / "metrics.json").write_text(json.dumps(metrics["DEEPCRACK_TEST"]))
+    monkeypatch.setattr(general_model, "MODELS", tmp_path)
+    monkeypatch.setattr(general_model, "bundle_deepcrack", lambda: 0.90)
+    monkeypatch.setattr(general_model, "lodo_means", lambda: (0.80, None if lodo_gain is None else 0.80 + lodo_gain))
+    monkeypatch.setattr(general_model, "seed_spreads", lambda: {"DEEPCRACK_TEST": 0.012, "mean leave-one-out": 0.019})
+    wins, why = general_model.replacement_verdict()
+    assert wins == replaced, why
+    assert "seed spread 0.012" in why and "seed spread 0.019" in why
+
+
+def test_seed_spreads_come_from_the_recorded_seed_pairs():
+    import general_model
+    spreads = general_model.seed_spreads()
+    assert 0 < spreads["DEEPCRACK_TEST"] < 0.05 and 0 < spreads["mean leave-one-out"] < 0.05
