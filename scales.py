@@ -24,6 +24,7 @@ FEATURE_THRESHOLD = 0.5  # features describe p > 0.5, whatever the run's thresho
 MIN_PIECE = 8            # pixels: smaller pieces of a map are noise, not cracks
 TARGET_WIDTH = 5.0       # px at the network's input: the middle of the widths it was trained on
 MIN_LENGTH = 16          # px of skeleton on a scoring map: less is no crack
+SHRINK_BONUS = 0.015     # sureness credited to each halving of the photo (see choose())
 
 
 def scale_arg(text: str) -> float | str:
@@ -121,16 +122,21 @@ def nearest(factor: float, candidates: list[float]) -> float:
 
 
 def choose(found: dict[float, Mapping], candidates: list[float]) -> float:
-    """The factor for one photo from the features of its maps ({factor: features()}): the one whose
-    map is surest (features' sureness: the mean |2p - 1| where p > 0.1; ties to the factor nearer 1),
-    among maps that show a crack of at least MIN_LENGTH px. The network is surest where
-    a crack looks as wide as the cracks it learned: a wide crack at full size is traced as uncertain
-    texture, a thin one shrunk fades. No crack on any map: 1, the photo as it is.
+    """The factor for one photo from the features of its maps ({factor: MapFeatures}): the one whose
+    map is surest (sureness: the mean |2p - 1| where p > 0.1), each halving of the photo credited
+    SHRINK_BONUS (ties to the factor nearer 1), among maps that show a crack of at least MIN_LENGTH
+    px. The network is surest where a crack looks as wide as the cracks it learned: a wide crack at
+    full size is traced as uncertain texture, a thin one shrunk fades. No crack on any map: 1, the
+    photo as it is.
 
     Replayed on benchmarks/zoom.py's recorded features, two width-based rules fell short on CFD's
     thin cracks (0.14 2 px ODS F under scale 1 at zoom 1): the factor whose width is nearest 5 px,
-    and coarse to fine (trusting the coarsest map that shows the crack). Sureness stays within
-    0.06 of the best fixed factor at every source and zoom (docs/zoom.md)."""
+    and coarse to fine (trusting the coarsest map that shows the crack). Sureness alone left 0.030
+    to the best fixed factor at zoom 4 (mean of the four 12-minute w4 rows); where two maps are
+    nearly as sure, the coarser one scored better on the three wide-crack sources, and a bonus of
+    0.01-0.025 per halving brought that to 0.012-0.015 while costing CFD's thin cracks no more than
+    0.01 at zoom 1 (0.015: the middle of that plateau; docs/zoom.md)."""
     surest_first = sorted((f for f in found if f in candidates),
-                          key=lambda f: (found[f]["sureness"], -abs(math.log(f))), reverse=True)
+                          key=lambda f: (found[f]["sureness"] - SHRINK_BONUS * math.log2(f), -abs(math.log(f))),
+                          reverse=True)
     return next((f for f in surest_first if found[f]["length"] >= MIN_LENGTH), 1.0)
