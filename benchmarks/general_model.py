@@ -290,16 +290,40 @@ def unseen_photo_rows(long: dict[str, dict | None], short: dict[str, dict | None
     return rows
 
 
-def write_card(line: dict, folder: Path) -> None:
-    """pretrained/crackseg-general/README.md (and failure.jpg) from the general model's jsonl line."""
+def metrics_table(bundle_metrics: dict) -> str:
+    rows = ["| test set | images | strict: ODS F (t) | strict: F at t | 2 px: ODS F (t) | 2 px: F at t |",
+            "|---|---|---|---|---|---|"]
+    for test in TESTS:
+        m = bundle_metrics[test]
+        label = test if test == "DEEPCRACK_TEST" else f"{test} validation split (chose the model: optimistic)"
+        rows.append(f"| {label} | {m['images']} | " + " | ".join(score_cells(m)) + " |")
+    return "\n".join(rows)
+
+
+def policy_section(policy: dict | None) -> str:
+    """The card's account of the scale policy adopted after training (empty before one was)."""
+    if not policy:
+        return ""
+    return f"""## Scale policy
+
+predict.py and evaluate.py show the network each photo at the factor `--scale {policy['scale']}` chooses for
+it (config.json's "scale"; docs/zoom.md), with the threshold **{policy['threshold']:.2f}** chosen under it by
+the run's rule on the same validation splits (`{policy['commands'][0]}`). `--scale 1` restores the photo
+as it is and the threshold {policy['thresholds_by_scale']['1']:.2f}. Under the policy:
+
+{metrics_table(policy['bundle_metrics'])}
+
+"""
+
+
+def write_card(line: dict, folder: Path, policy: dict | None = None) -> None:
+    """pretrained/crackseg-general/README.md (and failure.jpg) from the general model's jsonl line and
+    the line of the scale policy adopted after it (if any)."""
     config = line["bundle_config"]
     used = failure_picture(Path(line["data_dir"]), folder / "failure.jpg")
-    tests = ["| test set | images | strict: ODS F (t) | strict: F at t | 2 px: ODS F (t) | 2 px: F at t |",
-             "|---|---|---|---|---|---|"]
-    for test in TESTS:
-        m = line["bundle_metrics"][test]
-        label = test if test == "DEEPCRACK_TEST" else f"{test} validation split (chose the model: optimistic)"
-        tests.append(f"| {label} | {m['images']} | " + " | ".join(score_cells(m)) + " |")
+    tests = metrics_table(line["bundle_metrics"]).splitlines()
+    under_policy = f", {policy['threshold']:.2f} under the scale policy below" if policy else ""
+    as_is = (" --scale 1", ", the photos as they are") if policy else ("", "")
     lodo = unseen_photo_rows(long_lodo_lines(), shipped_lodo_lines())
     ods_change = (score(line["bundle_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"]
                   - score(line["run_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"])
@@ -315,7 +339,7 @@ def write_card(line: dict, folder: Path) -> None:
 The crack model that ships with crackseg: `python predict.py photo.jpg` uses it when no `--name`
 is given. {config['arch']} with base width {config['base_width']} ({params / 1e6:.2f} M parameters),
 one channel of logits, a sigmoid, and the threshold **{config['threshold']:.2f}** (chosen by the run:
-the t that maximises the mean over its four training sources' validation F at 2 px). Input: RGB
+the t that maximises the mean over its four training sources' validation F at 2 px){under_policy}. Input: RGB
 photos of any size, min-max scaled per image; images larger than 1024 px are predicted in tiles.
 
 ## Training data and terms
@@ -332,8 +356,8 @@ epochs, best epoch {line['training']['best_epoch']}), exported with `{line['comm
 
 ## Numbers
 
-`python evaluate.py --name crackseg-general --test DEEPCRACK_TEST --data-dir ../shared/data` reproduces
-this table (bf16 autocast on a CPU with native bf16, as evaluate.py chooses; fp32 elsewhere).
+`python evaluate.py --name crackseg-general --test DEEPCRACK_TEST --data-dir ../shared/data{as_is[0]}` reproduces
+this table (bf16 autocast on a CPU with native bf16, as evaluate.py chooses; fp32 elsewhere){as_is[1]}.
 
 {chr(10).join(tests)}
 
@@ -353,7 +377,7 @@ Half precision: storing the weights in fp16 changes the probabilities on DEEPCRA
 Speed: predict.py on one 4000x3000 photo, start-up included, takes {speed['bundled']['median_s']:.1f} s on this
 2-core CPU against {speed['UNet:32']['median_s']:.1f} s for the width-32 UNet (benchmarks/bench_predict.py).
 
-## Known failure cases
+{policy_section(policy)}## Known failure cases
 
 ![worst images](failure.jpg)
 
@@ -427,7 +451,8 @@ def main() -> None:
     if args.half_precision:
         return half_precision(args.data_dir)
     if args.card:
-        return write_card(read_record(args.record)["general"], ROOT / "pretrained" / BUNDLE)
+        done = read_record(args.record)
+        return write_card(done["general"], ROOT / "pretrained" / BUNDLE, done.get(POLICY))
     if not args.table_only:
         run_all({"general": commands(args), POLICY: policy_commands(args, "auto")}, args,
                 lambda name: summarize_policy("auto") if name == POLICY else summarize(name, args.data_dir))
