@@ -199,22 +199,23 @@ def worst_images(metrics_dir: Path, count: int = 1) -> list[str]:
 
 def failure_picture(data_dir: Path, out: Path, height: int = 150) -> list[str]:
     """failure.jpg: for the worst image of each test set, the photo and the bundle's errors
-    (green found, red false alarm, blue missed) at its threshold. Returns the images used."""
+    (green found, red false alarm, blue missed) as users get them (its scale policy and threshold).
+    Returns the images used."""
     import numpy as np
 
     from dataset import CrackDataset, Intensity, scan_dataset
     from engine import make_engine
-    from inference import load_run_model, predict_probability
+    from inference import load_run_model, predict_scaled
     from visuals import write_image
     engine = make_engine("cpu")
-    model, config = load_run_model(BUNDLE, engine)
+    model, config = load_run_model(BUNDLE, engine)   # its scale policy and that policy's threshold
     rows, used = [], []
     for test in TESTS:
         samples = {s.stem: s for s in scan_dataset(data_dir, test)[0]}
         for stem in worst_images(MODELS / BUNDLE / "eval" / test):
             sample = samples[stem]
             x = CrackDataset([sample], Intensity.from_config(config))[0]["image"][None]
-            prob = predict_probability(model, x, engine)[0, 0].numpy()
+            prob = predict_scaled(model, x, engine, config["scale"]).prob[0, 0].numpy()
             rows.append(failure_row(sample, prob > config["threshold"], height))
             used.append(f"{test}/{stem}")
     width = max(r.shape[1] for r in rows)
@@ -308,8 +309,11 @@ def policy_section(policy: dict | None) -> str:
 
 predict.py and evaluate.py show the network each photo at the factor `--scale {policy['scale']}` chooses for
 it (config.json's "scale"; docs/zoom.md), with the threshold **{policy['threshold']:.2f}** chosen under it by
-the run's rule on the same validation splits (`{policy['commands'][0]}`). `--scale 1` restores the photo
-as it is and the threshold {policy['thresholds_by_scale']['1']:.2f}. Under the policy:
+the run's rule on the same validation splits:
+
+    {policy['commands'][0]}
+
+`--scale 1` restores the photo as it is and the threshold {policy['thresholds_by_scale']['1']:.2f}. Under the policy:
 
 {metrics_table(policy['bundle_metrics'])}
 
@@ -401,13 +405,18 @@ def score_pairs(metrics: dict) -> list[str]:
 
 
 def render_table(record: Path) -> str:
-    """The bundle on DEEPCRACK_TEST, then what its network and recipe score on each source left out
-    of their training, at 25 minutes and at the bundle's budget (runs not yet trained are left out)."""
+    """The bundle on DEEPCRACK_TEST (under its scale policy, then at scale 1, once a policy was adopted),
+    then what its network and recipe score at scale 1 on each source left out of their training, at
+    25 minutes and at the bundle's budget (runs not yet trained are left out)."""
     rows = ["| test set | strict: ODS F / F at t | 2 px: ODS F / F at t |", "|---|---|---|"]
-    line = read_record(record).get("general")
-    if line:
-        m = line["bundle_metrics"]["DEEPCRACK_TEST"]
-        rows.append(f"| DEEPCRACK_TEST ({m['images']} images, never trained on) | " + " | ".join(score_pairs(m)) + " |")
+    done = read_record(record)
+    policy = done.get(POLICY)
+    for line, how in ((policy, f", --scale {policy and policy['scale']} (the default)"),
+                      (done.get("general"), ", --scale 1" if policy else "")):
+        if line:
+            m = line["bundle_metrics"]["DEEPCRACK_TEST"]
+            rows.append(f"| DEEPCRACK_TEST ({m['images']} images, never trained on){how} | "
+                        + " | ".join(score_pairs(m)) + " |")
     for minutes, held_out in ((MINUTES, shipped_lodo_lines()), (BUNDLE_MINUTES, long_lodo_lines())):
         for source, test in TEST.items():
             if held_out[source]:
