@@ -244,9 +244,32 @@ def main() -> None:
         print(render_table(args.record))
 
 
+def render_summary(done: dict[str, dict], record: Path) -> str:
+    """Per recipe and zoom, over the held-out sources it ran on: the mean 2 px ODS F of fixed 1, auto
+    and the best fixed factor; auto's largest shortfall to that factor; auto - fixed 1 at its worst
+    source; and how much wider auto leaves the gap between ODS F and F at t than fixed 1 does."""
+    rows = ["| recipe | sources | zoom | fixed 1 | auto | best fixed factor | auto short of best: mean / worst | "
+            "auto - fixed 1: mean / worst | ODS - F at t gap, auto - fixed 1: worst |", "|---" * 9 + "|"]
+    groups = {}
+    for name, line in done.items():
+        groups.setdefault(name.rsplit("_", 1)[0], {})[name.rsplit("_", 1)[1]] = replay(load_arrays(record, line),
+                                                                                       scales.choose)
+    for recipe, by_source in groups.items():
+        for z in sorted(set.intersection(*(set(v) for v in by_source.values()))):
+            r = [by_source[s][z] for s in by_source]
+            fixed, auto, best = ([x[k][i] for x in r] for k, i in (("fixed_1", 0), ("auto", 0), ("oracle", 1)))
+            short = [b - a for a, b in zip(auto, best, strict=True)]
+            gain = [a - f for a, f in zip(auto, fixed, strict=True)]
+            gap = [(x["auto"][0] - x["auto"][1]) - (x["fixed_1"][0] - x["fixed_1"][1]) for x in r]
+            rows.append(f"| {recipe} | {len(r)} | {z:g} | {np.mean(fixed):.3f} | {np.mean(auto):.3f} | "
+                        f"{np.mean(best):.3f} | {np.mean(short):.3f} / {max(short):.3f} | "
+                        f"{np.mean(gain):+.3f} / {min(gain):+.3f} | {max(gap):+.3f} |")
+    return "\n".join(rows)
+
+
 def render_table(record: Path) -> str:
     """Every recorded experiment under today's scales.choose, replayed from its arrays (the line's own
-    policies are those of the rule it was recorded under)."""
+    policies are those of the rule it was recorded under); then the summary per recipe."""
     done = read_record(record)
     rows = ["| experiment | zoom | label width (px) | fixed 1: ODS / F at t | auto: ODS / F at t | "
             "best fixed factor: ODS | fuse: ODS |", "|---|---|---|---|---|---|---|"]
@@ -256,7 +279,7 @@ def render_table(record: Path) -> str:
             rows.append(f"| {name} | {float(z):g} | {line['zoom']['label_width_px'][i]:.1f} | "
                         f"{r['fixed_1'][0]:.3f} / {r['fixed_1'][1]:.3f} | {r['auto'][0]:.3f} / {r['auto'][1]:.3f} | "
                         f"{r['oracle'][0]:g}: {r['oracle'][1]:.3f} | {r['fuse'][0]:.3f} |")
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\n" + render_summary(done, record)
 
 
 if __name__ == "__main__":
