@@ -187,7 +187,7 @@ def model_from_config(config: dict) -> torch.nn.Module:
     """Runs from before --align-corners existed were trained with the reference's True."""
     return build_model(config["arch"], deep_supervision=config.get("deep_supervision", False),
                        base_width=config.get("base_width", 32), align_corners=config.get("align_corners", True),
-                       depth=config.get("depth", 4))
+                       depth=config.get("depth", 4), bottleneck_dilation=config.get("bottleneck_dilation", 1))
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:

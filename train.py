@@ -34,7 +34,8 @@ from scales import add_scale_option
 from utils import run_cli
 
 # what --init-from takes from the parent
-PARENT_KEYS = ("arch", "base_width", "depth", "deep_supervision", "align_corners", "minmax", "normalize", "clahe")
+PARENT_KEYS = ("arch", "base_width", "depth", "bottleneck_dilation", "deep_supervision", "align_corners", "minmax",
+               "normalize", "clahe")
 RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache", "panels_every"}
 
 
@@ -110,6 +111,9 @@ def add_model_options(p) -> None:
                    help="filters of the first block, doubling per level (32 = reference; 4 in the recipe)")
     p.add_argument("--depth", type=int, default=4, choices=[4, 5],
                    help="UNet poolings: 4 (the reference) or 5, which doubles the bottleneck's view of the photo")
+    p.add_argument("--bottleneck-dilation", type=int, default=1, choices=[1, 2, 4],
+                   help="UNet: space the bottleneck's 3x3 taps this far apart (1 = the reference; 2 or 4 widen "
+                        "its view at the same weights and time)")
     p.add_argument("--loss", default="BCEDiceLoss", choices=LOSSES,
                    help="BCEDiceLoss: the reference (Dice per crop); BCEDiceBatch: Dice over the batch, so "
                         "crack-free crops still give a gradient")
@@ -196,6 +200,8 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         (args.crop >= 2**args.depth and args.crop % 2**args.depth == 0,
          f"--crop must be a positive multiple of {2**args.depth} ({args.depth} poolings)"),
         (args.depth == 4 or args.arch == "UNet", f"--depth {args.depth} needs --arch UNet"),
+        (args.bottleneck_dilation == 1 or args.arch == "UNet",
+         f"--bottleneck-dilation {args.bottleneck_dilation} needs --arch UNet"),
         (0 <= args.val_split < 1, "--val-split must be in [0, 1) (0: train on every image, no validation)"),
         (args.workers >= 0, "--workers must be >= 0"),
         (args.epoch_size >= 0, "--epoch-size must be >= 0 (0: one crop per training image)"),

@@ -57,7 +57,8 @@ ARM_SOURCES = {"w4": ALL_SOURCES}
 ARMS = {"w4": [],
         "range4": ["--scale-aug-range", "0.25", "4"],    # step 4: labelled 3-7 px cracks drawn 1-28 px wide
         "range8": ["--scale-aug-range", "0.35", "8"],    # ... 1-56 px: the widest users' photos show
-        "depth5": ["--depth", "5"]}                      # step 5: a fifth pooling level, twice the view
+        "depth5": ["--depth", "5"],                      # step 5: a fifth pooling level, twice the view
+        "dilated2": ["--bottleneck-dilation", "2"]}      # ... the bottleneck's taps 2 apart: radius 110 -> 142 px
 
 
 # the chosen recipe (depth5: consistent small gains at the best factor on both arm sources) leave one

@@ -59,6 +59,24 @@ def test_folding_batchnorm_refuses_a_model_in_training_mode():
         fold_batchnorm(build_model("UNet", base_width=8))
 
 
+def view_radius(model: torch.nn.Module, size: int = 320) -> int:
+    """How far from the centre pixel an input pixel still moves the centre's output (in pixels)."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, size, size, requires_grad=True)
+    model(x)[0, 0, size // 2, size // 2].backward()
+    rows, cols = torch.nonzero(x.grad.abs().sum(1)[0]).T
+    return int(max((rows - size // 2).abs().max(), (cols - size // 2).abs().max()))
+
+
+def test_a_dilated_bottleneck_sees_further_with_the_same_weights():
+    plain = build_model("UNet", base_width=4).eval()
+    dilated = build_model("UNet", base_width=4, bottleneck_dilation=2).eval()
+    assert count_parameters(dilated) == count_parameters(plain)
+    assert view_radius(dilated) >= view_radius(plain) + 32    # 2 convs x 1 more cell x 16 px per cell
+    with pytest.raises(ValueError, match="--bottleneck-dilation 2 needs --arch UNet"):
+        build_model("AttentionUNet", base_width=4, bottleneck_dilation=2)
+
+
 def test_a_fifth_pooling_level_doubles_the_input_multiple_and_keeps_the_photos_grid():
     import inference
     from engine import make_engine
