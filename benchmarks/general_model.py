@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runner import (BUNDLE_MINUTES, CAMERA, MINUTES, MODELS, RECIPE, REFERENCE, RESULTS, ROOT, SHIPPED,  # noqa: E402
-                    TEST, TRAIN, add_common_args, arch_experiment, long_parent_name, network_args, read_record,
-                    run_all, score, training_summary, two_px)
+from runner import (BUNDLE_MINUTES, CAMERA, MINUTES, MODELS, RECIPE, REFERENCE, RESULTS, ROOT, SEED_PAIRS,  # noqa: E402
+                    SHIPPED, TEST, TRAIN, add_common_args, arch_experiment, f1_pair, long_parent_name, network_args,
+                    read_record, run_all, score, training_summary, two_px)
 
 sys.path.insert(0, str(ROOT))
 
@@ -93,12 +93,12 @@ def bundle_deepcrack() -> float:
 def lodo_means() -> tuple[float | None, float | None]:
     """Mean 2 px ODS F over the four held-out sources at MINUTES: the shipped recipe's (scale 1) and
     zoom.py's chosen recipe's under today's auto rule at zoom 1 (None until every source has run)."""
-    import zoom
+    import scales
+    from zoomrecord import RECORD, load_arrays, lodo_name, replay
     old = [two_px_ods(line["metrics"][TEST[s]]) for s, line in shipped_lodo_lines().items() if line]
-    record = read_record(zoom.RECORD)
-    lines = [record.get(f"{zoom.CHOSEN}_{MINUTES}min_{s}") for s in TEST]
-    new = [zoom.replay(zoom.load_arrays(zoom.RECORD, line), zoom.scales.choose)[1.0]["auto"][0]
-           for line in lines if line]
+    record = read_record(RECORD)
+    lines = [record.get(lodo_name(s)) for s in TEST]
+    new = [replay(load_arrays(RECORD, line), scales.choose)[1.0]["auto"][0] for line in lines if line]
     mean = lambda values: sum(values) / len(values) if len(values) == len(TEST) else None  # noqa: E731
     return mean(old), mean(new)
 
@@ -107,7 +107,6 @@ def seed_spreads() -> dict[str, float]:
     """What a second seed moved (2 px ODS F, generalization.py's seed pairs): DEEPCRACK_TEST's score,
     and a mean over the held-out sources a pair was scored on (the signed gaps averaged, as the
     mean leave-one-out F averages them)."""
-    from generalization import SEED_PAIRS, f1_pair
     done = read_record(RESULTS / "generalization.jsonl")
     spreads = {"DEEPCRACK_TEST": 0.0, "mean leave-one-out": 0.0}
     for one, two in SEED_PAIRS:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runner import (ABLATION_MINUTES, ABLATION_SOURCES, CAMERA, MINUTES, RESULTS, TEST, TRAIN, add_common_args,  # noqa: E402
-                    cell, experiment, lodo_commands, lodo_summary, others, read_record, run_all, score)
+from runner import (ABLATION_MINUTES, ABLATION_SOURCES, CAMERA, MINUTES, RESULTS, SEED_PAIRS, TEST, TRAIN,  # noqa: E402
+                    add_common_args, cell, experiment, f1_pair, lodo_commands, lodo_summary, others, read_record,
+                    run_all, score)
 
 ABLATION_ARMS = {   # name -> extra train.py arguments, relative to the multi-source recipe
     "nocam": [],
@@ -87,18 +88,10 @@ def render_ablation(record: Path) -> str:
     return "\n".join(rows)
 
 
-SEED_PAIRS = [("base_dc", "base_dc_seed1"), ("all4", "all4_seed1"),
-              ("camera_allcam_CRACKMAP", "camera_allcam_seed1_CRACKMAP")]
 BASELINES = {"DEEPCRACK": ["base_cfd"]}   # every other held-out source: the DEEPCRACK_TRAIN-only runs
 DC_ONLY, ALL4 = ["base_dc", "base_dc_seed1"], ["all4", "all4_seed1"]
 MEAN_GAIN = 0.10   # the mean held-out gain the multi-source recipe must reach (2 px ODS F)
 RUN_THRESHOLD_GAP = 0.03   # how far F at the stored threshold may fall below ODS F (2 px)
-
-
-def f1_pair(line: dict, test: str, tolerance: int) -> tuple[float, float] | None:
-    """(ODS F, F at the run's threshold) of a finished experiment on one test set, or None."""
-    r = score(line["metrics"].get(test), tolerance)
-    return (r["ods"]["f1"], r["at_run_threshold"]["f1"]) if r else None
 
 
 def mean_pair(done: dict[str, dict], names: list[str], test: str, tolerance: int = 2):

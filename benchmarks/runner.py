@@ -32,6 +32,9 @@ TRAIN = {"DEEPCRACK": "DEEPCRACK_TRAIN", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "
 TEST = {"DEEPCRACK": "DEEPCRACK_TEST", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "MASONRY": "MASONRY"}
 MINUTES, ABLATION_MINUTES, BUNDLE_MINUTES = 25, 12, 120   # leave-one-out runs, 12-minute arms, the bundle
 ABLATION_SOURCES = ["CRACKMAP", "MASONRY"]                # held out by the 12-minute arms
+# generalization.py's experiments trained twice, seeds 0 and 1: the spread every comparison is judged by
+SEED_PAIRS = [("base_dc", "base_dc_seed1"), ("all4", "all4_seed1"),
+              ("camera_allcam_CRACKMAP", "camera_allcam_seed1_CRACKMAP")]
 
 
 def recipe_parts() -> tuple[list[str], ...]:
@@ -220,6 +223,12 @@ def score(metrics: dict | None, tolerance: int) -> dict | None:
     if not metrics:
         return None
     return next((r for r in metrics["results"] if r["tolerance"] == tolerance), None)
+
+
+def f1_pair(line: dict, test: str, tolerance: int) -> tuple[float, float] | None:
+    """(ODS F, F at the run's threshold) of a finished experiment on one test set, or None."""
+    r = score(line["metrics"].get(test), tolerance)
+    return (r["ods"]["f1"], r["at_run_threshold"]["f1"]) if r else None
 
 
 def cell(metrics: dict | None, tolerance: int, threshold: bool = False, at_run: bool = False) -> str:

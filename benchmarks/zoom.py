@@ -19,7 +19,6 @@ that a new auto rule is replayed (replay()) without predicting again. "fuse" is 
 maps at 1, 1/2 and 1/4.
 """
 import argparse
-import gzip
 import json
 import shutil
 import sys
@@ -39,15 +38,14 @@ from engine import make_engine  # noqa: E402
 from inference import load_runs, predict_on_grid  # noqa: E402
 from measure import crack_widths, skeletonize  # noqa: E402
 from rundir import run_datasets  # noqa: E402
-from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MINUTES, MODELS, RESULTS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
+from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MINUTES, MODELS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
                     add_common_args, lodo_commands, read_record, run_all, shipped_lodo, training_summary)
+from zoomrecord import (CHOSEN, FEATURE_KEYS, GRID, RECORD, load_arrays, lodo_name, replay,  # noqa: E402
+                        save_arrays)
 
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 TOLERANCE = 2
-GRID = tuple(range(0, 101, 5))   # indices into metrics.DEFAULT_THRESHOLDS (0.00 ... 1.00)
-FEATURE_KEYS = scales.MapFeatures.KEYS
 PREFIX = "zoom_"
-RECORD = RESULTS / "zoom.jsonl"
 
 # the recipe arms of steps 4 and 5 at 12 minutes on two held-out sources (the shipped network with the
 # upsampling loss_align.py adopted); more join as they are built. The baseline also holds out the
@@ -61,11 +59,6 @@ ARMS = {"w4": [],
         "dilated2": ["--bottleneck-dilation", "2"]}      # ... the bottleneck's taps 2 apart: radius 110 -> 142 px
 
 
-# the chosen recipe (depth5: consistent small gains at the best factor on both arm sources) leave one
-# source out at the full leave-one-out budget, on all four sources
-CHOSEN = "depth5"
-
-
 def zoom_experiment(source: str, minutes: int, extra: list[str]) -> dict:
     shipped = shipped_lodo(source, minutes)
     return {**shipped, "extra": shipped["extra"] + UPSAMPLING + extra, "source": TEST[source]}
@@ -74,8 +67,7 @@ def zoom_experiment(source: str, minutes: int, extra: list[str]) -> dict:
 def experiments() -> dict[str, dict]:
     found = {f"{arm}_{source}": zoom_experiment(source, ABLATION_MINUTES, extra)
              for arm, extra in ARMS.items() for source in ARM_SOURCES.get(arm, ABLATION_SOURCES)}
-    found.update({f"{CHOSEN}_{MINUTES}min_{source}": zoom_experiment(source, MINUTES, ARMS[CHOSEN])
-                  for source in ALL_SOURCES})
+    found.update({lodo_name(source): zoom_experiment(source, MINUTES, ARMS[CHOSEN]) for source in ALL_SOURCES})
     return found
 
 
@@ -163,57 +155,6 @@ def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
             "images": len(samples), "arrays": path.name}
     (MODELS / run / f"zoom_{source}.json").write_text(json.dumps(info))
     return info
-
-
-# ---------------------------------------------------------------- policies from the record
-
-def dataset_f(counts: np.ndarray) -> tuple[float, float]:
-    """(ODS F over the grid, F at the run's threshold) of summed (K, 4) counts."""
-    cnt_p, sum_p, cnt_r, sum_r = (counts[:, i].astype(np.float64) for i in range(4))
-    p = np.divide(cnt_p, sum_p, out=np.zeros_like(cnt_p), where=sum_p > 0)
-    r = np.divide(cnt_r, sum_r, out=np.zeros_like(cnt_r), where=sum_r > 0)
-    f = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0)
-    return float(f[:-1].max()), float(f[-1])
-
-
-def replay(arrays: dict, rule) -> dict[float, dict]:
-    """Per zoom: fixed 1, auto under `rule` (scales.choose's signature), the oracle fixed factor, fuse."""
-    factors = list(scales.FACTORS)
-    results = {}
-    for zi, z in enumerate(arrays["zooms"]):
-        counts, found, valid = arrays["counts"][zi], arrays["features"][zi], arrays["valid"][zi]
-        fixed = {f: dataset_f(counts[:, i].sum(0)) for i, f in enumerate(factors) if valid[:, i].all()}
-        chosen = []
-        for n in range(counts.shape[0]):
-            permitted = [f for i, f in enumerate(factors) if valid[n, i]]
-            scoring = {f: dict(zip(FEATURE_KEYS, found[n, factors.index(f)].tolist(), strict=True))
-                       for f in permitted}   # auto sees every allowed factor's map (scales.scoring_factors)
-            chosen.append(factors.index(rule(scoring, permitted)))
-        auto = dataset_f(counts[np.arange(len(chosen)), chosen].sum(0))
-        live = [factors.index(f) for f in arrays["live"][zi]]
-        best = max(fixed, key=lambda f: fixed[f][0])
-        results[float(z)] = {"fixed_1": fixed[1.0], "auto": auto, "oracle": (best, *fixed[best]),
-                             "fuse": dataset_f(counts[:, len(factors)].sum(0)),
-                             "auto_factors": np.bincount(chosen, minlength=len(factors)).tolist(),
-                             "replayed_as_live": float(np.mean(np.array(live) == np.array(chosen)))}
-    return results
-
-
-def load_arrays(record: Path, line: dict) -> dict:
-    """The per-image arrays a record line refers to (kept beside the record)."""
-    return read_arrays(record.parent / line["attachments"][0])
-
-
-def save_arrays(path: Path, arrays: dict) -> None:
-    """Measurements as gzipped JSON text (lists and dtypes), not a binary blob beside the record."""
-    found = {k: {"dtype": str(v.dtype), "data": v.tolist()} for k, v in arrays.items()}
-    with gzip.open(path, "wt") as f:
-        json.dump(found, f, separators=(",", ":"))
-
-
-def read_arrays(path: Path) -> dict:
-    with gzip.open(path, "rt") as f:
-        return {k: np.array(v["data"], dtype=v["dtype"]) for k, v in json.load(f).items()}
 
 
 def summarize(name: str, record: Path) -> dict:

@@ -267,10 +267,10 @@ def zoom_arrays(good: list[float]) -> dict:
     import numpy as np
 
     import scales
-    import zoom
-    factors, k = list(scales.FACTORS), len(zoom.GRID) + 1
+    import zoomrecord
+    factors, k = list(scales.FACTORS), len(zoomrecord.GRID) + 1
     counts = np.zeros((1, len(good), len(factors) + 1, k, 4), np.int64)
-    features = np.zeros((1, len(good), len(factors), len(zoom.FEATURE_KEYS)), np.float32)
+    features = np.zeros((1, len(good), len(factors), len(zoomrecord.FEATURE_KEYS)), np.float32)
     valid = np.zeros((1, len(good), len(factors) + 1), bool)
     for n, best in enumerate(good):
         for f in (1.0, 0.5):
@@ -278,7 +278,7 @@ def zoom_arrays(good: list[float]) -> dict:
             counts[0, n, i] = (10, 10, 10, 10) if f == best else (5, 10, 5, 10)
             found = {"fraction": 0.01, "pieces": 1, "length": 100.0, "median_width": 5.0, "mean_p": 0.9,
                      "sureness": 0.9 if f == best else 0.5}
-            features[0, n, i] = [found[key] for key in zoom.FEATURE_KEYS]
+            features[0, n, i] = [found[key] for key in zoomrecord.FEATURE_KEYS]
             valid[0, n, i] = True
         counts[0, n, -1], valid[0, n, -1] = (7, 10, 7, 10), True   # fuse
     return {"counts": counts, "features": features, "valid": valid, "zooms": np.array([1.0]),
@@ -287,23 +287,23 @@ def zoom_arrays(good: list[float]) -> dict:
 
 def test_zoom_replay_scores_each_photo_at_the_factor_the_rule_chose():
     import scales
-    import zoom
-    result = zoom.replay(zoom_arrays([0.5, 1.0]), scales.choose)[1.0]
+    import zoomrecord
+    result = zoomrecord.replay(zoom_arrays([0.5, 1.0]), scales.choose)[1.0]
     assert result["fixed_1"] == pytest.approx((0.75, 0.75))        # 15 of 20 crack pixels each way
     assert result["oracle"][1:] == pytest.approx((0.75, 0.75))
     assert result["auto"] == pytest.approx((1.0, 1.0))             # each photo's perfect map
     assert result["fuse"][0] == pytest.approx(0.7)
     assert result["replayed_as_live"] == 1.0
-    never_shrink = zoom.replay(zoom_arrays([0.5, 1.0]), lambda found, permitted: 1.0)[1.0]
+    never_shrink = zoomrecord.replay(zoom_arrays([0.5, 1.0]), lambda found, permitted: 1.0)[1.0]
     assert never_shrink["auto"] == never_shrink["fixed_1"]
 
 
 def test_zoom_dataset_f_is_the_f_of_summed_counts():
     import numpy as np
 
-    import zoom
-    counts = np.array([[3, 4, 3, 6]] * len(zoom.GRID) + [[1, 2, 1, 3]])   # P 3/4, R 1/2; at t: P 1/2, R 1/3
-    ods, at_t = zoom.dataset_f(counts)
+    import zoomrecord
+    counts = np.array([[3, 4, 3, 6]] * len(zoomrecord.GRID) + [[1, 2, 1, 3]])   # P 3/4, R 1/2; at t: P 1/2, R 1/3
+    ods, at_t = zoomrecord.dataset_f(counts)
     assert ods == pytest.approx(2 * 0.75 * 0.5 / 1.25) and at_t == pytest.approx(2 * 0.5 / 3 / (0.5 + 1 / 3))
 
 
@@ -311,11 +311,12 @@ def test_zoom_summary_averages_a_recipe_over_its_sources_and_names_the_worst(tmp
     import json
 
     import zoom
+    import zoomrecord
     record = tmp_path / "zoom.jsonl"
     (tmp_path / "zoom").mkdir()
     lines = []
     for source, good in (("CFD", [0.5, 1.0]), ("MASONRY", [1.0, 1.0])):
-        zoom.save_arrays(tmp_path / "zoom" / f"r_{source}.json.gz", zoom_arrays(good))
+        zoomrecord.save_arrays(tmp_path / "zoom" / f"r_{source}.json.gz", zoom_arrays(good))
         lines.append(json.dumps({"experiment": f"r_{source}", "attachments": [f"zoom/r_{source}.json.gz"]}))
     record.write_text("\n".join(lines) + "\n")
     row = zoom.render_summary(zoom.read_record(record), record).splitlines()[2].split(" | ")

@@ -1,0 +1,74 @@
+"""benchmarks/zoom.py's record: the per-image arrays beside it and the scale policies replayed from
+them, shared by zoom.py (which writes and renders the record) and general_model.py (whose --replace
+compares the chosen recipe's leave-one-out rows). No entry point."""
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+
+import scales
+from runner import MINUTES, RESULTS
+
+GRID = tuple(range(0, 101, 5))   # indices into metrics.DEFAULT_THRESHOLDS (0.00 ... 1.00)
+FEATURE_KEYS = scales.MapFeatures.KEYS
+RECORD = RESULTS / "zoom.jsonl"
+# the recipe trained leave one source out at the full leave-one-out budget, on all four sources
+# (depth5: consistent small gains at the best factor on both arm sources at 12 minutes)
+CHOSEN = "depth5"
+
+
+def lodo_name(source: str) -> str:
+    """The experiment of the chosen recipe trained without `source` for MINUTES."""
+    return f"{CHOSEN}_{MINUTES}min_{source}"
+
+
+def dataset_f(counts: np.ndarray) -> tuple[float, float]:
+    """(ODS F over the grid, F at the run's threshold) of summed (K, 4) counts."""
+    cnt_p, sum_p, cnt_r, sum_r = (counts[:, i].astype(np.float64) for i in range(4))
+    p = np.divide(cnt_p, sum_p, out=np.zeros_like(cnt_p), where=sum_p > 0)
+    r = np.divide(cnt_r, sum_r, out=np.zeros_like(cnt_r), where=sum_r > 0)
+    f = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0)
+    return float(f[:-1].max()), float(f[-1])
+
+
+def replay(arrays: dict, rule) -> dict[float, dict]:
+    """Per zoom: fixed 1, auto under `rule` (scales.choose's signature), the oracle fixed factor, fuse."""
+    factors = list(scales.FACTORS)
+    results = {}
+    for zi, z in enumerate(arrays["zooms"]):
+        counts, found, valid = arrays["counts"][zi], arrays["features"][zi], arrays["valid"][zi]
+        fixed = {f: dataset_f(counts[:, i].sum(0)) for i, f in enumerate(factors) if valid[:, i].all()}
+        chosen = []
+        for n in range(counts.shape[0]):
+            permitted = [f for i, f in enumerate(factors) if valid[n, i]]
+            scoring = {f: dict(zip(FEATURE_KEYS, found[n, factors.index(f)].tolist(), strict=True))
+                       for f in permitted}   # auto sees every allowed factor's map (scales.scoring_factors)
+            chosen.append(factors.index(rule(scoring, permitted)))
+        auto = dataset_f(counts[np.arange(len(chosen)), chosen].sum(0))
+        live = [factors.index(f) for f in arrays["live"][zi]]
+        best = max(fixed, key=lambda f: fixed[f][0])
+        results[float(z)] = {"fixed_1": fixed[1.0], "auto": auto, "oracle": (best, *fixed[best]),
+                             "fuse": dataset_f(counts[:, len(factors)].sum(0)),
+                             "auto_factors": np.bincount(chosen, minlength=len(factors)).tolist(),
+                             "replayed_as_live": float(np.mean(np.array(live) == np.array(chosen)))}
+    return results
+
+
+def load_arrays(record: Path, line: dict) -> dict:
+    """The per-image arrays a record line refers to (kept beside the record)."""
+    return read_arrays(record.parent / line["attachments"][0])
+
+
+def save_arrays(path: Path, arrays: dict) -> None:
+    """Measurements as gzipped JSON text (lists and dtypes), not a binary blob beside the record."""
+    found = {k: {"dtype": str(v.dtype), "data": v.tolist()} for k, v in arrays.items()}
+    with gzip.open(path, "wt") as f:
+        json.dump(found, f, separators=(",", ":"))
+
+
+def read_arrays(path: Path) -> dict:
+    with gzip.open(path, "rt") as f:
+        return {k: np.array(v["data"], dtype=v["dtype"]) for k, v in json.load(f).items()}
+
+
