@@ -148,6 +148,21 @@ def record(results: dict, repeat: int) -> None:
         f.write(json.dumps(line, sort_keys=True) + "\n")
 
 
+def render_scales(record: Path = RECORD) -> str:
+    """--scales lines: per photo the network seconds of scale 1 and auto, their ratio, auto's factor."""
+    rows = ["| machine | commit | photo | scale 1 (s) | auto (s) | auto / 1 | auto chose | predict.py peak RSS, auto |",
+            "|---|---|---|---|---|---|---|---|"]
+    for line in map(json.loads, record.read_text().splitlines()):
+        found = line.get("scales")
+        if not found or not {"1", "auto"} <= set(next(iter(found["network_s"].values()))):
+            continue
+        for photo, t in found["network_s"].items():
+            rows.append(f"| {line['machine']} | {line['commit']} | {photo} | {t['1']:.2f} | {t['auto']:.2f} | "
+                        f"{t['auto'] / t['1']:.2f} | {found['factor'][photo]['auto']:g} | "
+                        f"{found['peak_rss_mib_auto']} MiB |")
+    return "\n".join(rows)
+
+
 def render_backends(record: Path = RECORD) -> str:
     rows = ["| machine | torch | input | torch (s) | onnxruntime (s) | ratio torch / onnxruntime |",
             "|---|---|---|---|---|---|"]
@@ -219,12 +234,13 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--record", action="store_true",
                    help="with --backend or --scales: append the results to " + str(RECORD))
-    p.add_argument("--table-only", action="store_true", help="print the backends table from the record and exit")
+    p.add_argument("--table-only", action="store_true",
+                   help="print the backends and scales tables from the record and exit")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the times here (benchmarks/architecture.py reads it)")
     args = p.parse_args()
     if args.table_only:
-        print(render_backends())
+        print(render_backends(), render_scales(), sep="\n\n")
         return
     if args.scales:
         found = time_scales(args.scales, args.data_dir, args.repeat)

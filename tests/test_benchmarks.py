@@ -323,3 +323,17 @@ def test_zoom_summary_averages_a_recipe_over_its_sources_and_names_the_worst(tmp
     # CFD: fixed 1 0.75, auto 1.0, best 0.75; MASONRY: fixed 1 = auto = best = 1.0
     assert row[:4] == ["| r", "2", "1", "0.875"] and row[4:6] == ["1.000", "0.875"]
     assert row[6] == "-0.125 / 0.000" and row[7] == "+0.125 / +0.000"
+
+
+def test_the_scales_table_gives_auto_over_scale_one_per_photo(tmp_path):
+    import json
+
+    import bench_predict
+    record = tmp_path / "bench_predict.jsonl"
+    scales = {"network_s": {"real": {"1": 2.0, "auto": 3.0}}, "factor": {"real": {"1": 1.0, "auto": 0.25}},
+              "peak_rss_mib_auto": 700}
+    lines = [{"machine": "m", "commit": "c", "medians_s": {"x": {"torch": 1.0, "onnxruntime": 2.0}}},
+             {"machine": "m", "commit": "c", "scales": scales}]
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows = bench_predict.render_scales(record).splitlines()[2:]
+    assert rows == ["| m | c | real | 2.00 | 3.00 | 1.50 | 0.25 | 700 MiB |"]
