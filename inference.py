@@ -100,6 +100,7 @@ def load_runs(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.
         if len({json.dumps(c.get(key)) for c in configs}) > 1:
             raise RunError(f"runs {', '.join(names)} differ in {key}; an ensemble needs one preprocessing")
     config = {**configs[0], "members": list(names), "threshold_source": "the members' mean",
+              "thresholds_by_scale": {},   # one member's per-scale thresholds are not the ensemble's
               "checkpoint": " + ".join(c["checkpoint"] for c in configs),
               "threshold": round(float(np.mean([c["threshold"] for c in configs])), 2)}   # on the 0.01 grid
     return Ensemble([model for model, _ in loaded]).eval(), config
@@ -253,9 +254,13 @@ def predict_probability(model, x: torch.Tensor, engine: Engine, tta: bool = Fals
 def predict_on_grid(model, x: torch.Tensor, engine: Engine, factor: float, tta: bool = False,
                     tile: int = TILE, overlap: int = OVERLAP) -> tuple[torch.Tensor, torch.Tensor]:
     """(the map on the network's grid, that map on the image's grid) for `x` seen at `factor`."""
-    h, w = x.shape[-2:]
-    net = predict_probability(model, resample(x, scaled_size(h, w, factor)), engine, tta, tile, overlap)
-    return net, resample(net, (h, w), enlarge="bilinear")
+    net = predict_probability(model, resample(x, scaled_size(*x.shape[-2:], factor)), engine, tta, tile, overlap)
+    return net, to_image_grid(net, x)
+
+
+def to_image_grid(net: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A map predicted at another size brought back onto x's grid (bilinear: no overshoot)."""
+    return resample(net, tuple(x.shape[-2:]), enlarge="bilinear")
 
 
 @dataclass
@@ -283,8 +288,7 @@ def predict_scaled(model, x: torch.Tensor, engine: Engine, scale: float | str = 
     factor = scales.choose(found, scales.allowed(h, w))
     if factor not in nets:
         return Scaled(predict_probability(model, x, engine, tta, tile, overlap, factor), factor, found)
-    # only the chosen map comes back to the image's grid (as predict_on_grid brings it)
-    return Scaled(resample(nets[factor], (h, w), enlarge="bilinear"), factor, found)
+    return Scaled(to_image_grid(nets[factor], x), factor, found)   # only the chosen map comes back
 
 
 # ---------------------------------------------------------------- evaluation

@@ -28,6 +28,8 @@ from runner import (BUNDLE_MINUTES, CAMERA, MINUTES, MODELS, RECIPE, REFERENCE, 
 
 sys.path.insert(0, str(ROOT))
 
+import scales  # noqa: E402
+
 RUN = "gen_general"
 POLICY = "policy_auto"   # the bundle's --scale auto policy, with its threshold re-chosen under it
 BUNDLE = "crackseg-general"
@@ -57,16 +59,15 @@ def policy_commands(args, scale: str) -> list[list[str]]:
             [py, "evaluate.py", "--name", BUNDLE, "--test", *TESTS, *data, "--tolerance", "0", "2"]]
 
 
-def adopt_scale(scale: str, data_dir: str) -> None:
+def adopt_scale(scale: float | str, data_dir: str) -> None:
     """The bundle's config.json gets scale `scale` and the threshold train.py's rule picks on the four
     training sources' validation splits predicted under it (the mean 2 px F curve's best); the
     threshold of each earlier policy stays in thresholds_by_scale, so `--scale 1` restores it."""
     import metrics
-    import scales
     from rundir import PRETRAINED_DIR, write_config
     datasets = list(TRAIN.values())
     subprocess.run([sys.executable, "evaluate.py", "--name", BUNDLE, "--test", *datasets, "--data-dir", data_dir,
-                    "--scale", scale, "--tolerance", "2"], cwd=ROOT, check=True)
+                    "--scale", scales.policy_key(scale), "--tolerance", "2"], cwd=ROOT, check=True)
     curves = [score(json.loads((MODELS / BUNDLE / "eval" / d / "metrics.json").read_text()), 2)["f1_curve"]
               for d in datasets]
     folder = PRETRAINED_DIR / BUNDLE
@@ -74,7 +75,7 @@ def adopt_scale(scale: str, data_dir: str) -> None:
     by_scale = config.get("thresholds_by_scale") or {scales.policy_key(config.get("scale", 1.0)): config["threshold"]}
     threshold = metrics.best_mean_threshold(curves)
     by_scale[scales.policy_key(scale)] = threshold
-    config.update({"scale": scales.scale_arg(scale), "threshold": threshold, "thresholds_by_scale": by_scale})
+    config.update({"scale": scale, "threshold": threshold, "thresholds_by_scale": by_scale})
     write_config(folder, config)
     print(f"{folder / 'config.json'}: scale {scale}, threshold {threshold:.2f} (thresholds by scale {by_scale})")
 
@@ -93,7 +94,6 @@ def bundle_deepcrack() -> float:
 def lodo_means() -> tuple[float | None, float | None]:
     """Mean 2 px ODS F over the four held-out sources at MINUTES: the shipped recipe's (scale 1) and
     zoom.py's chosen recipe's under today's auto rule at zoom 1 (None until every source has run)."""
-    import scales
     from zoomrecord import RECORD, load_arrays, lodo_name, replay
     old = [two_px_ods(line["metrics"][TEST[s]]) for s, line in shipped_lodo_lines().items() if line]
     record = read_record(RECORD)
@@ -449,8 +449,9 @@ def main() -> None:
     p.add_argument("--export", action="store_true", help="only export the finished run to pretrained/")
     p.add_argument("--half-precision", action="store_true", help="only measure the half-precision change")
     p.add_argument("--card", action="store_true", help="only write the bundle's README.md from the jsonl")
-    p.add_argument("--adopt-scale", metavar="S|auto", help="only set the bundle's scale policy and re-choose its "
-                   "threshold under it (what experiment policy_auto runs)")
+    p.add_argument("--adopt-scale", metavar="S|auto", type=scales.scale_arg,
+                   help="only set the bundle's scale policy and re-choose its threshold under it "
+                        "(what experiment policy_auto runs)")
     args = p.parse_args()
     if args.export:
         return export(args.replace)

@@ -92,6 +92,17 @@ def test_a_scale_given_takes_the_threshold_chosen_under_it():
     assert (run["scale"], run["threshold"]) == (1.0, 0.3)
 
 
+def test_an_ensemble_keeps_its_members_mean_threshold_whatever_the_scale(monkeypatch):
+    members = {"bundle": {"scale": "auto", "threshold": 0.69, "thresholds_by_scale": {"1": 0.59, "auto": 0.69}},
+               "run": {"scale": 1.0, "threshold": 0.31}}
+    monkeypatch.setattr(inference, "load_run_model", lambda name, engine, which: (
+        torch.nn.Conv2d(3, 1, 1), {**members[name], "checkpoint": name}))
+    for scale in (None, 1.0):
+        _, config = inference.load_runs("bundle+run", ENGINE)
+        inference.use_scale(config, scale)
+        assert config["threshold"] == 0.5, scale   # (0.69 + 0.31) / 2, not the first member's own
+
+
 def test_allowed_factors_keep_the_short_side_and_cap_the_megapixels():
     assert scales.allowed(3000, 4000) == [1.0, 0.5, 0.25, 0.125]          # 12 MP: no enlarging
     assert scales.allowed(384, 544) == [2.0, 1.0, 0.5]                    # 1/4 would leave 96 px
