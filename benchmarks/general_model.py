@@ -23,8 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runner import (BUNDLE_MINUTES, CAMERA, MINUTES, MODELS, RECIPE, REFERENCE, RESULTS, ROOT, SEED_PAIRS,  # noqa: E402
-                    SHIPPED, TEST, TRAIN, add_common_args, arch_experiment, f1_pair, long_parent_name, network_args,
-                    read_record, run_all, score, training_summary, two_px)
+                    SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args, arch_experiment, f1_pair, long_parent_name,
+                    network_args, read_record, run_all, score, training_summary, two_px)
+from zoomrecord import ARMS, CHOSEN  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -34,20 +35,46 @@ RUN = "gen_general"
 POLICY = "policy_auto"   # the bundle's --scale auto policy, with its threshold re-chosen under it
 BUNDLE = "crackseg-general"
 NETWORK = network_args(SHIPPED)
+# the second bundle (issue 28, step 6): zoom.py's chosen recipe trained as the first one was, scored
+# under --scale auto as users would get it; its export waits for the --replace verdict
+SECOND, SECOND_EXPORT, SECOND_RUN = f"general_{CHOSEN}", f"general_{CHOSEN}_bundle", f"gen_{CHOSEN}"
+SECOND_NETWORK = NETWORK + UPSAMPLING + ARMS[CHOSEN]
 TESTS = ["DEEPCRACK_TEST", "CFD", "CRACKMAP", "MASONRY"]   # CFD, CRACKMAP, MASONRY: their validation splits
 HALF_JSON = MODELS / BUNDLE / "half_precision.json"
 SPEED_JSON = MODELS / BUNDLE / "speed.json"
 
 
+def train_command(args, run: str, network: list[str]) -> list[str]:
+    return [sys.executable, "train.py", "--dataset", *TRAIN.values(), "--data-dir", args.data_dir, "--name", run,
+            "--overwrite", "--max-minutes", str(BUNDLE_MINUTES), *RECIPE, *CAMERA, *network]
+
+
+def score_command(args, run: str, *extra: str) -> list[str]:
+    return [sys.executable, "evaluate.py", "--name", run, "--test", *TESTS, "--data-dir", args.data_dir,
+            "--tolerance", "0", "2", *extra]
+
+
 def commands(args) -> list[list[str]]:
     py, data = sys.executable, ["--data-dir", args.data_dir]
-    train = [py, "train.py", "--dataset", *TRAIN.values(), *data, "--name", RUN, "--overwrite",
-             "--max-minutes", str(BUNDLE_MINUTES), *RECIPE, *CAMERA, *NETWORK]
-    score = [py, "evaluate.py", "--test", *TESTS, *data, "--tolerance", "0", "2"]
-    return [train, [*score[:2], "--name", RUN, *score[2:]],
+    return [train_command(args, RUN, NETWORK), score_command(args, RUN),
             [py, "benchmarks/general_model.py", "--export", *(["--replace"] if args.replace else [])],
-            [*score[:2], "--name", BUNDLE, *score[2:]],
+            score_command(args, BUNDLE),
             [py, "benchmarks/general_model.py", "--half-precision", *data],
+            [py, "benchmarks/bench_predict.py", "--json", str(SPEED_JSON.relative_to(ROOT))]]
+
+
+def second_commands(args) -> list[list[str]]:
+    """The second bundle's run, trained and scored under auto; the line records the --replace verdict."""
+    return [train_command(args, SECOND_RUN, SECOND_NETWORK), score_command(args, SECOND_RUN, "--scale", "auto")]
+
+
+def second_export_commands(args) -> list[list[str]]:
+    """The second run replaces the bundle (only where the verdict says it won), takes the auto policy
+    with its threshold re-chosen under it, and is measured as the first bundle was."""
+    py, data, run = sys.executable, ["--data-dir", args.data_dir], ["--run", SECOND_RUN]
+    return [[py, "benchmarks/general_model.py", "--export", "--replace", *run],
+            *policy_commands(args, "auto"),
+            [py, "benchmarks/general_model.py", "--half-precision", *run, *data],
             [py, "benchmarks/bench_predict.py", "--json", str(SPEED_JSON.relative_to(ROOT))]]
 
 
@@ -55,8 +82,7 @@ def policy_commands(args, scale: str) -> list[list[str]]:
     """The current bundle's scale policy set to `scale`, its threshold re-chosen on maps made under it,
     then the bundle scored as users now get it."""
     py, data = sys.executable, ["--data-dir", args.data_dir]
-    return [[py, "benchmarks/general_model.py", "--adopt-scale", scale, *data],
-            [py, "evaluate.py", "--name", BUNDLE, "--test", *TESTS, *data, "--tolerance", "0", "2"]]
+    return [[py, "benchmarks/general_model.py", "--adopt-scale", scale, *data], score_command(args, BUNDLE)]
 
 
 def adopt_scale(scale: float | str, data_dir: str) -> None:
@@ -121,40 +147,40 @@ def seed_spreads() -> dict[str, float]:
     return spreads
 
 
-def replacement_verdict() -> tuple[bool, str]:
+def replacement_verdict(run: str = RUN) -> tuple[bool, str]:
     """Whether the trained run may replace the bundle: its DEEPCRACK_TEST and its recipe's mean
     leave-one-out F must both beat the bundle's by more than the seed spread."""
     spreads = seed_spreads()
-    run_dc = two_px_ods(json.loads((MODELS / RUN / "eval" / "DEEPCRACK_TEST" / "metrics.json").read_text()))
+    run_dc = two_px_ods(json.loads((MODELS / run / "eval" / "DEEPCRACK_TEST" / "metrics.json").read_text()))
     old, new = lodo_means()
     gains = {"DEEPCRACK_TEST": run_dc - bundle_deepcrack(),
              "mean leave-one-out": None if old is None or new is None else new - old}
     wins = all(gains[k] is not None and gains[k] > spreads[k] for k in gains)
     text = "; ".join(f"{k} {'not measured' if v is None else f'{v:+.3f}'} (seed spread {spreads[k]:.3f})"
                      for k, v in gains.items())
-    return wins, f"{RUN} against the bundle, 2 px ODS F: {text}"
+    return wins, f"{run} against the bundle, 2 px ODS F: {text}"
 
 
-def export(replace: bool) -> None:
+def export(replace: bool, run: str = RUN) -> None:
     from rundir import PRETRAINED_DIR, export_bundle
     folder = PRETRAINED_DIR / BUNDLE
     if (folder / "model.pt").exists():
         if not replace:
             sys.exit(f"{folder} exists: replace it (--replace) only when the recipe's mean leave-one-out F and "
                      "DEEPCRACK_TEST both improved by more than the seed spread")
-        wins, why = replacement_verdict()
+        wins, why = replacement_verdict(run)
         print(why)
         if not wins:
-            sys.exit(f"{folder} stays: {RUN} did not win beyond the seed spread on both. Give the current bundle "
+            sys.exit(f"{folder} stays: {run} did not win beyond the seed spread on both. Give the current bundle "
                      f"the scale policy instead: python benchmarks/general_model.py --only {POLICY}")
     if folder.exists():
         shutil.rmtree(folder)
-    config = export_bundle(RUN, folder, {"terms": TERMS_LINE})
-    print(f"exported {RUN} to {folder} ({(folder / 'model.pt').stat().st_size / 2**20:.1f} MiB, "
+    config = export_bundle(run, folder, {"terms": TERMS_LINE})
+    print(f"exported {run} to {folder} ({(folder / 'model.pt').stat().st_size / 2**20:.1f} MiB, "
           f"sha256 {config['sha256'][:12]}...)")
 
 
-def half_precision(data_dir: str) -> None:
+def half_precision(data_dir: str, run: str = RUN) -> None:
     """Largest |p(bundle) - p(run)| over DEEPCRACK_TEST, both computed in fp32 and in the default precision."""
     import numpy as np
 
@@ -165,12 +191,12 @@ def half_precision(data_dir: str) -> None:
     found = {}
     for precision in ("fp32", "auto"):
         engine = make_engine("cpu", precision)
-        (run, config), (bundle, _) = load_run_model(RUN, engine), load_run_model(BUNDLE, engine)
+        (trained, config), (bundle, _) = load_run_model(run, engine), load_run_model(BUNDLE, engine)
         dataset = CrackDataset(samples, Intensity.from_config(config))
         largest, mean = 0.0, []
         for item in dataset:
             x = item["image"][None]
-            diff = (predict_probability(run, x, engine) - predict_probability(bundle, x, engine)).abs()
+            diff = (predict_probability(trained, x, engine) - predict_probability(bundle, x, engine)).abs()
             largest, mean = max(largest, float(diff.max())), mean + [float(diff.mean())]
         found[precision if precision == "fp32" else str(engine.dtype or "fp32")] = {
             "max_abs_dp": round(largest, 5), "mean_abs_dp": float(np.mean(mean))}
@@ -434,37 +460,55 @@ def summarize_policy(scale: str) -> dict:
             "bundle_metrics": scores(BUNDLE), "bundle_sha256": config["sha256"]}
 
 
-def summarize(_name: str, data_dir: str) -> dict:
-    return {"trained_on": list(TRAIN.values()), "budget_minutes": BUNDLE_MINUTES,
-            "data_dir": str(Path(data_dir).resolve()),
-            "training": training_summary(RUN), "run_metrics": scores(RUN), "bundle_metrics": scores(BUNDLE),
+def summarize_run(run: str, data_dir: str) -> dict:
+    return {"run": run, "trained_on": list(TRAIN.values()), "budget_minutes": BUNDLE_MINUTES,
+            "data_dir": str(Path(data_dir).resolve()), "training": training_summary(run), "run_metrics": scores(run)}
+
+
+def summarize_second(data_dir: str) -> dict:
+    wins, why = replacement_verdict(SECOND_RUN)
+    return {**summarize_run(SECOND_RUN, data_dir), "replaces_bundle": wins, "verdict": why}
+
+
+def summarize(run: str, data_dir: str) -> dict:
+    return {**summarize_run(run, data_dir), "bundle_metrics": scores(BUNDLE),
             "half_precision": json.loads(HALF_JSON.read_text()), "speed": json.loads(SPEED_JSON.read_text()),
             "bundle_config": json.loads((ROOT / "pretrained" / BUNDLE / "config.json").read_text())}
 
 
+def summary(name: str, data_dir: str) -> dict:
+    """The jsonl line's results of experiment `name`."""
+    if name == POLICY:
+        return summarize_policy("auto")
+    if name == SECOND:
+        return summarize_second(data_dir)
+    return summarize(SECOND_RUN if name == SECOND_EXPORT else RUN, data_dir)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, RESULTS / "general_model.jsonl", ["general", POLICY])
+    add_common_args(p, RESULTS / "general_model.jsonl", ["general", POLICY, SECOND, SECOND_EXPORT])
     p.add_argument("--replace", action="store_true", help="replace an existing bundle (see above for when)")
     p.add_argument("--export", action="store_true", help="only export the finished run to pretrained/")
     p.add_argument("--half-precision", action="store_true", help="only measure the half-precision change")
+    p.add_argument("--run", default=RUN, choices=[RUN, SECOND_RUN], help="the run --export and --half-precision take")
     p.add_argument("--card", action="store_true", help="only write the bundle's README.md from the jsonl")
     p.add_argument("--adopt-scale", metavar="S|auto", type=scales.scale_arg,
                    help="only set the bundle's scale policy and re-choose its threshold under it "
                         "(what experiment policy_auto runs)")
     args = p.parse_args()
     if args.export:
-        return export(args.replace)
+        return export(args.replace, args.run)
     if args.adopt_scale:
         return adopt_scale(args.adopt_scale, args.data_dir)
     if args.half_precision:
-        return half_precision(args.data_dir)
+        return half_precision(args.data_dir, args.run)
     if args.card:
         done = read_record(args.record)
         return write_card(done["general"], ROOT / "pretrained" / BUNDLE, done.get(POLICY))
     if not args.table_only:
-        run_all({"general": commands(args), POLICY: policy_commands(args, "auto")}, args,
-                lambda name: summarize_policy("auto") if name == POLICY else summarize(name, args.data_dir))
+        run_all({"general": commands(args), POLICY: policy_commands(args, "auto"), SECOND: second_commands(args),
+                 SECOND_EXPORT: second_export_commands(args)}, args, lambda name: summary(name, args.data_dir))
     if not args.list:
         print(render_table(args.record))
 

@@ -40,23 +40,16 @@ from measure import crack_widths, skeletonize  # noqa: E402
 from rundir import run_datasets  # noqa: E402
 from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MINUTES, MODELS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
                     add_common_args, lodo_commands, read_record, run_all, shipped_lodo, training_summary)
-from zoomrecord import (CHOSEN, FEATURE_KEYS, GRID, RECORD, load_arrays, lodo_name, replay,  # noqa: E402
+from zoomrecord import (ARMS, CHOSEN, FEATURE_KEYS, GRID, RECORD, load_arrays, lodo_name, replay,  # noqa: E402
                         save_arrays)
 
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 TOLERANCE = 2
 PREFIX = "zoom_"
 
-# the recipe arms of steps 4 and 5 at 12 minutes on two held-out sources (the shipped network with the
-# upsampling loss_align.py adopted); more join as they are built. The baseline also holds out the
-# thin-crack sources, where an auto rule must keep the photo as it is.
+# the baseline also holds out the thin-crack sources, where an auto rule must keep the photo as it is
 ALL_SOURCES = list(TRAIN)
 ARM_SOURCES = {"w4": ALL_SOURCES}
-ARMS = {"w4": [],
-        "range4": ["--scale-aug-range", "0.25", "4"],    # step 4: labelled 3-7 px cracks drawn 1-28 px wide
-        "range8": ["--scale-aug-range", "0.35", "8"],    # ... 1-56 px: the widest users' photos show
-        "depth5": ["--depth", "5"],                      # step 5: a fifth pooling level, twice the view
-        "dilated2": ["--bottleneck-dilation", "2"]}      # ... the bottleneck's taps 2 apart: radius 110 -> 142 px
 
 
 def zoom_experiment(source: str, minutes: int, extra: list[str]) -> dict:

@@ -13,6 +13,13 @@ from runner import MINUTES, RESULTS
 GRID = tuple(range(0, 101, 5))   # indices into metrics.DEFAULT_THRESHOLDS (0.00 ... 1.00)
 FEATURE_KEYS = scales.MapFeatures.KEYS
 RECORD = RESULTS / "zoom.jsonl"
+# the recipe arms of steps 4 and 5 at 12 minutes on two held-out sources, beyond the shipped network
+# with the upsampling loss_align.py adopted (train.py options); more join as they are built
+ARMS = {"w4": [],
+        "range4": ["--scale-aug-range", "0.25", "4"],    # step 4: labelled 3-7 px cracks drawn 1-28 px wide
+        "range8": ["--scale-aug-range", "0.35", "8"],    # ... 1-56 px: the widest users' photos show
+        "depth5": ["--depth", "5"],                      # step 5: a fifth pooling level, twice the view
+        "dilated2": ["--bottleneck-dilation", "2"]}      # ... the bottleneck's taps 2 apart: radius 110 -> 142 px
 # the recipe trained leave one source out at the full leave-one-out budget, on all four sources
 # (depth5: consistent small gains at the best factor on both arm sources at 12 minutes)
 CHOSEN = "depth5"
