@@ -243,16 +243,35 @@ def test_the_bundle_is_replaced_only_when_both_gains_pass_the_seed_spread(tmp_pa
 
     import general_model
     metrics = generalization_line("x", {"DEEPCRACK_TEST": {0: (.8, .8), 2: (.90 + dc_gain, .9)}})[1]["metrics"]
-    scored = tmp_path / general_model.RUN / "eval" / "DEEPCRACK_TEST"
+    scored = tmp_path / general_model.SECOND_RUN / "eval" / "DEEPCRACK_TEST"
     scored.mkdir(parents=True)
     (scored / "metrics.json").write_text(json.dumps(metrics["DEEPCRACK_TEST"]))
     monkeypatch.setattr(general_model, "MODELS", tmp_path)
     monkeypatch.setattr(general_model, "bundle_deepcrack", lambda: 0.90)
     monkeypatch.setattr(general_model, "lodo_means", lambda: (0.80, None if lodo_gain is None else 0.80 + lodo_gain))
     monkeypatch.setattr(general_model, "seed_spreads", lambda: {"DEEPCRACK_TEST": 0.012, "mean leave-one-out": 0.019})
-    wins, why = general_model.replacement_verdict()
+    wins, why = general_model.replacement_verdict(general_model.SECOND_RUN)
     assert wins == replaced, why
     assert "seed spread 0.012" in why and "seed spread 0.019" in why
+    assert why.startswith(general_model.SECOND_RUN)
+
+
+def test_the_second_bundle_trains_the_chosen_recipe_as_the_first_was_and_is_scored_under_auto():
+    import argparse
+
+    import general_model
+    import zoomrecord
+    args = argparse.Namespace(data_dir="DATA", replace=False)
+    first_train, first_score = general_model.commands(args)[:2]
+    second_train, second_score = general_model.second_commands(args)
+    assert second_train[:second_train.index("--name")] == first_train[:first_train.index("--name")]
+    extra = second_train[len(first_train):]
+    assert second_train[:len(first_train)] == [*first_train[:first_train.index("--name") + 1], general_model.SECOND_RUN,
+                                              *first_train[first_train.index("--name") + 2:]]
+    assert extra == general_model.UPSAMPLING + zoomrecord.ARMS[zoomrecord.CHOSEN] and extra
+    assert second_score[-2:] == ["--scale", "auto"] and general_model.SECOND_RUN in second_score
+    export = general_model.second_export_commands(args)[0]
+    assert "--replace" in export and export[-2:] == ["--run", general_model.SECOND_RUN]
 
 
 def test_seed_spreads_come_from_the_recorded_seed_pairs():
