@@ -61,6 +61,8 @@ def experiments() -> dict[str, dict]:
     found = {f"{arm}_{source}": zoom_experiment(source, ABLATION_MINUTES, extra)
              for arm, extra in ARMS.items() for source in ARM_SOURCES.get(arm, ABLATION_SOURCES)}
     found.update({lodo_name(source): zoom_experiment(source, MINUTES, ARMS[CHOSEN]) for source in ALL_SOURCES})
+    found.update({lodo_name(source, 1): zoom_experiment(source, MINUTES, ARMS[CHOSEN] + ["--seed", "1"])
+                  for source in ABLATION_SOURCES})
     return found
 
 
@@ -190,7 +192,7 @@ def render_summary(done: dict[str, dict], record: Path) -> str:
         groups.setdefault(name.rsplit("_", 1)[0], {})[name.rsplit("_", 1)[1]] = replay(load_arrays(record, line),
                                                                                        scales.choose)
     for recipe, by_source in groups.items():
-        for z in sorted(set.intersection(*(set(v) for v in by_source.values()))):
+        for z in common_zooms(by_source):
             r = [by_source[s][z] for s in by_source]
             fixed, auto, best = ([x[k][i] for x in r] for k, i in (("fixed_1", 0), ("auto", 0), ("oracle", 1)))
             short = [b - a for a, b in zip(auto, best, strict=True)]
@@ -199,7 +201,34 @@ def render_summary(done: dict[str, dict], record: Path) -> str:
             rows.append(f"| {recipe} | {len(r)} | {z:g} | {np.mean(fixed):.3f} | {np.mean(auto):.3f} | "
                         f"{np.mean(best):.3f} | {np.mean(short):.3f} / {max(short):.3f} | "
                         f"{np.mean(gain):+.3f} / {min(gain):+.3f} | {max(gap):+.3f} |")
-    return "\n".join(rows)
+    return "\n".join(rows) + render_seed_spread(groups)
+
+
+def common_zooms(by_source: dict[str, dict]) -> list[float]:
+    return sorted(set.intersection(*(set(v) for v in by_source.values())))
+
+
+def render_seed_spread(groups: dict[str, dict]) -> str:
+    """For each recipe trained again with another seed (RECIPE_seedN): per zoom, the largest change
+    of fixed 1, auto and the best fixed factor (2 px ODS F) over the sources both seeds held out, the
+    spread a difference between recipes at that budget must exceed to be a finding (empty until then)."""
+    rows = []
+    for name, again in groups.items():
+        recipe, _, seed = name.rpartition("_seed")
+        if not recipe or recipe not in groups or not seed.isdigit():
+            continue
+        sources = sorted(set(again) & set(groups[recipe]))
+        pairs = [(groups[recipe][s], again[s]) for s in sources]
+        for z in common_zooms(dict(enumerate(p for pair in pairs for p in pair))):
+            changes = [max(abs(a[z][k][i] - b[z][k][i]) for a, b in pairs)
+                       for k, i in (("fixed_1", 0), ("auto", 0), ("oracle", 1))]
+            cells = " | ".join(f"{c:.3f}" for c in changes)
+            rows.append(f"| {recipe} | {seed} | {', '.join(sources)} | {z:g} | {cells} |")
+    if not rows:
+        return ""
+    return ("\n\nSeed spread: the largest |seed 0 - seed N| over the sources both held out (2 px ODS F).\n\n"
+            "| recipe | seed | sources | zoom | fixed 1 | auto | best fixed factor |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows))
 
 
 def render_table(record: Path) -> str:

@@ -25,9 +25,10 @@ ARMS = {"w4": [],
 CHOSEN = "depth5"
 
 
-def lodo_name(source: str) -> str:
-    """The experiment of the chosen recipe trained without `source` for MINUTES."""
-    return f"{CHOSEN}_{MINUTES}min_{source}"
+def lodo_name(source: str, seed: int = 0) -> str:
+    """The experiment of the chosen recipe trained without `source` for MINUTES (seed 0, or a second
+    seed's rerun, which measures the spread at that budget)."""
+    return f"{CHOSEN}_{MINUTES}min_{source}" if seed == 0 else f"{CHOSEN}_{MINUTES}min_seed{seed}_{source}"
 
 
 def dataset_f(counts: np.ndarray) -> tuple[float, float]:

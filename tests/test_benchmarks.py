@@ -204,15 +204,15 @@ def test_bench_predict_random_networks_mark_about_the_intended_share_of_the_phot
 
 
 def test_model_card_estimates_unseen_photos_at_both_budgets_and_says_which_runs_are_missing():
-    import general_model
+    import modelcard
     long = {"CFD": generalization_line("parent_long_CFD", {"CFD": {0: (.5, .5), 2: (.804, .784)}})[1]}
     short = {source: generalization_line(f"unet_w4_{source}", {test: {2: (.7, .6)}})[1]
-             for source, test in general_model.TEST.items()}
+             for source, test in modelcard.TEST.items()}
     rows = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")[1:]]
-            for row in general_model.unseen_photo_rows(long, short)[2:]}
+            for row in modelcard.unseen_photo_rows(long, short)[2:]}
     assert rows["CFD"] == ["0.804", "0.784", "0.700", "0.600"]             # the 2 px scores, longer run first
     assert rows["MASONRY"] == ["not run", "not run", "0.700", "0.600"]
-    assert set(rows) == set(general_model.TEST.values())
+    assert set(rows) == set(modelcard.TEST.values())
 
 
 def test_bundle_table_scores_the_bundle_then_each_trained_leave_one_out_run(tmp_path, monkeypatch):
@@ -342,6 +342,24 @@ def test_zoom_summary_averages_a_recipe_over_its_sources_and_names_the_worst(tmp
     # CFD: fixed 1 0.75, auto 1.0, best 0.75; MASONRY: fixed 1 = auto = best = 1.0
     assert row[:4] == ["| r", "2", "1", "0.875"] and row[4:6] == ["1.000", "0.875"]
     assert row[6] == "-0.125 / 0.000" and row[7] == "+0.125 / +0.000"
+    assert "Seed spread" not in zoom.render_summary(zoom.read_record(record), record)
+
+
+def test_zoom_seed_spread_is_the_largest_change_over_the_sources_both_seeds_held_out(tmp_path):
+    import json
+
+    import zoom
+    import zoomrecord
+    record = tmp_path / "zoom.jsonl"
+    (tmp_path / "zoom").mkdir()
+    lines = []
+    for name, good in (("r_CFD", [0.5, 1.0]), ("r_MASONRY", [1.0, 1.0]), ("r_seed1_CFD", [1.0, 1.0])):
+        zoomrecord.save_arrays(tmp_path / "zoom" / f"{name}.json.gz", zoom_arrays(good))
+        lines.append(json.dumps({"experiment": name, "attachments": [f"zoom/{name}.json.gz"]}))
+    record.write_text("\n".join(lines) + "\n")
+    table = zoom.render_summary(zoom.read_record(record), record).split("Seed spread")[1].splitlines()
+    # CFD, seed 0: fixed 1 and the best factor 0.75, auto 1.0; seed 1: every map at 1 perfect (1.0)
+    assert table[-1] == "| r | 1 | CFD | 1 | 0.250 | 0.000 | 0.250 |"
 
 
 def test_the_scales_table_gives_auto_over_scale_one_per_photo(tmp_path):

@@ -187,12 +187,12 @@ def test_the_shipped_general_model_loads_checked_from_another_directory_and_find
 def test_failure_picture_keeps_the_photos_colours(tmp_path):
     """read_image returns RGB: a red photo stays red in failure.jpg's rows."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import general_model
+    import modelcard
     from dataset import Sample
     red = np.zeros((40, 60, 3), np.uint8)
     red[..., 2] = 255                                          # BGR on disk: pure red
     cv2.imwrite(str(tmp_path / "i.png"), red)
     cv2.imwrite(str(tmp_path / "m.png"), np.zeros((40, 60), np.uint8))
-    row = general_model.failure_row(Sample("i", tmp_path / "i.png", tmp_path / "m.png"),
-                                    np.zeros((40, 60), bool), height=40)
+    row = modelcard.failure_row(Sample("i", tmp_path / "i.png", tmp_path / "m.png"),
+                                np.zeros((40, 60), bool), height=40)
     assert tuple(row[20, 10]) == (255, 0, 0)                   # RGB red, not blue

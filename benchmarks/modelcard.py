@@ -1,0 +1,229 @@
+"""The bundled general model's card: pretrained/crackseg-general/README.md and failure.jpg, written
+from its jsonl lines (benchmarks/general_model.py --card), with the estimate for unseen photos that
+the leave-one-out runs of its network and recipe give."""
+from pathlib import Path
+
+from runner import (BUNDLE_MINUTES, MINUTES, MODELS, REFERENCE, RESULTS, SHIPPED, TEST, arch_experiment,
+                    long_parent_name, read_record, score, two_px)
+
+BUNDLE = "crackseg-general"
+TESTS = ["DEEPCRACK_TEST", "CFD", "CRACKMAP", "MASONRY"]   # CFD, CRACKMAP, MASONRY: their validation splits
+
+
+FAILURES = """From the top: straight dark edges are taken for cracks (DEEPCRACK_TEST: the shadowed
+joint between a kerb and a wall, and a stain below it); faint hairline branches on fine asphalt are
+missed where the main crack is found (CFD); on coarse asphalt a wide crack is found along its centre
+but thinner than its annotator drew it (CRACKMAP, whose labels are the full crack body); and the
+mortar joints of a painted brick wall are marked as crack (MASONRY). Expect the same on your photos:
+joints, kerb edges and shadows read as cracks, and the widths follow the annotation style the model
+learned from most."""   # what failure.jpg shows, in words
+
+
+def worst_images(metrics_dir: Path, count: int = 1) -> list[str]:
+    """Stems with the lowest F at the bundle's threshold (2 px) that have crack pixels to find."""
+    import csv
+    with open(metrics_dir / "per_image.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["tolerance"] == "2" and r.get("f1_at_run")]
+    return [r["name"] for r in sorted(rows, key=lambda r: float(r["f1_at_run"]))][:count]
+
+
+def failure_picture(data_dir: Path, out: Path, height: int = 150) -> list[str]:
+    """failure.jpg: for the worst image of each test set, the photo and the bundle's errors
+    (green found, red false alarm, blue missed) as users get them (its scale policy and threshold).
+    Returns the images used."""
+    import numpy as np
+
+    from dataset import CrackDataset, Intensity, scan_dataset
+    from engine import make_engine
+    from inference import load_run_model, predict_scaled
+    from visuals import write_image
+    engine = make_engine("cpu")
+    model, config = load_run_model(BUNDLE, engine)   # its scale policy and that policy's threshold
+    rows, used = [], []
+    for test in TESTS:
+        samples = {s.stem: s for s in scan_dataset(data_dir, test)[0]}
+        for stem in worst_images(MODELS / BUNDLE / "eval" / test):
+            sample = samples[stem]
+            x = CrackDataset([sample], Intensity.from_config(config))[0]["image"][None]
+            prob = predict_scaled(model, x, engine, config["scale"]).prob[0, 0].numpy()
+            rows.append(failure_row(sample, prob > config["threshold"], height))
+            used.append(f"{test}/{stem}")
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    write_image(out, np.concatenate(rows), quality=70)
+    return used
+
+
+def failure_row(sample, pred, height: int):
+    """photo | errors, RGB, scaled to `height` px. read_image is already RGB: no conversion here."""
+    import cv2
+
+    from dataset import read_image, read_mask
+    from visuals import error_overlay, side_by_side
+    photo = read_image(sample.image)
+    panel = side_by_side([photo, error_overlay(photo, pred, read_mask(sample.mask) > 0)])
+    return cv2.resize(panel, (round(panel.shape[1] * height / panel.shape[0]), height), interpolation=cv2.INTER_AREA)
+
+
+def score_cells(metrics: dict) -> list[str]:
+    """strict and 2 px: ODS F (its threshold) and F at the bundle's threshold."""
+    cells = []
+    for tolerance in (0, 2):
+        r = score(metrics, tolerance)
+        cells += [f"{r['ods']['f1']:.3f} ({r['ods']['threshold']:.2f})", f"{r['at_run_threshold']['f1']:.3f}"]
+    return cells
+
+
+# the one line predict.py prints and the report shows (config.json's "terms"); TERMS below is the detail
+TERMS_LINE = ("non-commercial research use; credit DeepCrack-537 (Liu et al. 2019), CrackForest (Shi et al. 2016), "
+              "CrackMap (ikatsamenis) and Masonry (Dais et al. 2021): pretrained/crackseg-general/README.md")
+TERMS = """| source | images used | terms of the data |
+|---|---|---|
+| DeepCrack-537 (Liu et al., Neurocomputing 2019) | DEEPCRACK_TRAIN, 300 | no licence stated: cite the paper |
+| CrackForest, CFD (Shi et al., IEEE T-ITS 2016) | 118 | non-commercial research use only |
+| CrackMap (ikatsamenis/CrackMap) | 120 | no licence given: research use, credit the repository |
+| Masonry (Dais et al., Automation in Construction 2021) | 240 | its repository is GPL-3.0 |
+
+The weights inherit the strictest of these: **non-commercial research use**, crediting the four
+sources above. No source forbids sharing models trained on it, so none was left out; whether
+GPL-3.0 reaches weights learned from data is unsettled, so if you redistribute them, do it under
+GPL-3.0-compatible terms."""
+
+
+def shipped_lodo_lines() -> dict[str, dict | None]:
+    """Per source, the jsonl line of the shipped network's leave-one-out run without it (None: not run)."""
+    if SHIPPED == REFERENCE:
+        record, name = "generalization.jsonl", lambda source: f"lodo_{source}"
+    else:
+        record, name = "architecture.jsonl", lambda source: arch_experiment(SHIPPED, source)
+    done = read_record(RESULTS / record)
+    return {source: done.get(name(source)) for source in TEST}
+
+
+def long_lodo_lines() -> dict[str, dict | None]:
+    """Per source, the jsonl line of the same leave-one-out run trained for the bundle's minutes."""
+    done = read_record(RESULTS / "finetune.jsonl")
+    return {source: done.get(long_parent_name(source)) for source in TEST}
+
+
+def unseen_photo_rows(long: dict[str, dict | None], short: dict[str, dict | None]) -> list[str]:
+    """The card's estimate for unseen photos: per held-out source, 2 px ODS F and F at the run's
+    threshold of the leave-one-out run at the bundle's budget and at the comparison's MINUTES."""
+    budgets = [BUNDLE_MINUTES, MINUTES]
+    rows = ["| held-out source | " + " | ".join(f"2 px: ODS F, {m} min | 2 px: F at t, {m} min" for m in budgets)
+            + " |", "|---|" + "---|---|" * len(budgets)]
+    for source, test in TEST.items():
+        cells = []
+        for line in (long.get(source), short.get(source)):
+            held = two_px(line)
+            cells += [f"{v:.3f}" for v in held] if held else ["not run", "not run"]
+        rows.append(f"| {test} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def metrics_table(bundle_metrics: dict) -> str:
+    rows = ["| test set | images | strict: ODS F (t) | strict: F at t | 2 px: ODS F (t) | 2 px: F at t |",
+            "|---|---|---|---|---|---|"]
+    for test in TESTS:
+        m = bundle_metrics[test]
+        label = test if test == "DEEPCRACK_TEST" else f"{test} validation split (chose the model: optimistic)"
+        rows.append(f"| {label} | {m['images']} | " + " | ".join(score_cells(m)) + " |")
+    return "\n".join(rows)
+
+
+def policy_section(policy: dict | None) -> str:
+    """The card's account of the scale policy adopted after training (empty before one was)."""
+    if not policy:
+        return ""
+    return f"""## Scale policy
+
+predict.py and evaluate.py show the network each photo at the factor `--scale {policy['scale']}` chooses for
+it (config.json's "scale"; docs/zoom.md), with the threshold **{policy['threshold']:.2f}** chosen under it by
+the run's rule on the same validation splits:
+
+    {policy['commands'][0]}
+
+`--scale 1` restores the photo as it is and the threshold {policy['thresholds_by_scale']['1']:.2f}. Under the policy:
+
+{metrics_table(policy['bundle_metrics'])}
+
+"""
+
+
+def write_card(line: dict, folder: Path, policy: dict | None = None) -> None:
+    """pretrained/crackseg-general/README.md (and failure.jpg) from the general model's jsonl line and
+    the line of the scale policy adopted after it (if any)."""
+    config = line["bundle_config"]
+    used = failure_picture(Path(line["data_dir"]), folder / "failure.jpg")
+    tests = metrics_table(line["bundle_metrics"]).splitlines()
+    under_policy = f", {policy['threshold']:.2f} under the scale policy below" if policy else ""
+    as_is = (" --scale 1", ", the photos as they are") if policy else ("", "")
+    lodo = unseen_photo_rows(long_lodo_lines(), shipped_lodo_lines())
+    ods_change = (score(line["bundle_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"]
+                  - score(line["run_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"])
+    half = line["half_precision"]
+    autocast = ", ".join(f"{v['max_abs_dp']:.4f} in {k.replace('torch.', '')} autocast"
+                         for k, v in half.items() if k != "fp32")
+    speed = line["speed"]
+    from models import count_parameters
+    from rundir import model_from_config
+    params = count_parameters(model_from_config(config))
+    text = f"""# crackseg-general
+
+The crack model that ships with crackseg: `python predict.py photo.jpg` uses it when no `--name`
+is given. {config['arch']} with base width {config['base_width']} ({params / 1e6:.2f} M parameters),
+one channel of logits, a sigmoid, and the threshold **{config['threshold']:.2f}** (chosen by the run:
+the t that maximises the mean over its four training sources' validation F at 2 px){under_policy}. Input: RGB
+photos of any size, min-max scaled per image; images larger than 1024 px are predicted in tiles.
+
+## Training data and terms
+
+{TERMS}
+
+## How it was made
+
+    {line['commands'][0].replace(line['data_dir'], '../shared/data')}
+
+at commit {line['commit']} ({line['budget_minutes']} CPU-minutes on a 2-core machine, {line['training']['epochs']}
+epochs, best epoch {line['training']['best_epoch']}), exported with `{line['commands'][2]}`:
+`model.pt` holds the model state in half precision, `config.json` its settings and sha256.
+
+## Numbers
+
+`python evaluate.py --name crackseg-general --test DEEPCRACK_TEST --data-dir ../shared/data{as_is[0]}` reproduces
+this table (bf16 autocast on a CPU with native bf16, as evaluate.py chooses; fp32 elsewhere){as_is[1]}.
+
+{chr(10).join(tests)}
+
+The validation splits of CFD, CRACKMAP and MASONRY chose the best epoch and the threshold, so their
+numbers are optimistic. For photos from a camera, surface or annotator it never saw, expect what the
+same network and recipe score on a source left out of their training: trained for the bundle's
+{BUNDLE_MINUTES} minutes (benchmarks/studies/finetune.py, `parent_long_S`: the fine-tuning parents) and for
+{MINUTES} (benchmarks/studies/architecture.py). t is each run's own threshold. DEEPCRACK is no
+fine-tuning source, so its {BUNDLE_MINUTES}-minute run was not trained.
+
+{chr(10).join(lodo)}
+
+Half precision: storing the weights in fp16 changes the probabilities on DEEPCRACK_TEST by at most
+{half['fp32']['max_abs_dp']:.4f} computed in fp32 ({autocast}; mean {half['fp32']['mean_abs_dp']:.1e}), and its
+2 px ODS F by {ods_change:+.4f} (evaluate.py's precision).
+
+Speed: predict.py on one 4000x3000 photo, start-up included, takes {speed['bundled']['median_s']:.1f} s on this
+2-core CPU against {speed['UNet:32']['median_s']:.1f} s for the width-32 UNet (benchmarks/bench_predict.py).
+
+{policy_section(policy)}## Known failure cases
+
+![worst images](failure.jpg)
+
+The worst image of each test set ({', '.join(used)}): the photo, then the model's mask at its
+threshold, green where it found crack, red where it saw crack that is not labelled, blue where it
+missed labelled crack. {FAILURES}
+
+## Your own photos
+
+    python train.py --dataset MINE --init-from crackseg-general --preset finetune
+
+fine-tunes it on a few labelled photos of yours in 5 CPU-minutes (README, "Fine-tuning").
+"""
+    (folder / "README.md").write_text(text)
+    print(f"wrote {folder / 'README.md'} and {folder / 'failure.jpg'}")
