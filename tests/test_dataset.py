@@ -200,6 +200,22 @@ def test_split_is_sorted_seeded_and_independent_of_listing_order():
     assert split_ids(stems, 0.1, seed=1)[1] != val
 
 
+def test_split_draws_the_images_scikit_learns_train_test_split_drew():
+    """Runs trained before the split stopped importing scikit-learn keep their validation images."""
+    from sklearn.model_selection import train_test_split
+    for n in (2, 3, 7, 12, 30, 97, 300):
+        stems = [f"s{i:03d}" for i in range(n)]
+        for fraction in (0.1, 0.25, 0.3, 0.5):
+            for seed in (0, 1, 7):
+                train, val = train_test_split(stems, test_size=fraction, random_state=seed)
+                assert split_ids(stems, fraction, seed) == (sorted(train), sorted(val)), (n, fraction, seed)
+
+
+def test_a_split_that_leaves_nothing_to_train_on_is_refused():
+    with pytest.raises(DatasetError, match="leaves none to train on"):
+        split_ids(["a", "b"], 0.6, seed=0)
+
+
 def test_two_workers_and_two_epochs_see_different_crops(tmp_path):
     image, mask = synthetic_pair(np.random.default_rng(0), 200, 300)   # ~360k possible crops
     cv2.imwrite(str(tmp_path / "i.png"), image)
