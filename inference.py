@@ -147,16 +147,20 @@ def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
 def tile_layout(size: int, tile: int, overlap: int, stride: int = 16) -> tuple[int, list[int]]:
     """Tile side and starts along one axis of a padded image (a multiple of `stride`): the fewest tiles
     of at most `tile` px overlapping by at least `overlap`, spread evenly on the network's pooling grid,
-    so no pixel is computed more often than it must be (a 4000 px side: 5 tiles of 928, not 1024)."""
+    each as small as that allows, so no pixel is computed more often than it must be (a 4000 px side:
+    5 tiles of 912, not 1024)."""
     if size <= tile:
         return size, [0]
-    n = math.ceil((size - overlap) / (tile - overlap))
-    while True:   # + stride - 1 per seam: rounding the starts down to the grid can cost that much overlap
-        side = stride * math.ceil((size + (n - 1) * (overlap + stride - 1)) / n / stride)
-        if side <= tile:
-            break
-        n += 1
-    return side, [stride * (i * (size - side) // (n - 1) // stride) for i in range(n - 1)] + [size - side]
+    sides = range(stride, tile - tile % stride + 1, stride)
+    if not sides or sides[-1] - overlap < stride:
+        raise RunError(f"--tile {tile} with --overlap {overlap} leaves no step on this model's {stride} px "
+                       f"grid: use --tile of at least --overlap + {stride}")
+    for n in range(max(2, math.ceil((size - overlap) / (tile - overlap))), size // stride + 2):
+        for side in sides:
+            # starts rounded down to the grid lie at most one grid step more than (size - side) / (n - 1) apart
+            if side - overlap >= stride * math.ceil((size - side) / ((n - 1) * stride)):
+                return side, [stride * (i * (size - side) // (n - 1) // stride) for i in range(n - 1)] + [size - side]
+    raise AssertionError("unreachable: n - 1 = size / stride tiles step one grid cell apart")
 
 
 def blend_ramp(n: int, overlap: int, start_inside: bool, end_inside: bool) -> torch.Tensor:
