@@ -353,13 +353,15 @@ def test_zoom_seed_spread_is_the_largest_change_over_the_sources_both_seeds_held
     record = tmp_path / "zoom.jsonl"
     (tmp_path / "zoom").mkdir()
     lines = []
-    for name, good in (("r_CFD", [0.5, 1.0]), ("r_MASONRY", [1.0, 1.0]), ("r_seed1_CFD", [1.0, 1.0])):
+    for name, good, epochs in (("r_CFD", [0.5, 1.0], 66), ("r_MASONRY", [1.0, 1.0], 60),
+                               ("r_seed1_CFD", [1.0, 1.0], 25)):
         zoomrecord.save_arrays(tmp_path / "zoom" / f"{name}.json.gz", zoom_arrays(good))
-        lines.append(json.dumps({"experiment": name, "attachments": [f"zoom/{name}.json.gz"]}))
+        lines.append(json.dumps({"experiment": name, "attachments": [f"zoom/{name}.json.gz"],
+                                 "training": {"epochs": epochs}}))
     record.write_text("\n".join(lines) + "\n")
     table = zoom.render_summary(zoom.read_record(record), record).split("Seed spread")[1].splitlines()
     # CFD, seed 0: fixed 1 and the best factor 0.75, auto 1.0; seed 1: every map at 1 perfect (1.0)
-    assert table[-1] == "| r | 1 | CFD | 1 | 0.250 | 0.000 | 0.250 |"
+    assert table[-1] == "| r | 1 | CFD | 66 / 25 | 1 | 0.250 | 0.000 | 0.250 |"
 
 
 def test_the_scales_table_gives_auto_over_scale_one_per_photo(tmp_path):
