@@ -34,6 +34,19 @@ def log_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, synthetic_root) -> Path:
+    """A finished one-epoch TINY run (models/one, runs/one), trained once for the tests that start from one."""
+    work = tmp_path_factory.mktemp("one_epoch")
+    run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "one", cwd=work)
+    return work
+
+
+def copy_run(work: Path, name: str, dest: Path) -> None:
+    for folder in ("models", "runs"):
+        shutil.copytree(work / folder / "one", dest / folder / name)
+
+
 def test_short_training_run_leaves_a_complete_run_directory(tmp_path, synthetic_root):
     run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "2", cwd=tmp_path)
     run_dir = tmp_path / "models" / "SYN_UNet"
@@ -143,10 +156,10 @@ def test_progress_is_the_larger_of_steps_and_budget_and_the_cosine_ends_at_min_l
 
 def test_a_budgeted_cosine_run_stops_on_time_and_ends_annealed(tmp_path, synthetic_root):
     """Before, T_max was --epochs: a run the clock stopped after a few of 1000 epochs kept its full lr."""
-    done = run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1000", "--max-minutes", "0.25",
+    done = run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1000", "--max-minutes", "0.15",
                "--batch-size", "1", "--scheduler", "CosineAnnealingLR", "--lr", "1e-2", "--min-lr", "0", "--name", "b",
                cwd=tmp_path)
-    assert "stopped: --max-minutes 0.25 spent" in done.stdout
+    assert "stopped: --max-minutes 0.15 spent" in done.stdout
     rows = log_rows(tmp_path / "models" / "b")
     assert 2 <= len(rows) < 1000
     # the last step's lr: the cosine at the last fraction checked, short of 1 by one step and one validation
@@ -177,8 +190,8 @@ def test_resume_honours_typed_values_and_names_what_it_ignores(tmp_path, monkeyp
     assert "ignored: --lr (the run has 0.001)" in capsys.readouterr().out
 
 
-def test_resuming_a_fine_tuned_run_never_reloads_its_parent(tmp_path, synthetic_root):
-    run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "parent", cwd=tmp_path)
+def test_resuming_a_fine_tuned_run_never_reloads_its_parent(tmp_path, synthetic_root, one_epoch_run):
+    copy_run(one_epoch_run, "parent", tmp_path)
     run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "child", "--init-from", "parent",
         cwd=tmp_path)
     shutil.rmtree(tmp_path / "models" / "parent")
@@ -248,8 +261,8 @@ def test_every_training_option_says_what_it_does():
     assert not silent, silent
 
 
-def test_overwrite_removes_the_old_run_whole_first(tmp_path, synthetic_root):
-    run("train.py", *TINY, "--data-dir", synthetic_root, "--epochs", "1", "--name", "r", cwd=tmp_path)
+def test_overwrite_removes_the_old_run_whole_first(tmp_path, synthetic_root, one_epoch_run):
+    copy_run(one_epoch_run, "r", tmp_path)
     for folder in ("eval/SYN", "predictions/sub"):   # what evaluate.py and predict.py leave in a run
         (tmp_path / "models" / "r" / folder).mkdir(parents=True)
         (tmp_path / "models" / "r" / folder / "x.png").write_bytes(b"old")
