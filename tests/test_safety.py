@@ -167,6 +167,6 @@ def test_gpu_check_transfer_never_writes_the_real_bundle(tmp_path):
 def test_gpu_check_stops_at_the_first_failing_step(tmp_path):
     repo = copy_of_repository(tmp_path / "repo")
     (repo / "benchmarks" / "bench_train.py").write_text("raise SystemExit(3)\n")
-    result = gpu_check(repo, tmp_path / "out", "transfer")
-    assert result.returncode == 3 and "transfer check done" not in result.stdout
+    result = gpu_check(repo, tmp_path / "out")
+    assert result.returncode == 3 and "check done" not in result.stdout
     assert "synthetic" not in result.stdout                          # the steps after it never ran
