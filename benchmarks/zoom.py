@@ -40,8 +40,8 @@ from measure import crack_widths, skeletonize  # noqa: E402
 from rundir import run_datasets  # noqa: E402
 from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MINUTES, MODELS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
                     add_common_args, lodo_commands, read_record, run_all, shipped_lodo, training_summary)
-from zoomrecord import (ARMS, CHOSEN, FEATURE_KEYS, GRID, RECORD, load_arrays, lodo_name, replay,  # noqa: E402
-                        save_arrays)
+from zoomrecord import (ARMS, CHOSEN, FEATURE_KEYS, GRID, RECORD, WINDOWS, load_arrays, lodo_name,  # noqa: E402
+                        replay, save_arrays)
 
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 TOLERANCE = 2
@@ -64,6 +64,9 @@ def experiments() -> dict[str, dict]:
     # seed 1 ran on a CPU without native bf16 (40% of seed 0's epochs); seed 2 on one like seed 0's
     found.update({lodo_name(source, seed): zoom_experiment(source, MINUTES, ARMS[CHOSEN] + ["--seed", str(seed)])
                   for seed in (1, 2) for source in ABLATION_SOURCES})
+    # seed 3 on every source, the first rows to record every fused window (zoomrecord.WINDOWS)
+    found.update({lodo_name(source, 3): zoom_experiment(source, MINUTES, ARMS[CHOSEN] + ["--seed", "3"])
+                  for source in ("MASONRY", "CFD", "CRACKMAP", "DEEPCRACK")})
     return found
 
 
@@ -90,15 +93,15 @@ def label_width(masks: list[np.ndarray]) -> float:
 
 
 def score_image(model, engine, config, image, mask, roi, t_index) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """One zoomed image: counts (F+1, K, 4) for every factor and fuse, features (F, n), valid (F+1,),
-    and the factor live auto chose."""
+    """One zoomed image: counts (F+W, K, 4) for every factor and every fused window, features (F, n),
+    valid (F+W,), and the factor live auto chose."""
     x = torch.from_numpy(np.ascontiguousarray(preprocess(image, Intensity.from_config(config), "").transpose(2, 0, 1)))
     x = x[None]
     keep = list(GRID) + [t_index]
     n = len(scales.FACTORS)
-    counts = np.zeros((n + 1, len(keep), 4), np.int64)
+    counts = np.zeros((n + len(WINDOWS), len(keep), 4), np.int64)
     found = np.zeros((n, len(FEATURE_KEYS)), np.float32)
-    valid = np.zeros(n + 1, bool)
+    valid = np.zeros(n + len(WINDOWS), bool)
     permitted = scales.allowed(*image.shape[:2])
     maps, feats = {}, {}
     for i, factor in enumerate(scales.FACTORS):
@@ -109,9 +112,11 @@ def score_image(model, engine, config, image, mask, roi, t_index) -> tuple[np.nd
         found[i] = [feats[factor][k] for k in FEATURE_KEYS]
         counts[i] = metrics.image_counts(maps[factor], mask, tolerance=TOLERANCE, roi=roi)[keep]
         valid[i] = True
-    fused = [maps[f] for f in (1.0, 0.5, 0.25) if f in maps]
-    counts[n] = metrics.image_counts(np.mean(fused, 0), mask, tolerance=TOLERANCE, roi=roi)[keep]
-    valid[n] = True
+    for j, window in enumerate(WINDOWS):
+        fused = [maps[f] for f in window if f in maps]   # where a factor is not allowed: those there are
+        if fused:
+            counts[n + j] = metrics.image_counts(np.mean(fused, 0), mask, tolerance=TOLERANCE, roi=roi)[keep]
+            valid[n + j] = True
     live = scales.choose({f: feats[f] for f in scales.scoring_factors(*image.shape[:2])}, permitted)
     return counts, found, valid, live
 

@@ -23,6 +23,22 @@ ARMS = {"w4": [],
 # the recipe trained leave one source out at the full leave-one-out budget, on all four sources
 # (depth5: consistent small gains at the best factor on both arm sources at 12 minutes)
 CHOSEN = "depth5"
+# the fused maps the record keeps beside the single factors: the mean of the allowed maps among each
+# window's factors. The first is the fixed fusion of the first rows (older arrays keep only it); the
+# rest are every run of two and three neighbours on scales.FACTORS, so a rule that fuses the chosen
+# map with the maps next to it is replayed (fused_window())
+WINDOWS = ((1.0, 0.5, 0.25), (2.0, 1.0), (1.0, 0.5), (0.5, 0.25), (0.25, 0.125), (2.0, 1.0, 0.5),
+           (0.5, 0.25, 0.125))
+# what a replayed rule may fuse around the factor it chose: the chosen map with the next coarser one
+# ("down"), or with both neighbours ("centre")
+NEIGHBOURS = {"down": (1.0, 0.5), "centre": (2.0, 1.0, 0.5)}
+
+
+def fused_window(factor: float, around: tuple[float, ...]) -> int | None:
+    """The index in WINDOWS of the maps at factor * each of `around` that scales.FACTORS holds
+    (None: the chosen map alone)."""
+    members = tuple(factor * a for a in around if factor * a in scales.FACTORS)
+    return WINDOWS.index(members) if len(members) > 1 else None
 
 
 def lodo_name(source: str, seed: int = 0) -> str:
@@ -54,13 +70,22 @@ def replay(arrays: dict, rule) -> dict[float, dict]:
                        for f in permitted}   # auto sees every allowed factor's map (scales.scoring_factors)
             chosen.append(factors.index(rule(scoring, permitted)))
         auto = dataset_f(counts[np.arange(len(chosen)), chosen].sum(0))
+        fused = {name: dataset_f(sum(fused_counts(counts[n], chosen[n], around) for n in range(len(chosen))))
+                 for name, around in NEIGHBOURS.items() if counts.shape[1] == len(factors) + len(WINDOWS)}
         live = [factors.index(f) for f in arrays["live"][zi]]
         best = max(fixed, key=lambda f: fixed[f][0])
         results[float(z)] = {"fixed_1": fixed[1.0], "auto": auto, "oracle": (best, *fixed[best]),
                              "fuse": dataset_f(counts[:, len(factors)].sum(0)),
+                             **{f"auto_{name}": f for name, f in fused.items()},
                              "auto_factors": np.bincount(chosen, minlength=len(factors)).tolist(),
                              "replayed_as_live": float(np.mean(np.array(live) == np.array(chosen)))}
     return results
+
+
+def fused_counts(counts: np.ndarray, chosen: int, around: tuple[float, ...]) -> np.ndarray:
+    """One image's (K, 4) counts of the chosen factor's map fused with its neighbours."""
+    window = fused_window(scales.FACTORS[chosen], around)
+    return counts[chosen] if window is None else counts[len(scales.FACTORS) + window]
 
 
 def load_arrays(record: Path, line: dict) -> dict:
