@@ -40,8 +40,8 @@ from measure import crack_widths, skeletonize  # noqa: E402
 from rundir import run_datasets  # noqa: E402
 from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MINUTES, MODELS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
                     add_common_args, lodo_commands, read_record, run_all, shipped_lodo, training_summary)
-from zoomrecord import (ARMS, CHOSEN, FEATURE_KEYS, GRID, RECORD, WINDOWS, load_arrays, lodo_name,  # noqa: E402
-                        replay, save_arrays)
+from zoomrecord import (ARMS, CHOSEN, FEATURE_KEYS, GRID, NEIGHBOURS, RECORD, WINDOWS, load_arrays,  # noqa: E402
+                        lodo_name, replay, save_arrays)
 
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 TOLERANCE = 2
@@ -187,27 +187,62 @@ def main() -> None:
         print(render_table(args.record))
 
 
-def render_summary(done: dict[str, dict], record: Path) -> str:
+def recipe_groups(done: dict[str, dict], record: Path) -> dict[str, dict]:
+    """{recipe: {source: replay under today's rule}} (an experiment is named RECIPE_SOURCE)."""
+    groups = {}
+    for name, line in done.items():
+        recipe, source = name.rsplit("_", 1)
+        groups.setdefault(recipe, {})[source] = replay(load_arrays(record, line), scales.choose)
+    return groups
+
+
+def against_fixed(r: list[dict], key: str) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per source under policy `key`: ODS F, its shortfall to the best fixed factor, its gain over
+    fixed 1, and how much wider it leaves the gap between ODS F and F at t than fixed 1 does."""
+    ods = [x[key][0] for x in r]
+    short = [x["oracle"][1] - x[key][0] for x in r]
+    gain = [x[key][0] - x["fixed_1"][0] for x in r]
+    gap = [(x[key][0] - x[key][1]) - (x["fixed_1"][0] - x["fixed_1"][1]) for x in r]
+    return ods, short, gain, gap
+
+
+def render_summary(groups: dict[str, dict], done: dict[str, dict]) -> str:
     """Per recipe and zoom, over the held-out sources it ran on: the mean 2 px ODS F of fixed 1, auto
     and the best fixed factor; auto's largest shortfall to that factor; auto - fixed 1 at its worst
     source; and how much wider auto leaves the gap between ODS F and F at t than fixed 1 does."""
     rows = ["| recipe | sources | zoom | fixed 1 | auto | best fixed factor | auto short of best: mean / worst | "
             "auto - fixed 1: mean / worst | ODS - F at t gap, auto - fixed 1: worst |", "|---" * 9 + "|"]
-    groups = {}
-    for name, line in done.items():
-        groups.setdefault(name.rsplit("_", 1)[0], {})[name.rsplit("_", 1)[1]] = replay(load_arrays(record, line),
-                                                                                       scales.choose)
     for recipe, by_source in groups.items():
         for z in common_zooms(by_source):
             r = [by_source[s][z] for s in by_source]
-            fixed, auto, best = ([x[k][i] for x in r] for k, i in (("fixed_1", 0), ("auto", 0), ("oracle", 1)))
-            short = [b - a for a, b in zip(auto, best, strict=True)]
-            gain = [a - f for a, f in zip(auto, fixed, strict=True)]
-            gap = [(x["auto"][0] - x["auto"][1]) - (x["fixed_1"][0] - x["fixed_1"][1]) for x in r]
-            rows.append(f"| {recipe} | {len(r)} | {z:g} | {np.mean(fixed):.3f} | {np.mean(auto):.3f} | "
-                        f"{np.mean(best):.3f} | {np.mean(short):.3f} / {max(short):.3f} | "
+            auto, short, gain, gap = against_fixed(r, "auto")
+            rows.append(f"| {recipe} | {len(r)} | {z:g} | {np.mean([x['fixed_1'][0] for x in r]):.3f} | "
+                        f"{np.mean(auto):.3f} | {np.mean([x['oracle'][1] for x in r]):.3f} | "
+                        f"{np.mean(short):.3f} / {max(short):.3f} | "
                         f"{np.mean(gain):+.3f} / {min(gain):+.3f} | {max(gap):+.3f} |")
     return "\n".join(rows) + render_seed_spread(groups, done)
+
+
+def render_fused(groups: dict[str, dict]) -> str:
+    """For the recipes whose record keeps every fused window: auto's chosen map alone, fused with the
+    next coarser map (down) and with both neighbours (centre), on the same acceptance readings."""
+    names = ["auto"] + [f"auto_{n}" for n in NEIGHBOURS]
+    rows = ["| recipe | sources | zoom | fixed 1 | best fixed factor | " + " | ".join(
+                f"{n.replace('_', ' + ')}: mean, short of best worst, - fixed 1 mean / worst, gap worst" for n in names)
+            + " |", "|---" * (5 + len(names)) + "|"]
+    for recipe, by_source in groups.items():
+        for z in common_zooms(by_source):
+            r = [by_source[s][z] for s in by_source]
+            if not all(n in x for x in r for n in names):
+                continue
+            cells = []
+            for n in names:
+                ods, short, gain, gap = against_fixed(r, n)
+                cells.append(f"{np.mean(ods):.3f}, {max(short):.3f}, {np.mean(gain):+.3f} / {min(gain):+.3f}, "
+                             f"{max(gap):+.3f}")
+            rows.append(f"| {recipe} | {len(r)} | {z:g} | {np.mean([x['fixed_1'][0] for x in r]):.3f} | "
+                        f"{np.mean([x['oracle'][1] for x in r]):.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def common_zooms(by_source: dict[str, dict]) -> list[float]:
@@ -254,7 +289,9 @@ def render_table(record: Path) -> str:
             rows.append(f"| {name} | {float(z):g} | {line['zoom']['label_width_px'][i]:.1f} | "
                         f"{r['fixed_1'][0]:.3f} / {r['fixed_1'][1]:.3f} | {r['auto'][0]:.3f} / {r['auto'][1]:.3f} | "
                         f"{r['oracle'][0]:g}: {r['oracle'][1]:.3f} | {r['fuse'][0]:.3f} |")
-    return "\n".join(rows) + "\n\n" + render_summary(done, record)
+    groups = recipe_groups(done, record)
+    fused = render_fused(groups)
+    return "\n".join(rows) + "\n\n" + render_summary(groups, done) + (f"\n\n{fused}" if fused else "")
 
 
 if __name__ == "__main__":

@@ -317,6 +317,27 @@ def test_zoom_replay_scores_each_photo_at_the_factor_the_rule_chose():
     assert never_shrink["auto"] == never_shrink["fixed_1"]
 
 
+def test_zoom_replay_fuses_the_chosen_map_with_its_neighbours_where_the_record_keeps_every_window():
+    import numpy as np
+
+    import scales
+    import zoomrecord
+    arrays = zoom_arrays([0.5, 1.0])
+    n, hits = len(scales.FACTORS), (2, 3, 5, 7, 11, 13, 17)   # crack pixels found of 20, per window
+    windows = np.zeros(arrays["counts"].shape[:2] + (len(zoomrecord.WINDOWS),) + arrays["counts"].shape[3:], np.int64)
+    for j, hit in enumerate(hits):
+        windows[:, :, j] = (hit, 20, hit, 20)
+    arrays["counts"] = np.concatenate([arrays["counts"][:, :, :n], windows], axis=2)
+    result = zoomrecord.replay(arrays, scales.choose)[1.0]
+    # the photo that chose 1/2: down (1/2, 1/4) is window 3, centre (1, 1/2, 1/4) window 0; the one
+    # that chose 1: down (1, 1/2) window 2, centre (2, 1, 1/2) window 5
+    assert result["auto_down"][0] == pytest.approx((hits[3] + hits[2]) / 40)
+    assert result["auto_centre"][0] == pytest.approx((hits[0] + hits[5]) / 40)
+    assert "auto_down" not in zoomrecord.replay(zoom_arrays([0.5, 1.0]), scales.choose)[1.0]
+    assert zoomrecord.fused_window(0.125, zoomrecord.NEIGHBOURS["down"]) is None   # nothing coarser
+    assert zoomrecord.WINDOWS[zoomrecord.fused_window(2.0, zoomrecord.NEIGHBOURS["centre"])] == (2.0, 1.0)
+
+
 def test_zoom_dataset_f_is_the_f_of_summed_counts():
     import numpy as np
 
@@ -324,6 +345,11 @@ def test_zoom_dataset_f_is_the_f_of_summed_counts():
     counts = np.array([[3, 4, 3, 6]] * len(zoomrecord.GRID) + [[1, 2, 1, 3]])   # P 3/4, R 1/2; at t: P 1/2, R 1/3
     ods, at_t = zoomrecord.dataset_f(counts)
     assert ods == pytest.approx(2 * 0.75 * 0.5 / 1.25) and at_t == pytest.approx(2 * 0.5 / 3 / (0.5 + 1 / 3))
+
+
+def summary(zoom, record) -> str:
+    done = zoom.read_record(record)
+    return zoom.render_summary(zoom.recipe_groups(done, record), done)
 
 
 def test_zoom_summary_averages_a_recipe_over_its_sources_and_names_the_worst(tmp_path):
@@ -338,11 +364,11 @@ def test_zoom_summary_averages_a_recipe_over_its_sources_and_names_the_worst(tmp
         zoomrecord.save_arrays(tmp_path / "zoom" / f"r_{source}.json.gz", zoom_arrays(good))
         lines.append(json.dumps({"experiment": f"r_{source}", "attachments": [f"zoom/r_{source}.json.gz"]}))
     record.write_text("\n".join(lines) + "\n")
-    row = zoom.render_summary(zoom.read_record(record), record).splitlines()[2].split(" | ")
+    row = summary(zoom, record).splitlines()[2].split(" | ")
     # CFD: fixed 1 0.75, auto 1.0, best 0.75; MASONRY: fixed 1 = auto = best = 1.0
     assert row[:4] == ["| r", "2", "1", "0.875"] and row[4:6] == ["1.000", "0.875"]
     assert row[6] == "-0.125 / 0.000" and row[7] == "+0.125 / +0.000"
-    assert "Seed spread" not in zoom.render_summary(zoom.read_record(record), record)
+    assert "Seed spread" not in summary(zoom, record)
 
 
 def test_zoom_seed_spread_is_the_largest_change_over_the_sources_both_seeds_held_out(tmp_path):
@@ -359,7 +385,7 @@ def test_zoom_seed_spread_is_the_largest_change_over_the_sources_both_seeds_held
         lines.append(json.dumps({"experiment": name, "attachments": [f"zoom/{name}.json.gz"],
                                  "training": {"epochs": epochs}}))
     record.write_text("\n".join(lines) + "\n")
-    table = zoom.render_summary(zoom.read_record(record), record).split("Seed spread")[1].splitlines()
+    table = summary(zoom, record).split("Seed spread")[1].splitlines()
     # CFD, seed 0: fixed 1 and the best factor 0.75, auto 1.0; seed 1: every map at 1 perfect (1.0)
     assert table[-1] == "| r | 1 | CFD | 66 / 25 | 1 | 0.250 | 0.000 | 0.250 |"
 
