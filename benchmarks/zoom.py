@@ -16,7 +16,9 @@ For every image, zoom and factor in scales.FACTORS that scales.allowed() permits
 the 2 px counts at thresholds 0.00, 0.05, ..., 1.00 and at the run's threshold (in
 benchmarks/results/zoom/EXPERIMENT.json.gz, beside the record), and the label-free scales.features() of each map, so
 that a new auto rule is replayed (replay()) without predicting again. "fuse" is the mean of the
-maps at 1, 1/2 and 1/4.
+maps at 1, 1/2 and 1/4; rows from the seed-3 reruns on also keep the mean of every run of two and
+three neighbouring factors (zoomrecord.WINDOWS), so auto's chosen map fused with its neighbours is
+replayed too (the third table).
 """
 import argparse
 import json
