@@ -18,7 +18,7 @@ benchmarks/results/zoom/EXPERIMENT.json.gz, beside the record), and the label-fr
 that a new auto rule is replayed (replay()) without predicting again. "fuse" is the mean of the
 maps at 1, 1/2 and 1/4; rows from the seed-3 reruns on also keep the mean of every run of two and
 three neighbouring factors (zoomrecord.WINDOWS), so auto's chosen map fused with its neighbours is
-replayed too (the third table).
+replayed too (the last table).
 """
 import argparse
 import json
@@ -68,7 +68,7 @@ def experiments() -> dict[str, dict]:
                   for seed in (1, 2) for source in ABLATION_SOURCES})
     # seed 3 on every source, the first rows to record every fused window (zoomrecord.WINDOWS)
     found.update({lodo_name(source, 3): zoom_experiment(source, MINUTES, ARMS[CHOSEN] + ["--seed", "3"])
-                  for source in ("MASONRY", "CFD", "CRACKMAP", "DEEPCRACK")})
+                  for source in ALL_SOURCES})
     return found
 
 
@@ -115,10 +115,13 @@ def score_image(model, engine, config, image, mask, roi, t_index) -> tuple[np.nd
         counts[i] = metrics.image_counts(maps[factor], mask, tolerance=TOLERANCE, roi=roi)[keep]
         valid[i] = True
     for j, window in enumerate(WINDOWS):
-        fused = [maps[f] for f in window if f in maps]   # where a factor is not allowed: those there are
-        if fused:
-            counts[n + j] = metrics.image_counts(np.mean(fused, 0), mask, tolerance=TOLERANCE, roi=roi)[keep]
-            valid[n + j] = True
+        members = [f for f in window if f in maps]   # where a factor is not allowed: those there are
+        if len(members) == 1:   # one map: its own counts, not counted again
+            counts[n + j] = counts[scales.FACTORS.index(members[0])]
+        elif members:
+            fused = np.mean([maps[f] for f in members], 0)
+            counts[n + j] = metrics.image_counts(fused, mask, tolerance=TOLERANCE, roi=roi)[keep]
+        valid[n + j] = bool(members)
     live = scales.choose({f: feats[f] for f in scales.scoring_factors(*image.shape[:2])}, permitted)
     return counts, found, valid, live
 
