@@ -16,7 +16,9 @@ single-channel 0/255 PNGs, paired by file stem):
     python prepare_data.py --from my_photos --name MINE --overwrite          # images/ + masks/
 
 Exit code 2 with a one-line message when the input is ambiguous (two candidate mask
-folders, one stem with two extensions) or the output folder is already filled.
+folders, one stem with two extensions) or the output folder is already filled. Every dataset
+folder written here holds a .crackseg-dataset marker: --overwrite replaces only such a folder,
+never one a person made. Ctrl-C exits 130 and leaves no half-written folder.
 """
 import argparse
 import os
@@ -29,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import DatasetError, partial_folder, publish_folder, read_image, read_mask, write_raw
+from dataset import check_replaceable, dataset_folder, read_image, read_mask, write_raw
 from synthetic import make_synthetic_dataset
+from utils import ReportedError, run_cli
 
 FILE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".mat"}
 # Where images and masks share a folder, the more photo-like extension is the image.
@@ -39,15 +42,18 @@ SPLIT_WORDS = {"train": "TRAIN", "training": "TRAIN", "val": "VAL", "valid": "VA
                "validation": "VAL", "test": "TEST", "testing": "TEST"}
 
 
-class ImportRefused(Exception):
+class ImportRefused(ReportedError):
     """Input we will not guess about; main() prints it and exits with code 2."""
 
 
 # ---------------------------------------------------------------- output folders
 
 def _check_output(out: Path, src: Path | None, overwrite: bool) -> None:
+    """Refuse before writing anything: a filled folder without --overwrite, one crackseg did not make
+    (even with --overwrite: only marked dataset folders are replaced), or one overlapping SRC."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ImportRefused(f"{out} exists and is not empty; pass --overwrite to replace it")
+    check_replaceable(out)
     if src is not None:
         a, b = out.resolve(), src.resolve()
         if a.is_relative_to(b) or b.is_relative_to(a):
@@ -219,8 +225,7 @@ def read_mat_mask(path: Path) -> np.ndarray:
 
 def write_plan(plan: Plan, out: Path) -> None:
     """Copy images, write 0/255 single-channel PNG masks (and rois) into out."""
-    tmp = partial_folder(out)
-    try:
+    with dataset_folder(out) as tmp:
         for stem, (image_path, mask_path, roi_path) in plan.pairs.items():
             height, width = read_image(image_path).shape[:2]
             for kind, path in (("masks", mask_path), ("rois", roi_path)):
@@ -233,10 +238,6 @@ def write_plan(plan: Plan, out: Path) -> None:
                 (tmp / kind).mkdir(exist_ok=True)
                 write_raw(tmp / kind / f"{stem}.png", crack.astype(np.uint8) * 255)
             shutil.copy2(image_path, tmp / "images" / image_path.name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_folder(tmp, out)
 
 
 def report(plans: list[Plan], notes: list[str], src: Path, data_dir: Path) -> None:
@@ -264,7 +265,9 @@ def get_args(argv=None) -> argparse.Namespace:
     source.add_argument("--from", dest="src", type=Path, help="downloaded dataset folder to convert")
     parser.add_argument("--name", help="output dataset name (default SYNTHETIC, or SRC's folder name upper-cased)")
     parser.add_argument("--data-dir", type=Path, default=Path("inputs"), help="where datasets live (default inputs)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output folders, only those an earlier prepare_data.py made (their "
+                             ".crackseg-dataset marker); any other folder is refused, nothing deleted")
     # synthetic only
     parser.add_argument("--count", type=int, default=60, help="synthetic images (60 trains a UNet in minutes)")
     parser.add_argument("--size", type=int, nargs="+", default=[256], metavar="PX",
@@ -304,11 +307,11 @@ def main(argv=None) -> int:
         for plan in plans:
             write_plan(plan, args.data_dir / plan.name)
             print(f"wrote {args.data_dir / plan.name}")
-    except (ImportRefused, DatasetError) as err:
+    except ReportedError as err:   # ImportRefused, DatasetError
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)   # Ctrl-C: one line and exit 130, the half-written folder removed (dataset.dataset_folder)

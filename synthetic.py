@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dataset import partial_folder, publish_folder, write_raw
+from dataset import dataset_folder, write_raw
 
 
 def _smooth_noise(rng, height, width, cell):
@@ -113,15 +113,14 @@ def make_synthetic_dataset(root, name="SYNTHETIC", count=60, size=(256, 256), se
     """Write root/name/images/syn_000.jpg + masks/syn_000.png ...; size is (height, width).
 
     Image i depends only on (seed, i), so a larger count extends a smaller one.
-    An existing root/name is replaced.
+    An existing root/name is replaced only if crackseg made it (dataset.dataset_folder).
     """
     out = Path(root) / name
-    tmp = partial_folder(out)
     digits = max(3, len(str(count - 1)))
-    for i in range(count):
-        image, mask = synthetic_pair(np.random.default_rng([seed, i]), *size)
-        stem = f"syn_{i:0{digits}d}"
-        write_raw(tmp / "images" / f"{stem}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        write_raw(tmp / "masks" / f"{stem}.png", mask)
-    publish_folder(tmp, out)
+    with dataset_folder(out) as tmp:
+        for i in range(count):
+            image, mask = synthetic_pair(np.random.default_rng([seed, i]), *size)
+            stem = f"syn_{i:0{digits}d}"
+            write_raw(tmp / "images" / f"{stem}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            write_raw(tmp / "masks" / f"{stem}.png", mask)
     return out

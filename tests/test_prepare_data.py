@@ -9,6 +9,7 @@ import pytest
 import prepare_data
 from prepare_data import main
 from synthetic import make_synthetic_dataset, synthetic_pair
+from utils import run_cli
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -29,7 +30,8 @@ def test_synthetic_dataset_deterministic_exact_and_darker(tmp_path):
     first = make_synthetic_dataset(tmp_path / "a", count=6, size=(96, 96), seed=5)
     again = make_synthetic_dataset(tmp_path / "b", count=6, size=(96, 96), seed=5)
     other = make_synthetic_dataset(tmp_path / "c", count=6, size=(96, 96), seed=6)
-    names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*.*"))
+    names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*.*") if p.parent != first)
+    assert (first / ".crackseg-dataset").is_file()
     assert names[:2] == ["images/syn_000.jpg", "images/syn_001.jpg"] and len(names) == 12
     for name in names:
         assert (first / name).read_bytes() == (again / name).read_bytes()
@@ -206,18 +208,53 @@ def test_import_refuses_ambiguous_input(tmp_path, capsys, files, words):
     assert not (tmp_path / "out").exists()
 
 
-def test_import_refuses_filled_output_and_bad_masks(tmp_path, capsys):
+def test_overwrite_replaces_only_folders_prepare_data_made(tmp_path, capsys):
     _layout(tmp_path / "src", "images/*.jpg", "masks/*.png", ["a"])
-    (tmp_path / "out" / "X").mkdir(parents=True)
-    (tmp_path / "out" / "X" / "keep.txt").write_text("x")
+    users = tmp_path / "out" / "X"
+    users.mkdir(parents=True)
+    (users / "thesis.txt").write_text("a year of work")
     assert _import(tmp_path / "src", tmp_path / "out") == 2 and "--overwrite" in capsys.readouterr().err
-    assert _import(tmp_path / "src", tmp_path / "out", "--overwrite") == 0
-    assert not (tmp_path / "out" / "X" / "keep.txt").exists()
+    for args in (["--from", str(tmp_path / "src")], ["--synthetic", "--count", "2", "--size", "64"]):
+        assert main([*args, "--name", "X", "--data-dir", str(tmp_path / "out"), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert str(users) in err and "rm -r" in err and "Traceback" not in err
+        assert (users / "thesis.txt").read_text() == "a year of work" and sorted(users.iterdir()) == [users / "thesis.txt"]
+    # a folder an earlier import made (its marker) is replaced whole
+    assert _import(tmp_path / "src", tmp_path / "made") == 0 and (tmp_path / "made" / "X" / ".crackseg-dataset").is_file()
+    (tmp_path / "made" / "X" / "images" / "stale.jpg").write_bytes(b"left by the earlier import")
+    assert _import(tmp_path / "src", tmp_path / "made", "--overwrite") == 0
+    assert sorted(p.name for p in (tmp_path / "made" / "X" / "images").iterdir()) == ["a.jpg"]
+    assert not list((tmp_path / "made").glob(".*partial"))
+
+
+def test_import_refuses_bad_masks_without_writing(tmp_path, capsys):
+    _layout(tmp_path / "src", "images/*.jpg", "masks/*.png", ["a"])
     colour = np.zeros((24, 32, 3), np.uint8)
     colour[..., 2] = 255  # red: channels differ
     _put(tmp_path / "src" / "masks" / "a.png", colour)
     assert _import(tmp_path / "src", tmp_path / "out2") == 2
     assert "a.png" in capsys.readouterr().err and not (tmp_path / "out2" / "X").exists()
+    assert not list((tmp_path / "out2").glob(".*"))
+
+
+def test_ctrl_c_during_import_leaves_no_partial_folder(tmp_path, capsys, monkeypatch):
+    _layout(tmp_path / "src", "images/*.jpg", "masks/*.png", ["a", "b", "c"])
+    written = []
+
+    def write_then_interrupt(path, array, params=()):
+        written.append(path)
+        if len(written) == 2:   # the second mask: a half-written folder exists now
+            raise KeyboardInterrupt
+        return original(path, array, params)
+
+    original = prepare_data.write_raw
+    monkeypatch.setattr(prepare_data, "write_raw", write_then_interrupt)
+    argv = ["--from", str(tmp_path / "src"), "--name", "X", "--data-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: main(argv))
+    assert stop.value.code == 130 and "interrupted" in capsys.readouterr().err
+    assert len(written) == 2 and not (tmp_path / "out" / "X").exists()
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_import_refuses_output_inside_source(tmp_path, capsys):
