@@ -108,5 +108,6 @@ def test_the_user_scripts_exit_through_run_cli():
     """Ctrl-C in any of the five entry scripts prints one line and exits 130 (utils.run_cli), never a traceback."""
     for script in ("train", "evaluate", "predict", "prepare_data", "export"):
         tree = ast.parse((ROOT / f"{script}.py").read_text())
-        main_block = next(node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test))
+        main_block = next(node for node in tree.body
+                          if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test))
         assert "run_cli(main)" in ast.unparse(main_block), f"{script}.py does not run main through utils.run_cli"
