@@ -59,6 +59,27 @@ def zoom_mask(mask: np.ndarray, z: float, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
 
 
+def zoom_frame(image: np.ndarray, labels: list[np.ndarray | None], z: float, rng: np.random.Generator):
+    """The photo as a camera z times closer takes it (z < 1: further away), with its label masks.
+
+    Zooming out shrinks the whole photo. Zooming in keeps the frame: the photo enlarged z times, then
+    cut back to its own size around a crack pixel drawn by `rng` (a camera aimed at the crack; anywhere
+    when there is none), so texture is sharp in every pixel and the pixel count stays the camera's.
+    Crack widths grow by z either way. The first label decides where the frame lies."""
+    height, width = image.shape[:2]
+    size = (max(round(width * z), 1), max(round(height * z), 1))
+    image = zoom_photo(image, z, size)
+    labels = [None if m is None else zoom_mask(m, z, size) for m in labels]
+    if z <= 1:
+        return image, labels
+    crack = np.argwhere(labels[0]) if labels and labels[0] is not None else np.empty((0, 2))
+    centre = crack[rng.integers(len(crack))] if len(crack) else rng.integers((size[1], size[0]))
+    top = int(np.clip(centre[0] - height // 2, 0, size[1] - height))
+    left = int(np.clip(centre[1] - width // 2, 0, size[0] - width))
+    window = (slice(top, top + height), slice(left, left + width))
+    return image[window], [None if m is None else m[window] for m in labels]
+
+
 class ZoomCrop:
     """--scale-aug-range LO HI: each crop sees the surface from a random distance, zoom z drawn
     log-uniformly from [LO, HI] (as often 2x closer as 2x further): a (crop / z)-pixel square of the

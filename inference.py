@@ -286,13 +286,17 @@ def predict_scaled(model, x: torch.Tensor, engine: Engine, scale: float | str = 
     if x.shape[0] != 1:
         raise ValueError("--scale auto chooses per image: predict one image at a time")
     h, w = x.shape[-2:]
+    grid = model_stride(model)
     nets = {f: predict_probability(model, resample(x, scaled_size(h, w, f)), engine, tta, tile, overlap)
-            for f in scales.scoring_factors(h, w)}
+            for f in scales.scoring_factors(h, w, grid)}
     found = {f: scales.MapFeatures(net[0, 0].numpy()) for f, net in nets.items()}
-    factor = scales.choose(found, scales.allowed(h, w))
+    factor = scales.choose(found, scales.allowed(h, w, grid))
     if factor not in nets:
         return Scaled(predict_probability(model, x, engine, tta, tile, overlap, factor), factor, found)
-    return Scaled(to_image_grid(nets[factor], x), factor, found)   # only the chosen map comes back
+    prob = to_image_grid(nets[factor], x)   # only the chosen map comes back
+    if scales.RULE.fuse and factor != 1:
+        prob = (prob + to_image_grid(nets[1.0], x)) / 2
+    return Scaled(prob, factor, found)
 
 
 # ---------------------------------------------------------------- evaluation

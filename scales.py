@@ -12,19 +12,35 @@ recorded features to compare rules without retraining.
 import argparse
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from measure import crack_length, crack_widths, skeletonize, without_specks
 
 FACTORS = (2.0, 1.0, 0.5, 0.25, 0.125)   # the factors auto may choose
-MIN_SIDE = 128           # a shrinking factor is allowed while the photo's short side stays this long
+MIN_GRID_CELLS = 2       # a shrinking factor is allowed while the network's input keeps this many pooling cells
+                         # across its short side (see allowed())
 MAX_MEGAPIXELS = 4.0     # an enlarging factor is allowed while the network's input stays this small
 FEATURE_THRESHOLD = 0.5  # features describe p > 0.5, whatever the run's threshold (the choice must not move with it)
 MIN_PIECE = 8            # pixels: smaller pieces of a map are noise, not cracks
 TARGET_WIDTH = 5.0       # px at the network's input: the middle of the widths it was trained on
 MIN_LENGTH = 16          # px of skeleton on a scoring map: less is no crack
 SHRINK_BONUS = 0.015     # sureness credited to each halving of the photo (see choose())
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How auto departs from factor 1 (the photo as it is). `margin`: the sureness (with SHRINK_BONUS)
+    by which the chosen factor's map must beat the map at 1; `width_gate`: shrink only where the map at
+    1 shows cracks wider than this (px, its median width; None: no gate); `enlarge`: whether factors
+    above 1 are candidates; `fuse`: return the mean of the chosen map and the map at 1. Rule() is the
+    rule of the scale issue: the surest map wherever it lies."""
+    margin: float = 0.0
+    width_gate: float | None = None
+    enlarge: bool = True
+    fuse: bool = False
+    legacy: bool = True   # the map at 1 competes only when it shows a crack (the scale issue's rule)
 
 
 def scale_arg(text: str) -> float | str:
@@ -54,19 +70,29 @@ def policy_key(scale: float | str) -> str:
     return scale if scale == "auto" else f"{float(scale):g}"
 
 
-def allowed(height: int, width: int) -> list[float]:
-    """The factors auto may use for a photo of this size: 1 always, shrinking ones while the short
-    side stays >= MIN_SIDE, enlarging ones while the network's input stays <= MAX_MEGAPIXELS."""
+def min_side(grid: int) -> int:
+    """The shortest side, in px, the network's input may have when a photo is shrunk: MIN_GRID_CELLS
+    cells of the network's pooling grid (2 ** its poolings). Below it the deepest level sees fewer than
+    two cells across, and the padding up to the grid outweighs the photo. The bound is the network's,
+    not the photo's: a close-up a few hundred px a side with a 40 px crack may go down to 1/8."""
+    return MIN_GRID_CELLS * grid
+
+
+def allowed(height: int, width: int, grid: int = 16) -> list[float]:
+    """The factors auto may use for a photo of this size and a network with this pooling grid: 1
+    always, shrinking ones while the input's short side stays >= min_side(grid), enlarging ones while
+    the input stays <= MAX_MEGAPIXELS."""
     short, megapixels = min(height, width), height * width / 1e6
-    return [f for f in FACTORS if f == 1 or (f < 1 and short * f >= MIN_SIDE)
+    return [f for f in FACTORS if f == 1 or (f < 1 and short * f >= min_side(grid))
             or (f > 1 and megapixels * f * f <= MAX_MEGAPIXELS)]
 
 
-def scoring_factors(height: int, width: int) -> list[float]:
-    """The factors whose maps auto predicts before choosing: every allowed one (the chosen map is
-    reused, so on a photo too large to enlarge this costs 1/4 + 1/16 + 1/64 of a pass on top of the
-    full-size one)."""
-    return allowed(height, width)
+def scoring_factors(height: int, width: int, grid: int = 16, rule: Rule | None = None) -> list[float]:
+    """The factors whose maps auto predicts before choosing: every allowed one the rule may pick (the
+    chosen map is reused, so on a photo too large to enlarge this costs 1/4 + 1/16 + 1/64 of a pass
+    on top of the full-size one)."""
+    rule = RULE if rule is None else rule
+    return [f for f in allowed(height, width, grid) if rule.enlarge or f <= 1]
 
 
 class MapFeatures(Mapping):
@@ -121,22 +147,31 @@ def nearest(factor: float, candidates: list[float]) -> float:
     return min(candidates, key=lambda f: abs(math.log(f / factor)))
 
 
-def choose(found: dict[float, Mapping], candidates: list[float]) -> float:
-    """The factor for one photo from the features of its maps ({factor: MapFeatures}): the one whose
-    map is surest (sureness: the mean |2p - 1| where p > 0.1), each halving of the photo credited
-    SHRINK_BONUS (ties to the factor nearer 1), among maps that show a crack of at least MIN_LENGTH
-    px. The network is surest where a crack looks as wide as the cracks it learned: a wide crack at
-    full size is traced as uncertain texture, a thin one shrunk fades. No crack on any map: 1, the
-    photo as it is.
+def score(found: Mapping, factor: float) -> float:
+    """How sure a map is, each halving of the photo credited SHRINK_BONUS (see choose())."""
+    return found["sureness"] - SHRINK_BONUS * math.log2(factor)
 
-    Replayed on benchmarks/zoom.py's recorded features, two width-based rules fell short on CFD's
-    thin cracks (0.14 2 px ODS F under scale 1 at zoom 1): the factor whose width is nearest 5 px,
-    and coarse to fine (trusting the coarsest map that shows the crack). Sureness alone left 0.030
-    to the best fixed factor at zoom 4 (mean of the four 12-minute w4 rows); where two maps are
-    nearly as sure, the coarser one scored better on the three wide-crack sources, and a bonus of
-    0.01-0.025 per halving brought that to 0.012-0.015 while costing CFD's thin cracks no more than
-    0.01 at zoom 1 (0.015: the middle of that plateau; docs/zoom.md)."""
-    surest_first = sorted((f for f in found if f in candidates),
-                          key=lambda f: (found[f]["sureness"] - SHRINK_BONUS * math.log2(f), -abs(math.log(f))),
-                          reverse=True)
-    return next((f for f in surest_first if found[f]["length"] >= MIN_LENGTH), 1.0)
+
+def choose(found: dict[float, Mapping], candidates: list[float], rule: Rule | None = None) -> float:
+    """The factor for one photo from the features of its maps ({factor: MapFeatures}): the surest map
+    (sureness: the mean |2p - 1| where p > 0.1), each halving credited SHRINK_BONUS (ties to the factor
+    nearer 1), among maps that show a crack of at least MIN_LENGTH px; then, under a do-no-harm rule,
+    only if it beats the map at 1 by rule.margin and, for a shrinking factor, the map at 1 shows bands
+    wider than rule.width_gate. No crack on any map: 1, the photo as it is.
+
+    The network is surest where a crack looks as wide as the cracks it learned: a wide crack at full
+    size is traced as uncertain texture, a thin one shrunk fades. On textured surfaces (joints, veins,
+    edges) the surest map is often not the photo as it is, and every departure costs there: the margin
+    makes auto keep factor 1 unless the evidence is clear (benchmarks/autorule.py chose RULE)."""
+    rule = RULE if rule is None else rule
+    candidates = [f for f in candidates if f in found and (rule.enlarge or f <= 1)]
+    if rule.width_gate is not None and 1.0 in found and found[1.0]["median_width"] <= rule.width_gate:
+        candidates = [f for f in candidates if f >= 1]
+    surest_first = sorted(candidates, key=lambda f: (score(found[f], f), -abs(math.log(f))), reverse=True)
+    best = next((f for f in surest_first if found[f]["length"] >= MIN_LENGTH), 1.0)
+    if rule.legacy or best == 1.0 or 1.0 not in found:
+        return best
+    return best if score(found[best], best) >= score(found[1.0], 1.0) + rule.margin else 1.0
+
+
+RULE = Rule()   # the live rule (benchmarks/autorule.py: chosen leave-one-source-out over ten sources)

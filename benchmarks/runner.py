@@ -182,8 +182,9 @@ def eval_results(run: str) -> dict:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted((MODELS / run / "eval").glob("*/metrics.json"))}
 
 
-def run_all(experiments: dict[str, list[list[str]]], args, summarize) -> None:
-    """Run the chosen experiments not yet in the record; summarize(name) -> the line's results."""
+def run_all(experiments: dict[str, list[list[str]]], args, summarize, skip=None) -> None:
+    """Run the chosen experiments not yet in the record; summarize(name) -> the line's results. A command
+    for which skip(cmd) is true has already run (a training the record's line then reuses)."""
     names = args.only or list(experiments)
     if args.list:
         for name in names:
@@ -196,6 +197,9 @@ def run_all(experiments: dict[str, list[list[str]]], args, summarize) -> None:
             continue
         started, commit = time.time(), code_version()
         for cmd in experiments[name]:
+            if skip is not None and skip(cmd):
+                print("# done already:", shell(cmd), flush=True)
+                continue
             print("$", shell(cmd), flush=True)
             subprocess.run(cmd, cwd=ROOT, check=True)
         line = {"experiment": name, "commands": [shell(cmd) for cmd in experiments[name]], "commit": commit,

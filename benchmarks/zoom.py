@@ -35,18 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # runner, when run by
 import metrics  # noqa: E402
 from augment import zoom_mask, zoom_photo  # noqa: E402
 import scales  # noqa: E402
-from dataset import Intensity, preprocess, read_sample, scan_dataset  # noqa: E402
+from dataset import read_sample, scan_dataset  # noqa: E402
 from engine import make_engine  # noqa: E402
-from inference import load_runs, predict_on_grid  # noqa: E402
-from measure import crack_widths, skeletonize  # noqa: E402
+from inference import load_runs  # noqa: E402
 from rundir import run_datasets  # noqa: E402
 from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MINUTES, MODELS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
                     add_common_args, lodo_commands, read_record, run_all, shipped_lodo, training_summary)
-from zoomrecord import (ARMS, CHOSEN, FEATURE_KEYS, GRID, NEIGHBOURS, RECORD, WINDOWS, load_arrays,  # noqa: E402
-                        lodo_name, replay, save_arrays)
+from zoomrecord import (ARMS, CHOSEN, NEIGHBOURS, RECORD, WINDOWS, load_arrays, lodo_name, replay,  # noqa: E402
+                        label_width, save_arrays, score_maps)
 
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
-TOLERANCE = 2
 PREFIX = "zoom_"
 
 # the baseline also holds out the thin-crack sources, where an auto rule must keep the photo as it is
@@ -89,43 +87,6 @@ def family(dataset: str) -> str:
     return next((s for s in TRAIN if dataset in (TRAIN[s], TEST[s])), dataset)
 
 
-def label_width(masks: list[np.ndarray]) -> float:
-    widths = [crack_widths(m, skeletonize(m)) for m in masks]
-    return float(np.median(np.concatenate(widths)))
-
-
-def score_image(model, engine, config, image, mask, roi, t_index) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """One zoomed image: counts (F+W, K, 4) for every factor and every fused window, features (F, n),
-    valid (F+W,), and the factor live auto chose."""
-    x = torch.from_numpy(np.ascontiguousarray(preprocess(image, Intensity.from_config(config), "").transpose(2, 0, 1)))
-    x = x[None]
-    keep = list(GRID) + [t_index]
-    n = len(scales.FACTORS)
-    counts = np.zeros((n + len(WINDOWS), len(keep), 4), np.int64)
-    found = np.zeros((n, len(FEATURE_KEYS)), np.float32)
-    valid = np.zeros(n + len(WINDOWS), bool)
-    permitted = scales.allowed(*image.shape[:2])
-    maps, feats = {}, {}
-    for i, factor in enumerate(scales.FACTORS):
-        if factor not in permitted:
-            continue
-        net, prob = predict_on_grid(model, x, engine, factor)
-        maps[factor], feats[factor] = prob[0, 0].numpy(), scales.features(net[0, 0].numpy())
-        found[i] = [feats[factor][k] for k in FEATURE_KEYS]
-        counts[i] = metrics.image_counts(maps[factor], mask, tolerance=TOLERANCE, roi=roi)[keep]
-        valid[i] = True
-    for j, window in enumerate(WINDOWS):
-        members = [f for f in window if f in maps]   # where a factor is not allowed: those there are
-        if len(members) == 1:   # one map: its own counts, not counted again
-            counts[n + j] = counts[scales.FACTORS.index(members[0])]
-        elif members:
-            fused = np.mean([maps[f] for f in members], 0)
-            counts[n + j] = metrics.image_counts(fused, mask, tolerance=TOLERANCE, roi=roi)[keep]
-        valid[n + j] = bool(members)
-    live = scales.choose({f: feats[f] for f in scales.scoring_factors(*image.shape[:2])}, permitted)
-    return counts, found, valid, live
-
-
 def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
     """Every zoom of `source` scored by `run`; arrays to models/RUN/zoom_SOURCE.json.gz, the rest returned."""
     engine = make_engine("auto")
@@ -148,7 +109,8 @@ def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
             mask = zoom_mask(mask, z, size)
             roi = None if roi is None else zoom_mask(roi, z, size)
             masks.append(mask)
-            for part, value in zip(per, score_image(model, engine, config, zoomed, mask, roi, t_index), strict=True):
+            for part, value in zip(per, score_maps(model, engine, config, (zoomed, mask, roi), t_index, WINDOWS),
+                                   strict=True):
                 part.append(value)
         for key, part in zip(out, per, strict=True):
             out[key].append(np.stack(part))

@@ -1,13 +1,19 @@
 """benchmarks/zoom.py's record: the per-image arrays beside it and the scale policies replayed from
-them, shared by zoom.py (which writes and renders the record) and general_model.py (whose --replace
-compares the chosen recipe's leave-one-out rows). No entry point."""
+them, and every factor's map of one image scored (score_maps), shared by zoom.py (which writes and
+renders the record), framezoom.py (the camera's zoom) and general_model.py (whose --replace compares
+the chosen recipe's leave-one-out rows). No entry point."""
 import gzip
 import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
+import metrics
 import scales
+from dataset import Intensity, preprocess
+from inference import model_stride, predict_on_grid
+from measure import crack_widths, skeletonize
 from runner import MINUTES, RESULTS
 
 GRID = tuple(range(0, 101, 5))   # indices into metrics.DEFAULT_THRESHOLDS (0.00 ... 1.00)
@@ -39,6 +45,50 @@ def fused_window(factor: float, around: tuple[float, ...]) -> int | None:
     (None: the chosen map alone)."""
     members = tuple(factor * a for a in around if factor * a in scales.FACTORS)
     return WINDOWS.index(members) if len(members) > 1 else None
+
+
+TOLERANCE = 2   # px: the records count 2 px matches
+
+
+def score_maps(model, engine, config: dict, labelled: tuple, t_index: int, windows: tuple) -> tuple:
+    """One image (image, mask, roi): counts (F+W, K, 4) for every factor scales.allowed() permits and
+    every fused window (the mean of its allowed maps), features (F, n), valid (F+W,), and the factor
+    the live rule chose (F: scales.FACTORS, W: `windows`, K: GRID and the run's threshold)."""
+    image, mask, roi = labelled
+    x = torch.from_numpy(np.ascontiguousarray(preprocess(image, Intensity.from_config(config), "").transpose(2, 0, 1)))
+    keep = list(GRID) + [t_index]
+    n = len(scales.FACTORS)
+    counts = np.zeros((n + len(windows), len(keep), 4), np.int64)
+    found = np.zeros((n, len(FEATURE_KEYS)), np.float32)
+    valid = np.zeros(n + len(windows), bool)
+    grid = model_stride(model)
+    permitted = scales.allowed(*image.shape[:2], grid)
+    maps, feats = {}, {}
+    for i, factor in enumerate(scales.FACTORS):
+        if factor not in permitted:
+            continue
+        net, prob = predict_on_grid(model, x[None], engine, factor)
+        maps[factor], feats[factor] = prob[0, 0].numpy(), scales.features(net[0, 0].numpy())
+        found[i] = [feats[factor][k] for k in FEATURE_KEYS]
+        counts[i] = metrics.image_counts(maps[factor], mask, tolerance=TOLERANCE, roi=roi)[keep]
+        valid[i] = True
+    for j, window in enumerate(windows):
+        members = [f for f in window if f in maps]   # where a factor is not allowed: those there are
+        if len(members) == 1:   # one map: its own counts, not counted again
+            counts[n + j] = counts[scales.FACTORS.index(members[0])]
+        elif members:
+            fused = np.mean([maps[f] for f in members], 0)
+            counts[n + j] = metrics.image_counts(fused, mask, tolerance=TOLERANCE, roi=roi)[keep]
+        valid[n + j] = bool(members)
+    scoring = scales.scoring_factors(*image.shape[:2], grid)
+    live = scales.choose({f: feats[f] for f in scoring}, permitted)
+    return counts, found, valid, live
+
+
+def label_width(masks: list[np.ndarray]) -> float:
+    """The median width of the labels' cracks, px (as label_widths.py measures it)."""
+    widths = [crack_widths(m, skeletonize(m)) for m in masks]
+    return float(np.median(np.concatenate(widths)))
 
 
 def lodo_name(source: str, seed: int = 0) -> str:

@@ -103,11 +103,17 @@ def test_an_ensemble_keeps_its_members_mean_threshold_whatever_the_scale(monkeyp
         assert config["threshold"] == 0.5, scale   # (0.69 + 0.31) / 2, not the first member's own
 
 
-def test_allowed_factors_keep_the_short_side_and_cap_the_megapixels():
+def test_allowed_factors_are_bounded_by_the_network_and_cap_the_megapixels():
+    assert scales.min_side(16) == 32 and scales.min_side(32) == 64   # two cells of the pooling grid
+    # a 640x480 photo: every factor down to the bound, on both sides of it
+    assert scales.allowed(480, 640, 16) == [2.0, 1.0, 0.5, 0.25, 0.125]   # 1/8: 60 px >= 32
+    assert scales.allowed(480, 640, 32) == [2.0, 1.0, 0.5, 0.25]          # 1/8: 60 px < 64
+    assert scales.allowed(255, 640, 16) == [2.0, 1.0, 0.5, 0.25]          # 1/8: 31.9 px < 32
+    assert scales.allowed(256, 640, 16) == [2.0, 1.0, 0.5, 0.25, 0.125]   # 1/8: exactly 32
     assert scales.allowed(3000, 4000) == [1.0, 0.5, 0.25, 0.125]          # 12 MP: no enlarging
-    assert scales.allowed(384, 544) == [2.0, 1.0, 0.5]                    # 1/4 would leave 96 px
-    assert scales.allowed(100, 100) == [2.0, 1.0]
-    assert scales.scoring_factors(384, 544) == scales.allowed(384, 544)   # auto sees every allowed map
+    assert scales.allowed(100, 100) == [2.0, 1.0, 0.5]
+    assert scales.scoring_factors(384, 544, 16, scales.Rule()) == scales.allowed(384, 544)   # every allowed map
+    assert scales.scoring_factors(384, 544, 16, scales.Rule(enlarge=False)) == [1.0, 0.5, 0.25, 0.125]
 
 
 def test_auto_chooses_the_same_factors_when_every_mask_is_empty(tmp_path):

@@ -1,0 +1,216 @@
+"""Cracks at a camera's zoom, on ten sources: each scored by a model that never trained on it, every
+allowed factor's map of every photo recorded, so that any auto rule is replayed without predicting again
+(benchmarks/autorule.py chooses the rule from these records).
+
+    python benchmarks/framezoom.py --list                   # every experiment's exact commands
+    python benchmarks/framezoom.py --commit                 # run what the record lacks, committing each line
+    python benchmarks/framezoom.py --table-only             # the tables, from the record alone
+    python benchmarks/framezoom.py --score RUN --source CFD --zooms 1 2 --out models/x   # one run's scores
+
+Zoom as a camera zooms (augment.zoom_frame): zoom-in enlarges the photo and cuts it back to its own
+frame size around a seeded crack pixel (the same window for every factor and rule), zoom-out shrinks
+the whole photo. benchmarks/zoom.py's zoom enlarged whole photos (a 544x384 photo at zoom 4 became
+2176x1536, blurry and smooth): its rows stay as a separate table and no longer decide.
+
+Sources and models:
+- the four old sources (DEEPCRACK_TEST, CFD, CRACKMAP, MASONRY) at zooms 0.5, 1, 2 and 4, each scored
+  by the chosen recipe (zoomrecord.CHOSEN) trained on the three others for STEPS optimizer steps (equal
+  steps: a wall-clock budget trains fewer on a CPU without native bf16);
+- UAVCRACKX8 at zooms 0.5, 1, 2, 4, and UAVCRACKX4, UAVCRACKX16 (the same road at the drone camera's
+  other optical zooms: the ladder), GAPS384, AIGLERN, SHADOWCRACK at their own zoom, by the bundle,
+  which never saw any of them.
+For every photo and factor the record keeps the 2 px counts at thresholds 0.00, 0.05, ..., 1.00 and at
+the model's threshold, the label-free scales.features(), and the counts of the chosen map fused with
+the map at 1 (WINDOWS); and the same for the model's own validation images at their zoom, from which
+each policy's threshold is chosen (fixed 1's from maps at 1, auto's from maps made under auto).
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # runner, when run by render_docs.py
+
+import metrics  # noqa: E402
+from augment import zoom_frame  # noqa: E402
+from dataset import read_sample, scan_dataset  # noqa: E402
+from engine import make_engine  # noqa: E402
+from inference import load_runs  # noqa: E402
+from rundir import read_split, run_datasets  # noqa: E402
+from autorule import GROUPS, RECORD, WINDOWS, render_tables  # noqa: E402
+from runner import (CAMERA, MODELS, RECIPE, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
+                    network_args, others, run_all, training_summary)
+from zoomrecord import ARMS, CHOSEN, label_width, save_arrays, score_maps  # noqa: E402
+
+STEPS, EPOCH_SIZE, BATCH = 8000, 400, 4        # optimizer steps of every leave-one-out run: 80 epochs of 400 crops
+SAFETY_MINUTES = 150                           # --max-minutes as a net only: the steps end the run
+ZOOMS = (0.5, 1.0, 2.0, 4.0)
+BUNDLE = "crackseg-general"
+ZOOMED_NEW = ["UAVCRACKX8"]                    # a new source at every zoom
+NATIVE_NEW = ["UAVCRACKX4", "UAVCRACKX16", "GAPS384", "AIGLERN", "SHADOWCRACK"]   # at their own zoom
+PREFIX = "zoom_"
+
+
+def loo_name(source: str) -> str:
+    return f"{CHOSEN}_{STEPS}steps_{source}"
+
+
+def experiments() -> dict[str, dict]:
+    found = {loo_name(s): {"source": TEST[s], "train": others(s), "zooms": ZOOMS, "run": PREFIX + loo_name(s)}
+             for s in TRAIN}
+    found.update({f"bundle_{s}": {"source": s, "train": None, "zooms": ZOOMS if s in ZOOMED_NEW else (1.0,),
+                                  "run": BUNDLE} for s in ZOOMED_NEW + NATIVE_NEW})
+    return found
+
+
+EXPERIMENTS = experiments()
+
+
+def train_command(args, e: dict) -> list[str]:
+    """The chosen recipe without the held-out source, for STEPS optimizer steps."""
+    recipe = list(RECIPE)
+    recipe[recipe.index("--epochs") + 1] = str(STEPS * BATCH // EPOCH_SIZE)
+    recipe[recipe.index("--batch-size") + 1] = str(BATCH)
+    recipe.insert(recipe.index("--epochs") + 2, "--epoch-size")
+    recipe.insert(recipe.index("--epoch-size") + 1, str(EPOCH_SIZE))
+    return [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", e["run"],
+            "--overwrite", "--max-minutes", str(SAFETY_MINUTES), *recipe, *CAMERA, *network_args(SHIPPED),
+            *UPSAMPLING, *ARMS[CHOSEN]]
+
+
+def score_command(args, name: str, e: dict) -> list[str]:
+    return [sys.executable, "benchmarks/framezoom.py", "--score", e["run"], "--source", e["source"],
+            "--zooms", *(f"{z:g}" for z in e["zooms"]), "--data-dir", args.data_dir,
+            "--out", str(Path("models") / f"framezoom_{name}")]
+
+
+def commands(args, name: str) -> list[list[str]]:
+    e = EXPERIMENTS[name]
+    return ([train_command(args, e)] if e["train"] else []) + [score_command(args, name, e)]
+
+
+def already_trained(cmd: list[str]) -> bool:
+    """A train.py command whose run finished every planned epoch with these datasets (the queue trained it
+    before the scores' code was committed): runner skips it rather than train the same steps again."""
+    if cmd[1] != "train.py":
+        return False
+    run = cmd[cmd.index("--name") + 1]
+    try:
+        config, epochs = json.loads((MODELS / run / "config.json").read_text()), training_summary(run)["epochs"]
+    except (OSError, ValueError, KeyError):
+        return False
+    planned = int(cmd[cmd.index("--epochs") + 1])
+    datasets = cmd[cmd.index("--dataset") + 1:cmd.index("--data-dir")]
+    return epochs == planned == config["epochs"] and config["dataset"] == datasets \
+        and config["epoch_size"] == EPOCH_SIZE and config.get("depth") == 5
+
+
+# ---------------------------------------------------------------- scoring one model on one source
+
+def family(dataset: str) -> str:
+    """The group a dataset's photos come from (DEEPCRACK_TRAIN and DEEPCRACK_TEST: DEEPCRACK)."""
+    return next((s for s in TRAIN if dataset in (TRAIN[s], TEST[s])), GROUPS.get(dataset, dataset))
+
+
+def validation_samples(run: str, data_dir: Path) -> list:
+    """The run's validation images: where its threshold for each policy is chosen."""
+    chosen = []
+    for dataset, parts in read_split(run).items():
+        val = set(parts["val"])
+        chosen += [s for s in scan_dataset(data_dir, dataset)[0] if s.stem in val]
+    return chosen
+
+
+def score_block(model, engine, config, labelled: list[tuple], t_index: int) -> dict:
+    """score_maps over a list of (image, mask, roi), stacked."""
+    parts = [score_maps(model, engine, config, item, t_index, WINDOWS) for item in labelled]
+    return {key: np.stack([p[i] for p in parts]) for i, key in enumerate(("counts", "features", "valid", "live"))}
+
+
+def window_seed(stem: str, z: float) -> np.random.Generator:
+    """The frame of a zoomed photo: the same for every run, factor and rule."""
+    return np.random.default_rng([zlib.crc32(stem.encode()), round(z * 1000)])
+
+
+def score_run(run: str, source: str, data_dir: Path, zooms, out: Path) -> dict:
+    """Every zoom of `source` and the run's validation images scored; arrays and info into `out`."""
+    engine = make_engine("auto")
+    model, config = load_runs(run, engine)
+    trained = run_datasets(config)
+    if family(source) in {family(d) for d in trained}:
+        raise SystemExit(f"{run} trained on {', '.join(trained)}, which holds {family(source)}'s photos: "
+                         f"it cannot score {source}")
+    t_index = metrics.threshold_index(config["threshold"])
+    val = score_block(model, engine, config, [read_sample(s) for s in validation_samples(run, data_dir)], t_index)
+    samples = scan_dataset(data_dir, source)[0]
+    blocks, widths = [], []
+    for z in zooms:
+        labelled = []
+        for sample in samples:
+            image, mask, roi = read_sample(sample)
+            image, (mask, roi) = zoom_frame(image, [mask, roi], z, window_seed(sample.stem, z))
+            labelled.append((image, mask, roi))
+        blocks.append(score_block(model, engine, config, labelled, t_index))
+        widths.append(label_width([mask for _, mask, _ in labelled]))
+        print(f"{run} {source} zoom {z:g}: done, median label width {widths[-1]:.1f} px", flush=True)
+    arrays = {key: np.stack([b[key] for b in blocks]) for key in blocks[0]}
+    arrays.update({f"val_{key}": value for key, value in val.items() if key != "live"})
+    out.mkdir(parents=True, exist_ok=True)
+    save_arrays(out / "arrays.json.gz", {**arrays, "names": np.array([s.stem for s in samples]),
+                                         "zooms": np.array(zooms), "windows": windows_array()})
+    info = {"source": source, "zooms": list(zooms), "threshold": config["threshold"], "label_width_px": widths,
+            "images": len(samples), "validation_images": int(val["counts"].shape[0]), "model": run}
+    (out / "info.json").write_text(json.dumps(info))
+    return info
+
+
+def windows_array() -> np.ndarray:
+    """WINDOWS as a rectangle (unused places 0), for the arrays file."""
+    width = max(len(w) for w in WINDOWS)
+    return np.array([list(w) + [0.0] * (width - len(w)) for w in WINDOWS])
+
+
+def summarize(name: str, record: Path) -> dict:
+    """The line's results; the arrays are copied beside `record` (committed with the line)."""
+    e = EXPERIMENTS[name]
+    out = MODELS / f"framezoom_{name}"
+    info = json.loads((out / "info.json").read_text())
+    line = {"attachments": [f"framezoom/{name}.json.gz"], "zoom": info, "model": e["run"]}
+    (record.parent / "framezoom").mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "arrays.json.gz", record.parent / line["attachments"][0])
+    if e["train"]:
+        run = MODELS / e["run"]
+        minutes = (os.path.getmtime(run / "log.csv") - os.path.getmtime(run / "split.json")) / 60
+        line.update({"trained_on": e["train"], "steps": STEPS, "training": training_summary(e["run"]),
+                     "training_wall_minutes": round(minutes, 1)})
+    return line
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, RECORD, list(EXPERIMENTS))
+    p.add_argument("--score", metavar="RUN", help="score one model at every zoom (what an experiment runs)")
+    p.add_argument("--source", help="with --score: the held-out source")
+    p.add_argument("--zooms", type=float, nargs="+", default=list(ZOOMS), help="with --score: the zooms")
+    p.add_argument("--out", type=Path, help="with --score: where the arrays go")
+    args = p.parse_args()
+    if args.score:
+        print(json.dumps(score_run(args.score, args.source, Path(args.data_dir), args.zooms, args.out)))
+        return
+    if not args.table_only:
+        run_all({name: commands(args, name) for name in EXPERIMENTS}, args,
+                lambda name: summarize(name, args.record), skip=already_trained)
+    if not args.list:
+        print(render_tables(args.record))
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
