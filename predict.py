@@ -52,6 +52,7 @@ from dataset import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, DatasetError, Intensity, 
 from engine import make_engine
 from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_scaled, reporting_tiles, use_scale
 from measure import class_names, crack_summary, measure_cracks, width_class
+import scales
 from onnxnet import load_onnx
 from outputs import MARKER, check_out_dir, default_out, prepare_out_dir
 from rundir import DEFAULT_BUNDLE, PRETRAINED_DIR, RunError, bundle_dir, runs_arg
@@ -390,11 +391,13 @@ def main(argv=None) -> int:
     # 3. every photo, then the report
     started = time.perf_counter()
     results, failed = predict_all(items, model, engine, config, args, out_dir)
+    factors = scales.tally([p["summary"]["scale"] for p in results.photos])
     report = None
     if args.report:
         from report import write_report
-        report = write_report(out_dir, settings(args, config), results.photos, failed)
+        report = write_report(out_dir, {**settings(args, config), "factors": factors}, results.photos, failed)
     # 4. what was done, where it is
+    print(f"scale {args.scale}: {factors}")
     done = len(items) - len(failed)
     print(f"wrote {done} prediction(s), summary.csv and cracks.csv to {out_dir} "
           f"({done / max(time.perf_counter() - started, 1e-9):.2f} photos/s)"

@@ -37,6 +37,7 @@ def unit(settings: dict) -> tuple[str, float]:
 def settings_table(settings: dict, photos: int) -> str:
     rows = [["model", f"{esc(settings['model'])} ({esc(settings['arch'])})"],
             ["threshold", f"{settings['threshold']:g}"], ["scale", esc(settings["scale"])],
+            ["photos per factor", esc(settings.get("factors") or "-")],
             ["mm per pixel", esc(settings["mm_per_px"] or "not given: sizes in pixels")],
             ["smallest crack counted", f"{settings['min_area']} px"],
             ["width classes", esc(", ".join(settings["width_classes"] or ["need --mm-per-px"]))],

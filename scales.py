@@ -78,6 +78,20 @@ def min_side(grid: int) -> int:
     return MIN_GRID_CELLS * grid
 
 
+def factor_name(factor: float) -> str:
+    """0.25 -> "1/4", 2.0 -> "2": how a person reads a zoom factor."""
+    return f"1/{1 / factor:g}" if factor < 1 and (1 / factor).is_integer() else f"{factor:g}"
+
+
+def tally(factors: list[float]) -> str:
+    """How many photos were seen at each factor, most first: "12 photos at 1, 3 at 1/4"."""
+    counts = sorted(((factors.count(f), f) for f in set(factors)), key=lambda c: (-c[0], -c[1]))
+    words = [f"{n} at {factor_name(f)}" for n, f in counts]
+    if words:
+        words[0] = words[0].replace(" at ", " photo at " if counts[0][0] == 1 else " photos at ", 1)
+    return ", ".join(words) or "no photos"
+
+
 def allowed(height: int, width: int, grid: int = 16) -> list[float]:
     """The factors auto may use for a photo of this size and a network with this pooling grid: 1
     always, shrinking ones while the input's short side stays >= min_side(grid), enlarging ones while

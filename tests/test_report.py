@@ -12,6 +12,7 @@ from PIL import Image
 
 import inference
 import predict
+import scales
 from outputs import MARKER
 from standins import Darkness, standin_config
 from utils import run_cli
@@ -119,6 +120,18 @@ def test_the_report_links_only_files_beside_it_and_orders_the_photos(standin):
     assert order == sorted(order)                                # most crack length first
     assert page.index("clean.jpg") > max(order)                  # photos without cracks last
     assert "non-commercial" not in page and "<svg" in page
+
+
+def test_the_end_and_the_report_tell_how_many_photos_each_factor_took(standin, capsys):
+    photos_folder(standin / "photos")
+    for scale in ("0.5", "auto"):
+        assert run("photos", "--out", f"out{scale}", "--report", "--scale", scale) == 0
+        seen = [float(row["scale"]) for row in read_csv(standin / f"out{scale}/summary.csv")]
+        told = re.search(rf"scale {scale}: (.*)", capsys.readouterr().out).group(1)
+        assert told == scales.tally(seen) and f"photos per factor</td><td>{told}" in \
+            (standin / f"out{scale}/report.html").read_text().replace("<th>", "<td>").replace("</th>", "</td>")
+    assert told.startswith(f"{len(seen)} photos at") or ", " in told
+    assert scales.tally([1.0, 0.25, 1.0, 0.125]) == "2 photos at 1, 1 at 1/4, 1 at 1/8"
 
 
 def test_a_second_run_into_the_same_out_is_refused_and_overwrite_leaves_nothing_of_the_first(standin):
