@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from augment import ZoomCrop, padding_share, train_transform
+from augment import ZoomCrop, padding_share, train_transform, zoom_frame
 from measure import crack_widths, skeletonize
 
 
@@ -75,3 +75,18 @@ def test_train_refuses_a_reversed_range():
     with pytest.raises(SystemExit) as exit_info:
         get_args(["--dataset", "X", "--scale-aug-range", "2", "0.5"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("z", [0.5, 1.0, 2.0, 4.0])
+def test_the_camera_zoom_keeps_the_frame_and_draws_cracks_z_times_as_wide(z):
+    image = np.random.default_rng(0).integers(0, 256, (96, 160, 3)).astype(np.uint8)
+    mask = np.zeros((96, 160), bool)
+    mask[:, 40:44] = True    # a 4 px crack at the photo's left side
+    roi = np.ones_like(mask)
+    photo, (zoomed, region) = zoom_frame(image, [mask, roi], z, np.random.default_rng(3))
+    expected = (96, 160) if z >= 1 else (48, 80)   # zooming in keeps the frame; out shrinks the photo
+    assert photo.shape[:2] == zoomed.shape == region.shape == expected
+    assert median_width(zoomed) == pytest.approx(4 * z, abs=0.5)
+    assert zoomed.any() and region.all()           # aimed at the crack, although it is off-centre
+    again, (same, _) = zoom_frame(image, [mask, roi], z, np.random.default_rng(3))
+    assert np.array_equal(again, photo) and np.array_equal(same, zoomed)   # the window is the seed's
