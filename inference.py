@@ -287,9 +287,12 @@ def predict_scaled(model, x: torch.Tensor, engine: Engine, scale: float | str = 
         raise ValueError("--scale auto chooses per image: predict one image at a time")
     h, w = x.shape[-2:]
     grid = model_stride(model)
-    nets = {f: predict_probability(model, resample(x, scaled_size(h, w, f)), engine, tta, tile, overlap)
-            for f in scales.scoring_factors(h, w, grid)}
-    found = {f: scales.MapFeatures(net[0, 0].numpy()) for f, net in nets.items()}
+    nets, found = {}, {}
+    for f in sorted(scales.scoring_factors(h, w, grid), key=lambda f: f > 1):   # enlarging waits for the map at 1
+        if f > 1 and not scales.wants_enlarging(found[1.0]):
+            continue
+        nets[f] = predict_probability(model, resample(x, scaled_size(h, w, f)), engine, tta, tile, overlap)
+        found[f] = scales.MapFeatures(nets[f][0, 0].numpy())
     factor = scales.choose(found, scales.allowed(h, w, grid))
     if factor not in nets:
         return Scaled(predict_probability(model, x, engine, tta, tile, overlap, factor), factor, found)

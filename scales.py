@@ -34,13 +34,16 @@ class Rule:
     """How auto departs from factor 1 (the photo as it is). `margin`: the sureness (with SHRINK_BONUS)
     by which the chosen factor's map must beat the map at 1; `width_gate`: shrink only where the map at
     1 shows cracks wider than this (px, its median width; None: no gate); `enlarge`: whether factors
-    above 1 are candidates; `fuse`: return the mean of the chosen map and the map at 1. Rule() is the
-    rule of the scale issue: the surest map wherever it lies."""
+    above 1 are candidates, and `enlarge_gate`: only where the map at 1 shows cracks no wider than
+    this (None: always; the enlarged map, 4x the pixels, is then predicted only for those photos);
+    `fuse`: return the mean of the chosen map and the map at 1. `legacy`: the scale issue's rule, the
+    surest map wherever it lies (the map at 1 competes only when it shows a crack)."""
     margin: float = 0.0
     width_gate: float | None = None
     enlarge: bool = True
+    enlarge_gate: float | None = None
     fuse: bool = False
-    legacy: bool = True   # the map at 1 competes only when it shows a crack (the scale issue's rule)
+    legacy: bool = True
 
 
 def scale_arg(text: str) -> float | str:
@@ -102,11 +105,17 @@ def allowed(height: int, width: int, grid: int = 16) -> list[float]:
 
 
 def scoring_factors(height: int, width: int, grid: int = 16, rule: Rule | None = None) -> list[float]:
-    """The factors whose maps auto predicts before choosing: every allowed one the rule may pick (the
-    chosen map is reused, so on a photo too large to enlarge this costs 1/4 + 1/16 + 1/64 of a pass
-    on top of the full-size one)."""
+    """The factors whose maps auto may predict before choosing: every allowed one the rule may pick (the
+    chosen map is reused, so on a photo too large to enlarge this costs 1/4 + 1/16 + 1/64 of a pass on
+    top of the full-size one). Enlarged maps only where wants_enlarging() says so, after the map at 1."""
     rule = RULE if rule is None else rule
     return [f for f in allowed(height, width, grid) if rule.enlarge or f <= 1]
+
+
+def wants_enlarging(at_one: Mapping, rule: Rule | None = None) -> bool:
+    """Whether the rule considers enlarged maps for a photo, from its map at 1's features."""
+    rule = RULE if rule is None else rule
+    return rule.enlarge and (rule.enlarge_gate is None or at_one["median_width"] <= rule.enlarge_gate)
 
 
 class MapFeatures(Mapping):
@@ -178,7 +187,8 @@ def choose(found: dict[float, Mapping], candidates: list[float], rule: Rule | No
     edges) the surest map is often not the photo as it is, and every departure costs there: the margin
     makes auto keep factor 1 unless the evidence is clear (benchmarks/autorule.py chose RULE)."""
     rule = RULE if rule is None else rule
-    candidates = [f for f in candidates if f in found and (rule.enlarge or f <= 1)]
+    enlarging = rule.enlarge if 1.0 not in found else wants_enlarging(found[1.0], rule)
+    candidates = [f for f in candidates if f in found and (enlarging or f <= 1)]
     if rule.width_gate is not None and 1.0 in found and found[1.0]["median_width"] <= rule.width_gate:
         candidates = [f for f in candidates if f >= 1]
     surest_first = sorted(candidates, key=lambda f: (score(found[f], f), -abs(math.log(f))), reverse=True)

@@ -32,9 +32,12 @@ GATES = (None, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
 LEGACY, NEVER = scales.Rule(), scales.Rule(legacy=False, margin=math.inf)
 
 
+ENLARGING = ((False, None), (True, None), (True, 3.0), (True, 4.0), (True, 5.0), (True, 6.0))   # (enlarge, gate)
+
+
 def family() -> list[scales.Rule]:
-    grid = [scales.Rule(margin=m, width_gate=g, enlarge=e, fuse=f, legacy=False)
-            for m, g, e, f in itertools.product(MARGINS, GATES, (True, False), (False, True))]
+    grid = [scales.Rule(margin=m, width_gate=g, enlarge=e, enlarge_gate=eg, fuse=f, legacy=False)
+            for m, g, (e, eg), f in itertools.product(MARGINS, GATES, ENLARGING, (False, True))]
     return [LEGACY, NEVER, *grid]
 
 
@@ -44,8 +47,9 @@ def describe(rule: scales.Rule) -> str:
     if rule.margin == math.inf:
         return "always 1"
     gate = "no gate" if rule.width_gate is None else f"shrink if width at 1 > {rule.width_gate:g} px"
-    return (f"margin {rule.margin:.2f}, {gate}, {'with' if rule.enlarge else 'no'} enlarging"
-            + (", fused with 1" if rule.fuse else ""))
+    enlarge = "no enlarging" if not rule.enlarge else "enlarging" if rule.enlarge_gate is None else \
+        f"enlarging if width at 1 <= {rule.enlarge_gate:g} px"
+    return f"margin {rule.margin:.2f}, {gate}, {enlarge}" + (", fused with 1" if rule.fuse else "")
 
 
 # ---------------------------------------------------------------- replaying a rule
@@ -57,10 +61,13 @@ def choose_many(features: np.ndarray, valid: np.ndarray, rule: scales.Rule) -> n
     sure, length = feats[..., FEATURE_KEYS.index("sureness")], feats[..., FEATURE_KEYS.index("length")]
     score = sure - scales.SHRINK_BONUS * np.log2(FACTORS)
     candidate = valid.copy()
+    width_at_one = feats[:, ONE, FEATURE_KEYS.index("median_width")]
     if not rule.enlarge:
         candidate[:, FACTORS > 1] = False
+    elif rule.enlarge_gate is not None:
+        candidate[np.ix_(valid[:, ONE] & (width_at_one > rule.enlarge_gate), FACTORS > 1)] = False
     if rule.width_gate is not None:
-        gated = valid[:, ONE] & (feats[:, ONE, FEATURE_KEYS.index("median_width")] <= rule.width_gate)
+        gated = valid[:, ONE] & (width_at_one <= rule.width_gate)
         candidate[np.ix_(gated, FACTORS < 1)] = False
     # surest first, ties to the factor nearer 1, then to the earlier in FACTORS (a stable sort's order)
     order = np.argsort(np.abs(np.log2(FACTORS)), kind="stable")
@@ -202,7 +209,8 @@ def render_plateau(scored: dict[scales.Rule, list[dict]], chosen: scales.Rule) -
     for m in MARGINS:
         cells = []
         for g in GATES:
-            found = scored[scales.Rule(margin=m, width_gate=g, enlarge=chosen.enlarge, fuse=chosen.fuse, legacy=False)]
+            found = scored[scales.Rule(margin=m, width_gate=g, enlarge=chosen.enlarge, enlarge_gate=chosen.enlarge_gate,
+                                       fuse=chosen.fuse, legacy=False)]
             gains = [np.mean([r["auto"][0] - r["fixed_1"][0] for r in found if r["group"] == grp]) for grp in groups]
             cells.append(f"{np.mean(gains):+.3f} / {min(gains):+.3f}")
         out.append(f"| {m:.2f} | " + " | ".join(cells) + " |")
