@@ -157,7 +157,7 @@ def render_scales(record: Path = RECORD) -> str:
         if not found or not {"1", "auto"} <= set(next(iter(found["network_s"].values()))):
             continue
         for photo, t in found["network_s"].items():
-            rows.append(f"| {line['machine']} | {line['commit']} | {photo} | {t['1']:.2f} | {t['auto']:.2f} | "
+            rows.append(f"| {line['machine']} | {line['commit']} | {photo} | {t['1']:.3g} | {t['auto']:.3g} | "
                         f"{t['auto'] / t['1']:.2f} | {found['factor'][photo]['auto']:g} | "
                         f"{found['peak_rss_mib_auto']} MiB |")
     return "\n".join(rows)
@@ -192,32 +192,42 @@ def peak_rss_mib(cmd: list[str], cwd: Path) -> float:
     return int(out.stdout.split()[-1]) / 1024   # Linux reports KiB
 
 
-def real_photo(data_dir: Path) -> np.ndarray:
-    """A DEEPCRACK_TEST photo with a crack, enlarged to 4000x3000 (bicubic): a real surface at phone size."""
+def real_photo(data_dir: Path, dataset: str = "DEEPCRACK_TEST", size: tuple[int, int] = (WIDTH, HEIGHT)) -> np.ndarray:
+    """The first photo of `dataset` resized to `size` (w, h; bicubic or area): a real surface at a phone's
+    12 MP, or at the 640x480 where auto may also enlarge."""
     from dataset import read_image, scan_dataset
-    sample = scan_dataset(data_dir, "DEEPCRACK_TEST")[0][0]
-    return cv2.resize(read_image(sample.image), (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC)
+    image = read_image(scan_dataset(data_dir, dataset)[0][0].image)
+    shrink = size[0] < image.shape[1]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def scale_photos(data_dir: Path) -> dict[str, np.ndarray]:
+    """The photos --scales times, RGB: 12 MP synthetic and real, and 640x480 ones (a wide-crack DeepCrack
+    close-up and a thin-crack CFD road photo, where auto's rule decides whether to enlarge)."""
+    small = (640, 480)
+    synthetic, _ = synthetic_pair(np.random.default_rng(0), HEIGHT, WIDTH)
+    return {"synthetic": cv2.cvtColor(synthetic, cv2.COLOR_BGR2RGB), "real": real_photo(data_dir),
+            "real 640x480": real_photo(data_dir, size=small), "CFD 640x480": real_photo(data_dir, "CFD", small)}
 
 
 def time_scales(scales: list[str], data_dir: Path, repeat: int) -> dict:
     """Per photo: the network seconds of each --scale and the auto / 1 ratio, and predict.py's peak RSS
-    under --scale auto on the enlarged real photo."""
+    under --scale auto on the enlarged real photo (each photo through a JPEG, as a camera writes it)."""
     from inference import load_runs
     engine = make_engine("auto")
     model, config = load_runs(DEFAULT_BUNDLE, engine)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_photo(tmp / "synthetic.jpg")
-        cv2.imwrite(str(tmp / "real.jpg"), cv2.cvtColor(real_photo(data_dir), cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
         found = {}
-        for name in ("synthetic", "real"):
-            image = cv2.cvtColor(cv2.imread(str(tmp / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
+        for name, photo in scale_photos(data_dir).items():
+            path = tmp / f"{name.replace(' ', '_')}.jpg"
+            cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
             x = torch.from_numpy(preprocess(image, Intensity.from_config(config), name).transpose(2, 0, 1).copy())[None]
             found[name] = {s: network_seconds(model, x, engine, s if s == "auto" else float(s), repeat) for s in scales}
         rss = peak_rss_mib([sys.executable, str(ROOT / "predict.py"), str(tmp / "real.jpg"), "--scale", "auto",
                             "--out", str(tmp / "out_rss")], tmp)
-    return {"network_s": {n: {s: round(t, 2) for s, (t, _) in arms.items()} for n, arms in found.items()},
+    return {"network_s": {n: {s: round(t, 3) for s, (t, _) in arms.items()} for n, arms in found.items()},
             "factor": {n: {s: f for s, (_, f) in arms.items()} for n, arms in found.items()},
             "peak_rss_mib_auto": round(rss)}
 
