@@ -157,7 +157,7 @@ def render_scales(record: Path = RECORD) -> str:
         if not found or not {"1", "auto"} <= set(next(iter(found["network_s"].values()))):
             continue
         for photo, t in found["network_s"].items():
-            rows.append(f"| {line['machine']} | {line['commit']} | {photo} | {t['1']:.3g} | {t['auto']:.3g} | "
+            rows.append(f"| {line['machine']} | {line['commit']} | {photo} | {t['1']:.3f} | {t['auto']:.3f} | "
                         f"{t['auto'] / t['1']:.2f} | {found['factor'][photo]['auto']:g} | "
                         f"{found['peak_rss_mib_auto']} MiB |")
     return "\n".join(rows)

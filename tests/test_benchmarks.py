@@ -401,4 +401,4 @@ def test_the_scales_table_gives_auto_over_scale_one_per_photo(tmp_path):
              {"machine": "m", "commit": "c", "scales": scales}]
     record.write_text("".join(json.dumps(line) + "\n" for line in lines))
     rows = bench_predict.render_scales(record).splitlines()[2:]
-    assert rows == ["| m | c | real | 2.00 | 3.00 | 1.50 | 0.25 | 700 MiB |"]
+    assert rows == ["| m | c | real | 2.000 | 3.000 | 1.50 | 0.25 | 700 MiB |"]
