@@ -49,7 +49,7 @@ from runner import (CAMERA, MODELS, RECIPE, SHIPPED, TEST, TRAIN, UPSAMPLING, ad
                     network_args, others, run_all, training_summary)
 from zoomrecord import ARMS, CHOSEN, label_width, save_arrays, score_maps  # noqa: E402
 
-STEPS, EPOCH_SIZE, BATCH = 8000, 400, 4        # optimizer steps of every leave-one-out run: 80 epochs of 400 crops
+STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4        # optimizer steps of every leave-one-out run: 40 epochs of 400 crops
 SAFETY_MINUTES = 150                           # --max-minutes as a net only: the steps end the run
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 BUNDLE = "crackseg-general"
