@@ -63,9 +63,9 @@ class Intensity:
 
     @classmethod
     def from_config(cls, config: dict) -> "Intensity":
-        normalize = config.get("normalize")
-        return cls(minmax=config.get("minmax", True), clahe=config.get("clahe", False),
-                   normalize=tuple(normalize) if normalize else None)
+        """From a config of today's schema (rundir.upgrade_config) or train.py's options."""
+        normalize = config["normalize"]
+        return cls(minmax=config["minmax"], clahe=config["clahe"], normalize=tuple(normalize) if normalize else None)
 
 
 # ---------------------------------------------------------------- finding files

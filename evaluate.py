@@ -8,8 +8,11 @@
 With --name the run's model predicts every image at full resolution with the run's own
 preprocessing; with --pred-dir, 8-bit maps DIR/<stem>.png or DIR/<stem>_prob.png
 (p = value/255) from any method are scored under the same protocol. Results go to
-models/RUN/eval/DATASET/ (or DIR/eval/DATASET/; DATASET_tta with --tta, so both can be
-kept): metrics.json, per_image.csv and, with --save-images, <stem>_prob.png and <stem>_panel.jpg.
+models/RUN/eval/DATASET/ (or DIR/eval/DATASET/) for the run's own settings, and to a folder named
+after the settings given otherwise (DATASET_tta, DATASET_scale1, DATASET_last, DATASET_fp32 for
+--precision fp32),
+so no evaluation replaces another's: metrics.json, per_image.csv and, with --save-images,
+<stem>_prob.png and <stem>_panel.jpg.
 """
 import argparse
 import csv
@@ -23,8 +26,9 @@ import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
 from engine import make_engine
 from inference import EvalOptions, add_inference_options, evaluate, load_runs, use_scale
-from rundir import (MODELS_DIR, RUNS_DIR, RunError, json_dump, load_config, name_arg, provenance, read_split,
-                    run_datasets, runs_arg)
+from rundir import (MODELS_DIR, RUNS_DIR, RunError, eval_folder, json_dump, load_config, name_arg, provenance,
+                    read_split, run_datasets, runs_arg)
+from scales import policy_key
 from utils import run_cli
 from visuals import error_overlay, label, save_probability, side_by_side, write_image
 
@@ -190,13 +194,27 @@ def log_tensorboard(run: str, summary: dict, result: dict, panels: list[np.ndarr
 
 # ---------------------------------------------------------------- main
 
+def other_settings(args, own_scale) -> dict[str, str]:
+    """The settings of this evaluation that are not the run's own (the folder's name says them)."""
+    differs = {"tta": ""} if args.tta else {}
+    if args.name and args.scale is not None and policy_key(args.scale) != policy_key(own_scale):
+        differs["scale"] = policy_key(args.scale)
+    if args.name and args.checkpoint != "best.pt":
+        differs[Path(args.checkpoint).stem] = ""
+    if args.name and args.precision != "auto":
+        differs[args.precision] = ""
+    return differs
+
+
 def main() -> int:
     # 1. arguments, device, model
     args = get_args()
     config = model = engine = None
+    own_scale = None
     if args.name:
         engine = make_engine(args.device, args.precision, args.channels_last)
         model, config = load_runs(args.name, engine, args.checkpoint)
+        own_scale = config["scale"]
         use_scale(config, args.scale)
         print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}, scale {config['scale']}")
     data_dir = Path(args.data_dir or (config or {}).get("data_dir", "inputs"))   # a bundle keeps no local path
@@ -205,7 +223,7 @@ def main() -> int:
         # 2. the images to score
         samples = test_samples(data_dir, dataset, args.name.split("+") if args.name else [])
         out_dir = (MODELS_DIR / args.name if args.name else args.pred_dir) / "eval" / \
-            (f"{dataset}_tta" if args.tta else dataset)
+            eval_folder(dataset, other_settings(args, own_scale))
         # 3. counts for every threshold and tolerance in one pass per image
         if args.name:
             result, panels = score_run(model, engine, config, samples, args, out_dir)

@@ -21,7 +21,7 @@ import scales
 from engine import Engine, add_engine_options
 from losses import compute_loss
 from models import fold_batchnorm
-from rundir import RunError, load_config, load_weights, model_from_config, run_state
+from rundir import RunError, load_config_with_source, load_weights, model_from_config, run_state
 
 # ---------------------------------------------------------------- loading
 
@@ -35,14 +35,8 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
 
 def load_run_model(name: str, engine: Engine, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
     """The model of a run or bundle, with its config (threshold checked, 0.5 if absent); ready for inference."""
-    config = load_config(name)
-    config["threshold_source"] = "config.json" if "threshold" in config else "default"
-    config["scale"] = config.get("scale", 1.0)   # runs from before --scale predicted at 1
-    config["threshold"] = config.get("threshold", 0.5)
-    for threshold in [config["threshold"], *config.get("thresholds_by_scale", {}).values()]:
-        if not (0 <= threshold < 1 and round(threshold, 2) == threshold):
-            raise RunError(f"{name}'s config.json: threshold {threshold!r} must be one of "
-                           "0.00, 0.01, ..., 0.99 (the grid every score is counted on)")
+    config, source = load_config_with_source(name)
+    config["threshold_source"] = source
     state, path = run_state(name, which, engine.device)
     model = model_from_config(config)
     load_weights(model, state, path)
@@ -55,7 +49,7 @@ def use_scale(config: dict, scale: float | str | None) -> None:
     config.json keeps one (thresholds_by_scale: a bundle whose policy changed after training keeps
     the threshold of each policy, so --scale 1 restores the old behaviour whole)."""
     config["scale"] = config["scale"] if scale is None else scale
-    chosen = config.get("thresholds_by_scale", {}).get(scales.policy_key(config["scale"]))
+    chosen = config["thresholds_by_scale"].get(scales.policy_key(config["scale"]))
     if chosen is not None:
         config["threshold"] = chosen
 

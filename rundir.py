@@ -107,19 +107,96 @@ def bundle_dir(name: str) -> Path | None:
     return folder if name and (folder / "config.json").is_file() else None
 
 
-def load_config(name: str) -> dict:
-    """A run's config.json, or a bundled model's (bundled names come first: train.py refuses them)."""
-    path = (bundle_dir(name) or MODELS_DIR / name) / "config.json"
+# ---------------------------------------------------------------- config.json: the schema
+
+CONFIG_SCHEMA = 2   # files without a "schema" key are version 1: everything written before the schema
+# what a key missing from an older file meant when that file was written (the code then assumed these)
+CONFIG_DEFAULTS = {"scale": 1.0,               # before --scale: predicted at 1
+                   "align_corners": True,      # before --align-corners: the reference's upsampling
+                   "base_width": 32, "depth": 4, "bottleneck_dilation": 1, "deep_supervision": False,
+                   "minmax": True, "clahe": False, "normalize": None,
+                   "thresholds_by_scale": {}}
+DEFAULT_THRESHOLD = 0.5   # a run that never validated
+RUNTIME_KEYS = ("checkpoint", "threshold_source", "members")   # facts of one loading, never stored
+
+
+def config_problem(config: dict) -> str | None:
+    """Why a reader refuses this config (None: it does not). Thresholds must lie on the 0.01 grid the
+    scores are counted on, below 1 (at 1 no pixel is ever a crack)."""
+    for threshold in [config.get("threshold", DEFAULT_THRESHOLD), *config.get("thresholds_by_scale", {}).values()]:
+        if not (isinstance(threshold, (int, float)) and 0 <= threshold < 1 and round(threshold, 2) == threshold):
+            return f"threshold {threshold!r} must be one of 0.00, 0.01, ..., 0.99 (the grid every score is counted on)"
+    scale = config.get("scale", 1.0)
+    if scale != "auto" and not (isinstance(scale, (int, float)) and 1 / 16 <= scale <= 4):
+        return f"scale {scale!r} must be auto or a factor between 0.0625 and 4"
+    return None
+
+
+def upgrade_config(raw: dict, where: Path) -> tuple[dict, str]:
+    """A config.json of any schema as today's (every key present, the dataset a list), and where its
+    threshold came from ("config.json", or "default" for a run that never validated)."""
+    version = raw.get("schema", 1)
+    if not isinstance(version, int) or version > CONFIG_SCHEMA:
+        raise RunError(f"{where} has schema {version!r}, newer than this crackseg's {CONFIG_SCHEMA}: "
+                       "update crackseg (git pull) to read it")
+    config = {**CONFIG_DEFAULTS, **raw, "schema": CONFIG_SCHEMA}
+    config["thresholds_by_scale"] = dict(config["thresholds_by_scale"])
+    if "dataset" in config:
+        config["dataset"] = run_datasets(config)
+    source = "config.json" if "threshold" in raw else "default"
+    config.setdefault("threshold", DEFAULT_THRESHOLD)
+    problem = config_problem(config)
+    if problem:
+        raise RunError(f"{where}: {problem}; fix the value or train the run again")
+    return config, source
+
+
+def stored_config(config: dict) -> dict:
+    """What is written of a config: today's schema, no runtime facts. A value its reader would refuse is a
+    bug in the writer, so it stops here rather than leave a run nothing can load."""
+    stored = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+    stored["schema"] = CONFIG_SCHEMA
+    problem = config_problem(stored)
+    if problem:
+        raise ValueError(f"refusing to write a config the reader refuses: {problem}")
+    return stored
+
+
+def config_path(name: str) -> Path:
+    return (bundle_dir(name) or MODELS_DIR / name) / "config.json"
+
+
+def load_config_with_source(name: str) -> tuple[dict, str]:
+    """A run's or bundled model's config.json, upgraded to today's schema, and its threshold's source."""
+    path = config_path(name)
     if not path.is_file():
         runs = sorted(p.name for p in MODELS_DIR.glob("*/config.json"))
         known = ", ".join(p.split("/")[0] for p in runs) or "none"
         raise RunError(f"no run {name!r}: {path} does not exist (runs under {MODELS_DIR}/: {known})")
-    return json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} is not readable JSON ({err}); restore it or train the run again") from None
+    return upgrade_config(raw, path)
+
+
+def load_config(name: str) -> dict:
+    """A run's config.json, or a bundled model's (bundled names come first: train.py refuses them),
+    upgraded to today's schema."""
+    return load_config_with_source(name)[0]
 
 
 def write_config(folder: Path, config: dict) -> None:
-    """folder/config.json: the run's options, provenance and, once validated, its threshold."""
-    json_dump(folder / "config.json", config)
+    """folder/config.json: the run's options, provenance and, once validated, its threshold (stored_config)."""
+    json_dump(folder / "config.json", stored_config(config))
+
+
+def eval_folder(dataset: str, differs: dict[str, str]) -> str:
+    """The folder under models/RUN/eval/ of one evaluation: DATASET for the run's own settings (what the
+    benchmarks read), DATASET_<setting><value>... for any other, e.g. DATASET_tta, DATASET_scale1,
+    DATASET_last_fp32, so an evaluation under other settings never replaces the default one's results.
+    `differs`: {setting: value} of the settings that are not the run's own, in a fixed order."""
+    return "_".join([dataset, *(f"{key}{value}" if value else key for key, value in differs.items())])
 
 
 def write_split(folder: Path, split: dict) -> None:
@@ -184,10 +261,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", bare: bool =
 
 
 def model_from_config(config: dict) -> torch.nn.Module:
-    """Runs from before --align-corners existed were trained with the reference's True."""
-    return build_model(config["arch"], deep_supervision=config.get("deep_supervision", False),
-                       base_width=config.get("base_width", 32), align_corners=config.get("align_corners", True),
-                       depth=config.get("depth", 4), bottleneck_dilation=config.get("bottleneck_dilation", 1))
+    """The network a config (today's schema, or train.py's options) describes."""
+    return build_model(config["arch"], deep_supervision=config["deep_supervision"], base_width=config["base_width"],
+                       align_corners=config["align_corners"], depth=config["depth"],
+                       bottleneck_dilation=config["bottleneck_dilation"])
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
@@ -221,7 +298,7 @@ def file_sha256(path: Path) -> str:
 def load_bundle(folder: Path, device: torch.device | str = "cpu") -> dict:
     """A bundled model: model.pt (half-precision weights only) checked against the sha256 in config.json
     before it is opened, loaded with weights_only=True, and widened to fp32 (the engine picks the precision)."""
-    config = json.loads((folder / "config.json").read_text())
+    config = upgrade_config(json.loads((folder / "config.json").read_text()), folder / "config.json")[0]
     path = folder / "model.pt"
     restore = f"restore it with `git checkout -- pretrained/{folder.name}/model.pt`"
     if not path.is_file():

@@ -28,8 +28,9 @@ from losses import LOSSES
 from models import ARCHS
 from rundir import (MODELS_DIR, RUNS_DIR, RunError, fresh_run_name, load_checkpoint, load_config, name_arg, provenance,
                     read_split, remove_run, run_datasets, run_state, write_config, write_split)
-from training import (PRESETS, RunFiles, build_state, check_replicas_agree, end_epoch, keep_log_rows_before,
-                      make_train_loader, restore, resume_progress, start_epoch, sync_buffers, train_one_epoch, validate)
+from training import (RunFiles, build_state, check_replicas_agree, end_epoch, keep_log_rows_before, make_train_loader,
+                      restore, resume_progress, start_epoch, sync_buffers, train_one_epoch, validate)
+from trainoptions import PRESETS, Loading, Optimisation, Validation
 from scales import add_scale_option
 from utils import run_cli
 
@@ -412,12 +413,14 @@ def main() -> int:
     resume_state = load_checkpoint(MODELS_DIR / args.name / "last.pt") if args.resume else None
 
     # 3. model, optimiser, schedule (a resumed run: all three as last.pt left them)
-    loader = make_train_loader(train_set, sizes, args, engine)
-    state = build_state(args, engine, len(loader), parent)
+    options = vars(args)
+    loading, opt = Loading.from_options(options), Optimisation.from_options(options)
+    loader = make_train_loader(train_set, sizes, loading, engine)
+    state = build_state(opt, engine, len(loader), parent)
     start = 1
     if resume_state:
         start = restore(resume_state, MODELS_DIR / args.name / "last.pt", state)
-        resume_progress(resume_state, state.progress, args, len(loader))
+        resume_progress(resume_state, state.progress, opt, args.name, len(loader))
 
     # 4. the run directory (only the main process writes)
     run_dir, config = open_run_dir(args, engine, split, start)
@@ -436,12 +439,13 @@ def main() -> int:
         for epoch in range(start, args.epochs + 1):
             if state.progress.fraction() >= 1:
                 break
-            start_epoch(loader, args, engine, epoch)
-            row = {"epoch": epoch, **train_one_epoch(state, loader, engine, args, epoch, run_dir)}
+            start_epoch(loader, loading, engine, epoch)
+            row = {"epoch": epoch, **train_one_epoch(state, loader, engine, opt, epoch, run_dir)}
             sync_buffers(state.validated, engine)
             curves = {}
             if val_sets:
-                scores, curves = validate(state.validated, val_sets, engine, args, epoch, files.writer)
+                scores, curves = validate(state.validated, val_sets, engine, Validation.from_options(options), epoch,
+                                          files.writer)
                 row.update(scores)
             end_epoch(state, files, row, curves, engine)
     finally:

@@ -1,4 +1,4 @@
-"""The training machinery train.py runs, one epoch at a time: the presets, the data loader, the
+"""The training machinery train.py runs, one epoch at a time: the data loader, the
 network with its optimiser and schedule (TrainState: what a step changes and last.pt stores), the
 optimisation step, validation through the one inference path, checkpoints and the log, and what
 --resume restores. train.py decides the run's options and directory; this module trains.
@@ -11,7 +11,7 @@ import csv
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,35 +22,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import metrics
-from augment import CAMERA_PARTS
 from dataset import EpochSampler
 from inference import EvalOptions, evaluate, for_inference
 from losses import compute_loss
 from models import freeze_encoder
-from rundir import Diverged, RunError, load_weights, model_from_config, save_checkpoint, write_config
+from rundir import (DEFAULT_THRESHOLD, Diverged, RunError, load_weights, model_from_config, save_checkpoint,
+                    stored_config, write_config)
+from trainoptions import Loading, Optimisation, Validation
 from utils import raise_requested_stop, signals_held
 
-# The README's measured recipe as train.py flags, in the parts the experiments vary separately: the
-# optimisation and augmentation, the camera augmentation, the shipped network (benchmarks/ import them).
-RECIPE_BASE = ("--crop", "256", "--batch-size", "4", "--lr", "1e-3", "--scheduler", "CosineAnnealingLR",
-               "--photometric", "--scale-aug", "--cache", "--epochs", "1000")
-RECIPE_CAMERA = ("--camera-aug",)
-RECIPE_NETWORK = ("--base-width", "4")
-# adopted after the bundle's runs were made (benchmarks/studies/loss_align.py: no worse, and tiles match one pass)
-RECIPE_UPSAMPLING = ("--no-align-corners",)
-
-PRESETS = {  # --preset NAME sets these defaults; flags given explicitly still win
-    "fast": {"dataset": ["SYNTHETIC"], "epochs": 40, "crop": 128, "batch_size": 8, "lr": 1e-3,
-             "scheduler": "CosineAnnealingLR", "max_minutes": 4.5},
-    # a few labelled photos of a new surface, with --init-from (the benchmarks' finetune.py measured it)
-    "finetune": {"crop": 256, "batch_size": 4, "lr": 1e-3, "scheduler": "CosineAnnealingLR", "photometric": True,
-                 "scale_aug": True, "camera_aug": list(CAMERA_PARTS), "cache": True, "epochs": 1000,
-                 "epoch_size": 64, "max_minutes": 5},
-    # RECIPE_BASE + RECIPE_CAMERA + RECIPE_NETWORK + RECIPE_UPSAMPLING (tests/test_train.py checks they agree)
-    "recipe": {"crop": 256, "batch_size": 4, "lr": 1e-3, "scheduler": "CosineAnnealingLR", "photometric": True,
-               "scale_aug": True, "cache": True, "epochs": 1000, "camera_aug": list(CAMERA_PARTS), "base_width": 4,
-               "align_corners": False},
-}
 F1_THRESHOLD_INDEX = 50  # t = 0.50 in metrics.DEFAULT_THRESHOLDS
 THRESHOLD_TOLERANCE = 2  # px: the run's threshold is chosen at the literature's tolerance
 
@@ -67,44 +47,45 @@ def seed_worker(worker_id: int) -> None:
     random.seed(info.seed)
 
 
-def make_train_loader(train_set, sizes: list[int], args, engine) -> DataLoader:
-    sampler = EpochSampler(sizes, args.sampling, args.seed, engine.rank, engine.world, args.epoch_size or None)
-    return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
-                      num_workers=args.workers, worker_init_fn=seed_worker,
-                      persistent_workers=args.workers > 0, pin_memory=engine.device.type == "cuda",
-                      drop_last=len(sampler) >= args.batch_size)
+def make_train_loader(train_set, sizes: list[int], loading: Loading, engine) -> DataLoader:
+    sampler = EpochSampler(sizes, loading.sampling, loading.seed, engine.rank, engine.world,
+                           loading.epoch_size or None)
+    return DataLoader(train_set, batch_size=loading.batch_size, sampler=sampler,
+                      num_workers=loading.workers, worker_init_fn=seed_worker,
+                      persistent_workers=loading.workers > 0, pin_memory=engine.device.type == "cuda",
+                      drop_last=len(sampler) >= loading.batch_size)
 
 
-def start_epoch(loader: DataLoader, args, engine, epoch: int) -> None:
+def start_epoch(loader: DataLoader, loading: Loading, engine, epoch: int) -> None:
     """Shuffle and augmentation streams depend on (seed, epoch) only, so a resumed run repeats them."""
     loader.sampler.set_epoch(epoch)
-    if args.workers == 0:
-        loader.dataset.reseed((args.seed * 1_000_003 + epoch * engine.world + engine.rank) % 2**32)
+    if loading.workers == 0:
+        loader.dataset.reseed((loading.seed * 1_000_003 + epoch * engine.world + engine.rank) % 2**32)
 
 
 # ---------------------------------------------------------------- model, optimiser, schedule
 
-def build_optimisation(args, engine):
-    """The network of args on the engine's device and memory format, its optimiser, the
+def build_optimisation(opt: Optimisation, engine):
+    """The network on the engine's device and memory format, its optimiser, the
     ReduceLROnPlateau schedule (None otherwise) and the loss scaler (active under fp16 only)."""
-    model = model_from_config(vars(args))
-    if args.freeze_encoder:
+    model = model_from_config(asdict(opt))
+    if opt.freeze_encoder:
         freeze_encoder(model)
-    if args.sync_bn and engine.world > 1:
+    if opt.sync_bn and engine.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(engine.device)
     if engine.channels_last:
         model.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if args.optimizer == "Adam":
-        optimizer = torch.optim.Adam(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    if opt.optimizer == "Adam":
+        optimizer = torch.optim.Adam(trainable, lr=opt.lr, weight_decay=opt.weight_decay)
     else:
-        optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum,
-                                    weight_decay=args.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(trainable, lr=opt.lr, momentum=opt.momentum,
+                                    weight_decay=opt.weight_decay, nesterov=True)
     scheduler = None   # CosineAnnealingLR follows Progress (cosine_lr); "none" keeps --lr
-    if args.scheduler == "ReduceLROnPlateau":
+    if opt.scheduler == "ReduceLROnPlateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", patience=args.patience, factor=args.factor, min_lr=args.min_lr)
+            optimizer, mode="min", patience=opt.patience, factor=opt.factor, min_lr=opt.min_lr)
     scaler = torch.amp.GradScaler(engine.device.type, enabled=engine.dtype == torch.float16)
     return model, optimizer, scheduler, scaler
 
@@ -206,16 +187,16 @@ class TrainState:
         return self.average.model if self.average else self.model
 
 
-def build_state(args, engine, steps_per_epoch: int, parent: tuple[dict, Path] | None = None) -> TrainState:
-    """A fresh TrainState for args, starting from the parent's weights (state, path) when fine-tuning."""
-    model, optimizer, scheduler, scaler = build_optimisation(args, engine)
+def build_state(opt: Optimisation, engine, steps_per_epoch: int, parent: tuple[dict, Path] | None = None) -> TrainState:
+    """A fresh TrainState, starting from the parent's weights (state, path) when fine-tuning."""
+    model, optimizer, scheduler, scaler = build_optimisation(opt, engine)
     if parent:
         load_weights(model, *parent)
     # DDP broadcasts rank 0's weights when it wraps the model: the average must start from those,
     # not from each rank's own random init
     stepped = torch.nn.parallel.DistributedDataParallel(model) if engine.world > 1 else None
-    average = WeightAverage(model, args.ema) if args.ema else None
-    progress = Progress(args.epochs * steps_per_epoch, args.max_minutes, engine)
+    average = WeightAverage(model, opt.ema) if opt.ema else None
+    progress = Progress(opt.epochs * steps_per_epoch, opt.max_minutes, engine)
     return TrainState(model, optimizer, scaler, scheduler, average, progress, stepped=stepped)
 
 
@@ -237,7 +218,7 @@ def train_step(state: TrainState, images, masks, engine, loss_name: str,
     return loss.detach(), logits.detach()
 
 
-def train_one_epoch(state: TrainState, loader, engine, args, epoch: int, run_dir: Path) -> dict:
+def train_one_epoch(state: TrainState, loader, engine, opt: Optimisation, epoch: int, run_dir: Path) -> dict:
     """One pass over the training crops, cut short when the run's progress reaches 1 (the budget);
     returns mean loss, scores at 0.5 and the fraction of time spent waiting for data."""
     state.forward_model.train()
@@ -252,11 +233,11 @@ def train_one_epoch(state: TrainState, loader, engine, args, epoch: int, run_dir
         fraction = state.progress.fraction()
         if fraction >= 1:
             break
-        if args.scheduler == "CosineAnnealingLR":
-            set_lr(state.optimizer, cosine_lr(fraction, args.lr, args.min_lr))
+        if opt.scheduler == "CosineAnnealingLR":
+            set_lr(state.optimizer, cosine_lr(fraction, opt.lr, opt.min_lr))
         images, masks = engine.to_device(batch["image"]), batch["mask"].to(engine.device, non_blocking=True)
         where = {"epoch": epoch, "step": step, "names": batch["name"], "run_dir": run_dir}
-        loss, logits = train_step(state, images, masks, engine, args.loss,
+        loss, logits = train_step(state, images, masks, engine, opt.loss,
                                   check=partial(check_finite, engine=engine, **where))
         state.progress.steps += 1
         if state.average is not None:
@@ -277,7 +258,7 @@ def train_one_epoch(state: TrainState, loader, engine, args, epoch: int, run_dir
     elapsed = time.perf_counter() - started
     return {"train_loss": float(mean), "train_iou": crops["iou"], "train_f1": crops["f1"],
             "lr": state.optimizer.param_groups[0]["lr"], "steps": steps, "data_wait": waited / max(elapsed, 1e-9),
-            "images_per_s": steps * args.batch_size * engine.world / max(elapsed, 1e-9)}
+            "images_per_s": steps * opt.batch_size * engine.world / max(elapsed, 1e-9)}
 
 
 def count_hits(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -319,19 +300,19 @@ def check_replicas_agree(model, engine) -> None:
 
 # ---------------------------------------------------------------- validation
 
-def validate(model, val_sets: dict, engine, args, epoch: int, writer) -> tuple[dict, dict]:
+def validate(model, val_sets: dict, engine, settings: Validation, epoch: int, writer) -> tuple[dict, dict]:
     """Each training dataset's validation split scored on its own. Means over datasets (a small set
     counts as much as a large one): val_ods_f1 (strict) chooses best.pt; val_threshold, the threshold
     that maximises the mean F at THRESHOLD_TOLERANCE px, becomes the run's threshold. Both rules see
     only the training sources, never a test source."""
     panels = []
-    want_panels = engine.main and epoch % args.panels_every == 0
+    want_panels = engine.main and epoch % settings.panels_every == 0
 
     def keep_panel(item, prob):
         if want_panels and len(panels) < 3:
             panels.append(panel(item, prob))
     scored = for_inference(copy.deepcopy(model), engine)   # the form evaluate.py and predict.py load
-    options = EvalOptions(loss_name=args.loss, tolerances=(0, THRESHOLD_TOLERANCE), scale=args.scale)
+    options = EvalOptions(loss_name=settings.loss, tolerances=(0, THRESHOLD_TOLERANCE), scale=settings.scale)
     results = {name: evaluate(scored, val_set, engine, options, on_image=keep_panel)
                for name, val_set in val_sets.items()}
     strict = {name: metrics.summarize(r["counts"][0])["ods"]["f1"] for name, r in results.items()}
@@ -342,7 +323,7 @@ def validate(model, val_sets: dict, engine, args, epoch: int, writer) -> tuple[d
     row = {"val_loss": float(np.mean([r["loss"] for r in results.values()])),
            "val_iou": float(np.mean([s["iou"] for s in at_half])), "val_f1": float(np.mean([s["f1"] for s in at_half])),
            "val_ods_f1": float(np.mean(list(strict.values()))),
-           "val_threshold": metrics.best_mean_threshold(list(curves.values()))}
+           "val_threshold": run_threshold(list(curves.values()))}
     if len(val_sets) > 1:
         row.update({f"val_ods_f1_{name}": f for name, f in strict.items()})
     return row, curves
@@ -382,6 +363,17 @@ def end_epoch(state: TrainState, files: RunFiles, row: dict, curves: dict, engin
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
 
 
+def run_threshold(curves: list) -> float:
+    """The threshold maximising the mean validation F over the thresholds a run may keep (0.00-0.99: at
+    1.00 no pixel is ever a crack); where validation found no crack at any threshold (F 0 everywhere,
+    a run of one epoch on a few photos), the default 0.5: a threshold chosen from nothing is no choice."""
+    usable = metrics.DEFAULT_THRESHOLDS[:-1]
+    curves = [np.asarray(c)[:-1] for c in curves]
+    if not np.any(np.mean(curves, axis=0) > 0):
+        return DEFAULT_THRESHOLD
+    return metrics.best_mean_threshold(curves, usable)
+
+
 def save_epoch(state: TrainState, run_dir: Path, config: dict, row: dict, improved: bool, curves: dict) -> None:
     """last.pt every epoch, best.pt when validation improved; "model" is always the weights validated.
     config.json keeps the best epoch's validation F curves at 2 px, from which its threshold was chosen."""
@@ -391,12 +383,13 @@ def save_epoch(state: TrainState, run_dir: Path, config: dict, row: dict, improv
     checkpoint = {**weights, "optimizer": state.optimizer.state_dict(),
                   "scheduler": state.scheduler.state_dict() if state.scheduler else None,
                   "scaler": state.scaler.state_dict(), "epoch": row["epoch"], "best": state.best, "rng": rng_state(),
-                  "progress": state.progress.state(), "config": {k: v for k, v in config.items() if k != "provenance"},
+                  "progress": state.progress.state(),
+                  "config": {k: v for k, v in stored_config(config).items() if k != "provenance"},
                   "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
     save_checkpoint(run_dir / "last.pt", checkpoint)
     if improved:
         save_checkpoint(run_dir / "best.pt", checkpoint)
-        config["threshold"] = row.get("val_threshold", 0.5)   # 0.5 without validation
+        config["threshold"] = row.get("val_threshold", DEFAULT_THRESHOLD)   # without validation: the default
         config["best_epoch"] = row["epoch"]
         config["val_f1_curves"] = {name: [round(float(f), 6) for f in curve] for name, curve in curves.items()}
         write_config(run_dir, config)
@@ -459,18 +452,17 @@ def restore(checkpoint: dict, path: Path, state: TrainState) -> int:
     return checkpoint["epoch"] + 1
 
 
-def resume_progress(state: dict, progress: Progress, args, steps_per_epoch: int) -> None:
-    """Continue the saved schedule; a new --epochs or --max-minutes recomputes it over the new plan."""
+def resume_progress(state: dict, progress: Progress, opt: Optimisation, name: str, steps_per_epoch: int) -> None:
+    """Continue the saved schedule of run `name`; a new --epochs or --max-minutes recomputes it over the new plan."""
     saved = state.get("progress") or {"steps": state["epoch"] * steps_per_epoch, "seconds": 0.0}
     progress.steps, progress.seconds_before = saved["steps"], saved["seconds"]
     now = progress.fraction()
+    plan = f"{opt.epochs} epochs" + (f", {opt.max_minutes:g} minutes" if opt.max_minutes else "")
     if now >= 1:
-        raise RunError(f"run {args.name} has finished its plan ({args.epochs} epochs"
-                       + (f", {args.max_minutes:g} minutes" if args.max_minutes else "")
-                       + f"); continue it with --resume {args.name} and a larger --epochs or --max-minutes")
+        raise RunError(f"run {name} has finished its plan ({plan}); continue it with --resume {name} and a larger "
+                       "--epochs or --max-minutes")
     old = state["config"]
     was = planned_fraction(saved["steps"], saved["seconds"], old["epochs"] * steps_per_epoch, old.get("max_minutes"))
-    if args.scheduler == "CosineAnnealingLR" and abs(now - was) > 1e-9:
-        print(f"the cosine schedule is recomputed over the new plan ({args.epochs} epochs"
-              + (f", {args.max_minutes:g} minutes" if args.max_minutes else "") + "): the learning rate jumps from "
-              f"{cosine_lr(was, args.lr, args.min_lr):.3g} to {cosine_lr(now, args.lr, args.min_lr):.3g}")
+    if opt.scheduler == "CosineAnnealingLR" and abs(now - was) > 1e-9:
+        print(f"the cosine schedule is recomputed over the new plan ({plan}): the learning rate jumps from "
+              f"{cosine_lr(was, opt.lr, opt.min_lr):.3g} to {cosine_lr(now, opt.lr, opt.min_lr):.3g}")

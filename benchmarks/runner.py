@@ -40,9 +40,9 @@ SEED_PAIRS = [("base_dc", "base_dc_seed1"), ("all4", "all4_seed1"),
 def recipe_parts() -> tuple[list[str], ...]:
     """train.py's `--preset recipe` as the flags the experiments vary separately: the optimisation and
     augmentation recipe, the camera augmentation, the shipped network and the upsampling adopted since
-    (training.py defines them; experiments recorded before UPSAMPLING keep their commands without it)."""
+    (trainoptions.py defines them; experiments recorded before UPSAMPLING keep their commands without it)."""
     sys.path.insert(0, str(ROOT))
-    from training import RECIPE_BASE, RECIPE_CAMERA, RECIPE_NETWORK, RECIPE_UPSAMPLING
+    from trainoptions import RECIPE_BASE, RECIPE_CAMERA, RECIPE_NETWORK, RECIPE_UPSAMPLING
     return list(RECIPE_BASE), list(RECIPE_CAMERA), list(RECIPE_NETWORK), list(RECIPE_UPSAMPLING)
 
 

@@ -12,9 +12,13 @@ class Darkness(torch.nn.Module):
 
 
 def standin_config(**extra) -> dict:
-    """What predict.py and evaluate.py read of a run's config.json."""
-    return {"arch": "Darkness", "minmax": True, "normalize": None, "clahe": False, "threshold": 0.5,
-            "threshold_source": "the stand-in", "scale": 1.0, **extra}
+    """What predict.py and evaluate.py read of a run's config.json, as rundir's schema gives it."""
+    from pathlib import Path
+
+    from rundir import upgrade_config
+    config, _ = upgrade_config({"arch": "Darkness", "minmax": True, "normalize": None, "clahe": False,
+                                "threshold": 0.5, "scale": 1.0, **extra}, Path("standin/config.json"))
+    return {**config, "threshold_source": "the stand-in"}
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -111,3 +111,26 @@ def test_the_user_scripts_exit_through_run_cli():
         main_block = next(node for node in tree.body
                           if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test))
         assert "run_cli(main)" in ast.unparse(main_block), f"{script}.py does not run main through utils.run_cli"
+
+
+def namespace_parameters(tree: ast.Module) -> list[str]:
+    """Functions of a module taking argparse's Namespace: a parameter named `args` or annotated as one."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            for arg in a.posonlyargs + a.args + a.kwonlyargs:
+                annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+                if arg.arg == "args" or "Namespace" in annotation:
+                    found.append(f"{node.name}({arg.arg})")
+    return found
+
+
+def test_library_functions_take_values_not_the_argparse_namespace():
+    """Only the entry scripts read argparse's Namespace; library modules take values or small dataclasses."""
+    offenders = [f"{path.relative_to(ROOT)}: {', '.join(found)}" for name, (path, tree) in parsed().items()
+                 if path.parent == ROOT and not is_entry_script(tree) and (found := namespace_parameters(tree))]
+    assert not offenders, offenders
+    planted = ast.parse("import argparse\ndef a(args): ...\ndef b(options: argparse.Namespace): ...\n"
+                        "def c(opt: 'Optimisation', name: str): ...")
+    assert namespace_parameters(planted) == ["a(args)", "b(options)"]

@@ -452,7 +452,8 @@ def test_align_corners_is_stored_and_inherited_by_init_from(no_align_run, synthe
     typed = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--align-corners", "--name", "c2"],
                            cwd=no_align_run, capture_output=True, text=True)
     assert typed.returncode == 2 and "keeps its parent's network" in typed.stderr
-    old = rundir.model_from_config({"arch": "UNet", "base_width": 4})   # a run from before the option
+    before_the_option = rundir.upgrade_config({"arch": "UNet", "base_width": 4}, Path("old"))[0]
+    old = rundir.model_from_config(before_the_option)
     assert old.align_corners is True
 
 

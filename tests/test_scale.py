@@ -87,7 +87,7 @@ def test_a_scale_given_takes_the_threshold_chosen_under_it():
         config = dict(bundle)
         inference.use_scale(config, given)
         assert (config["scale"], config["threshold"]) == (scale, threshold), given
-    run = {"scale": 2.0, "threshold": 0.3}   # a run trained at its scale keeps its one threshold
+    run = {"scale": 2.0, "threshold": 0.3, "thresholds_by_scale": {}}   # a run at its scale keeps its one threshold
     inference.use_scale(run, 1.0)
     assert (run["scale"], run["threshold"]) == (1.0, 0.3)
 
@@ -165,11 +165,15 @@ def test_training_stores_its_scale_and_chooses_the_threshold_on_maps_made_at_it(
         best = next(row for row in csv.DictReader(f) if int(row["epoch"]) == config["best_epoch"])
     logged = float(best["val_ods_f1"])
     run("evaluate.py", "--name", "at2", "--test", "SYN", "--precision", "fp32")   # its validation split
-    scored = json.loads((tmp_path / "models/at2/eval/SYN/metrics.json").read_text())
+    scored = json.loads((tmp_path / "models/at2/eval/SYN_fp32/metrics.json").read_text())
     assert scored["made_by"]["scale"] == 2 and set(scored["scales"].values()) == {2.0}
     assert scored["results"][0]["ods"]["f1"] == pytest.approx(logged, abs=1e-12)   # the maps validation saw
     assert scored["results"][1]["ods"]["threshold"] == config["threshold"]         # 2 px: the run's threshold rule
     run("evaluate.py", "--name", "at2", "--test", "SYN", "--precision", "fp32", "--scale", "1")
-    unscaled = json.loads((tmp_path / "models/at2/eval/SYN/metrics.json").read_text())
+    unscaled = json.loads((tmp_path / "models/at2/eval/SYN_scale1_fp32/metrics.json").read_text())
     assert unscaled["results"][1]["f1_curve"] != scored["results"][1]["f1_curve"]
+    # the evaluation under other settings went to its own folder: the first one's results are still there
+    assert json.loads((tmp_path / "models/at2/eval/SYN_fp32/metrics.json").read_text()) == scored
+    run("evaluate.py", "--name", "at2", "--test", "SYN", "--scale", "2")   # the run's own policy, given: the default
+    assert sorted(p.name for p in (tmp_path / "models/at2/eval").iterdir()) == ["SYN", "SYN_fp32", "SYN_scale1_fp32"]
 

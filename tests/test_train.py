@@ -1,5 +1,4 @@
 """train.py end to end on generated data, in subprocesses exactly as a user runs it."""
-import argparse
 import copy
 import csv
 import json
@@ -242,9 +241,10 @@ def test_the_finetune_preset_sets_the_measured_defaults_and_typed_flags_still_wi
 
 def test_the_recipe_preset_is_the_recipe_flags_and_no_preset_keeps_the_reference():
     import train
-    import training
+    import trainoptions
     from augment import CAMERA_PARTS
-    flags = [*training.RECIPE_BASE, *training.RECIPE_CAMERA, *training.RECIPE_NETWORK, *training.RECIPE_UPSAMPLING]
+    flags = [*trainoptions.RECIPE_BASE, *trainoptions.RECIPE_CAMERA, *trainoptions.RECIPE_NETWORK,
+             *trainoptions.RECIPE_UPSAMPLING]
     assert vars(train.get_args(["--preset", "recipe"])) == {**vars(train.get_args(flags)), "preset": "recipe"}
     recipe = train.get_args(["--preset", "recipe"])
     assert (recipe.crop, recipe.lr, recipe.base_width, recipe.camera_aug) == (256, 1e-3, 4, list(CAMERA_PARTS))
@@ -323,6 +323,7 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
     """Training's validation, evaluate.py and predict.py share predict_probability (tiles over 1024 px)."""
     import inference
     import training
+    import trainoptions
     from dataset import CrackDataset, Intensity, Sample
     from engine import make_engine
     from models import build_model
@@ -340,8 +341,8 @@ def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp
         model(val_set[0]["image"][None, :, :, :1024])
     model.eval()
     engine = make_engine("cpu", "fp32", False)
-    args = argparse.Namespace(loss="BCEDiceLoss", panels_every=1000, scale=1.0)
-    row, curves = training.validate(model, {"SYN": val_set}, engine, args, 1, writer=None)
+    settings = trainoptions.Validation(loss="BCEDiceLoss", scale=1.0, panels_every=1000)
+    row, curves = training.validate(model, {"SYN": val_set}, engine, settings, 1, writer=None)
     x, truth = val_set[0]["image"][None], val_set[0]["mask"][None]
     folded = inference.for_inference(copy.deepcopy(model), engine)   # what evaluate.py and predict.py load
     tiled = inference.predict_probability(folded, x, engine)
@@ -405,7 +406,7 @@ def test_several_datasets_train_together_each_with_its_own_split_and_score(tmp_p
     for name, logged in zip(("SYN", "SMALL"), per_dataset, strict=True):   # evaluate.py: same split, same score
         val = len(split[name]["val"])
         assert f"{name} is SYN-SMALL_UNet's training set: scoring its {val} validation images only" in scored.stdout
-        metrics_json = json.loads((run_dir / "eval" / name / "metrics.json").read_text())
+        metrics_json = json.loads((run_dir / "eval" / f"{name}_bf16" / "metrics.json").read_text())
         assert metrics_json["results"][0]["ods"]["f1"] == pytest.approx(logged, abs=1e-12)
         made_by = metrics_json["made_by"]
         assert made_by["precision"] == "bf16" and made_by["device"] == "cpu" and made_by["memory_format"] == \
