@@ -478,9 +478,3 @@ def dataset_folder(out: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def write_raw(path: Path, array: np.ndarray, params=()) -> None:
-    """cv2.imwrite of a BGR or gray array, checked: OpenCV reports a full disk only by returning False."""
-    if not cv2.imwrite(str(path), array, list(params)):
-        raise DatasetError(f"could not write {path}")

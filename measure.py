@@ -215,11 +215,6 @@ def crack_summary(kept: np.ndarray, cracks: list[dict]) -> dict:
             "longest_px": max((c["length_px"] for c in cracks), default=0.0)}
 
 
-def measure(mask: np.ndarray, min_area: int = 20) -> dict:
-    """crack_summary() of an HxW bool mask, leaving out 8-connected pieces under min_area pixels."""
-    return crack_summary(*measure_cracks(mask, min_area))
-
-
 def class_names(edges: list[float]) -> list[str]:
     """The width classes that `edges` (mm, increasing) make: two edges name hairline / medium / wide."""
     middle = [f"{a:g}-{b:g} mm" for a, b in zip(edges[:-1], edges[1:], strict=True)]

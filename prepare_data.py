@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import check_replaceable, dataset_folder, read_image, read_mask, write_raw
+from dataset import check_replaceable, dataset_folder, read_image, read_mask
+from rundir import NAME_PATTERN, NAME_RULE
 from synthetic import make_synthetic_dataset
 from utils import ReportedError, run_cli
+from visuals import write_image
 
 FILE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".mat"}
 # Where images and masks share a folder, the more photo-like extension is the image.
@@ -236,7 +238,7 @@ def write_plan(plan: Plan, out: Path) -> None:
                     raise ImportRefused(f"size mismatch: {image_path} is {width}x{height}, "
                                         f"{path} is {crack.shape[1]}x{crack.shape[0]}")
                 (tmp / kind).mkdir(exist_ok=True)
-                write_raw(tmp / kind / f"{stem}.png", crack.astype(np.uint8) * 255)
+                write_image(tmp / kind / f"{stem}.png", crack.astype(np.uint8) * 255)
             shutil.copy2(image_path, tmp / "images" / image_path.name)
 
 
@@ -276,8 +278,8 @@ def get_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(args.size) > 2 or min(args.size) < 32 or args.count < 1:
         parser.error("--size takes 1 or 2 values >= 32 and --count must be >= 1")
-    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", args.name):
-        parser.error(f"--name {args.name!r}: use letters, digits, '_', '-' or '.' (it becomes a folder name)")
+    if args.name is not None and not NAME_PATTERN.fullmatch(args.name):
+        parser.error(f"--name {args.name!r}: use {NAME_RULE}")
     return args
 
 
@@ -307,9 +309,9 @@ def main(argv=None) -> int:
         for plan in plans:
             write_plan(plan, args.data_dir / plan.name)
             print(f"wrote {args.data_dir / plan.name}")
-    except ReportedError as err:   # ImportRefused, DatasetError
+    except ReportedError as err:   # ImportRefused, DatasetError (2); visuals.WriteError, a full disk (1)
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     return 0
 
 

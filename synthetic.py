@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dataset import dataset_folder, write_raw
+from dataset import dataset_folder
+from visuals import write_image
 
 
 def _smooth_noise(rng, height, width, cell):
@@ -121,6 +122,6 @@ def make_synthetic_dataset(root, name="SYNTHETIC", count=60, size=(256, 256), se
         for i in range(count):
             image, mask = synthetic_pair(np.random.default_rng([seed, i]), *size)
             stem = f"syn_{i:0{digits}d}"
-            write_raw(tmp / "images" / f"{stem}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            write_raw(tmp / "masks" / f"{stem}.png", mask)
+            write_image(tmp / "images" / f"{stem}.jpg", image, quality=95, bgr=True)
+            write_image(tmp / "masks" / f"{stem}.png", mask)
     return out

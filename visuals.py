@@ -16,12 +16,14 @@ class WriteError(OSError, ReportedError):
     exit_code = 1
 
 
-def write_image(path: Path, rgb_or_gray: np.ndarray, quality: int = 90) -> None:
-    """Write an RGB or gray uint8 image (JPEG quality for .jpg), making its folder; checked, because
-    cv2.imwrite reports a full disk or a read-only folder only by returning False."""
+def write_image(path: Path, rgb_or_gray: np.ndarray, quality: int = 90, bgr: bool = False) -> None:
+    """Write an RGB (or, with bgr, OpenCV's BGR) or gray uint8 image (JPEG quality for .jpg), making its
+    folder; the one checked image writer, because cv2.imwrite reports a full disk or a read-only folder
+    only by returning False."""
     path.parent.mkdir(parents=True, exist_ok=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    array = cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR) if rgb_or_gray.ndim == 3 else rgb_or_gray
+    colour = rgb_or_gray.ndim == 3 and not bgr
+    array = cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR) if colour else rgb_or_gray
     if not cv2.imwrite(str(path), array, params):
         raise WriteError(f"could not write {path}: is the disk full, or the folder read-only?")
 

@@ -161,12 +161,17 @@ def drawn_line(direction: str, length: int, width: int, shape=(320, 320)) -> np.
     return mask
 
 
+def summary_of(mask: np.ndarray, min_area: int = 20) -> dict:
+    """predict.py's per-photo numbers of a mask: the cracks measured, then summed."""
+    return measure.crack_summary(*measure.measure_cracks(mask, min_area))
+
+
 @pytest.mark.parametrize("direction", ["horizontal", "vertical", "diagonal"])
 @pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 8, 9])
 def test_length_and_width_of_drawn_lines(direction, width):
     mask = drawn_line(direction, 200, width)
     drawn_width = mask.sum() / 200     # the pixels actually set (a 45-degree band is not exactly `width`)
-    stats = measure.measure(mask, min_area=1)
+    stats = summary_of(mask, min_area=1)
     assert stats["cracks"] == 1
     assert stats["length_px"] == pytest.approx(200, rel=0.1)
     if direction != "diagonal":        # exact along rows and columns, odd and even widths alike
@@ -187,7 +192,7 @@ def test_slanted_lines_within_the_documented_error(angle):
     for width in (1, 2, 3, 4, 8):
         mask = (across >= -width / 2) & (across < width / 2) & (along >= 0) & (along <= 200)
         drawn_width = mask.sum() / 200
-        stats = measure.measure(mask, min_area=1)
+        stats = summary_of(mask, min_area=1)
         assert 0.95 * 200 <= stats["length_px"] <= (1.09 if width <= 3 else 1.17) * 200
         assert stats["mean_width_px"] == pytest.approx(drawn_width, abs=0.45)
         assert stats["max_width_px"] == pytest.approx(drawn_width, abs=0.5)
@@ -199,13 +204,13 @@ def test_components_and_min_area():
     mask[60:180, 250:255] = True                                    # 120 x 5
     specks = np.zeros_like(mask)
     specks[10:13, 10:13] = specks[300:303, 20:23] = True          # 9-pixel noise
-    clean = measure.measure(mask)
-    noisy = measure.measure(mask | specks)
+    clean = summary_of(mask)
+    noisy = summary_of(mask | specks)
     assert clean["cracks"] == noisy["cracks"] == 2
     assert noisy == clean                                           # dropped before measuring
     assert clean["length_px"] == pytest.approx(100 + 120, rel=0.1)
-    assert measure.measure(mask | specks, min_area=5)["cracks"] == 4
-    assert measure.measure(np.zeros((20, 30), bool)) == {"crack_fraction": 0.0, "cracks": 0, "length_px": 0.0,
+    assert summary_of(mask | specks, min_area=5)["cracks"] == 4
+    assert summary_of(np.zeros((20, 30), bool)) == {"crack_fraction": 0.0, "cracks": 0, "length_px": 0.0,
                                                          "mean_width_px": 0.0, "max_width_px": 0.0, "longest_px": 0.0}
 
 

@@ -243,14 +243,14 @@ def test_ctrl_c_during_import_leaves_no_partial_folder(tmp_path, capsys, monkeyp
     _layout(tmp_path / "src", "images/*.jpg", "masks/*.png", ["a", "b", "c"])
     written = []
 
-    def write_then_interrupt(path, array, params=()):
+    def write_then_interrupt(path, array, **options):
         written.append(path)
         if len(written) == 2:   # the second mask: a half-written folder exists now
             raise KeyboardInterrupt
-        return original(path, array, params)
+        return original(path, array, **options)
 
-    original = prepare_data.write_raw
-    monkeypatch.setattr(prepare_data, "write_raw", write_then_interrupt)
+    original = prepare_data.write_image
+    monkeypatch.setattr(prepare_data, "write_image", write_then_interrupt)
     argv = ["--from", str(tmp_path / "src"), "--name", "X", "--data-dir", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as stop:
         run_cli(lambda: main(argv))
