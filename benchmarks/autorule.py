@@ -15,13 +15,9 @@ import numpy as np
 
 import scales
 from runner import RESULTS, read_record
-from zoomrecord import FEATURE_KEYS, load_arrays
+from zoomrecord import FEATURE_KEYS, GROUPS, load_arrays
 
 RECORD = RESULTS / "framezoom.jsonl"
-# the groups a rule is chosen leave-one-out over: the drone's three optical zooms are one road
-GROUPS = {"DEEPCRACK_TEST": "DEEPCRACK", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "MASONRY": "MASONRY",
-          "UAVCRACKX4": "UAVCRACKX", "UAVCRACKX8": "UAVCRACKX", "UAVCRACKX16": "UAVCRACKX",
-          "GAPS384": "GAPS384", "AIGLERN": "AIGLERN", "SHADOWCRACK": "SHADOWCRACK"}
 # the chosen map fused with the map at 1 (a candidate do-no-harm rule): every pair of 1 and another factor
 WINDOWS = ((2.0, 1.0), (1.0, 0.5), (1.0, 0.25), (1.0, 0.125))
 FACTORS = np.array(scales.FACTORS)

@@ -41,13 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # runner, when run by
 import metrics  # noqa: E402
 from augment import zoom_frame  # noqa: E402
 from dataset import read_sample, scan_dataset  # noqa: E402
-from engine import make_engine  # noqa: E402
-from inference import load_runs  # noqa: E402
-from rundir import read_split, run_datasets  # noqa: E402
-from autorule import GROUPS, RECORD, WINDOWS, render_tables  # noqa: E402
+from rundir import read_split  # noqa: E402
+from autorule import RECORD, WINDOWS, render_tables  # noqa: E402
 from runner import (CAMERA, MODELS, RECIPE, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
                     network_args, others, run_all, training_summary)
-from zoomrecord import ARMS, CHOSEN, label_width, save_arrays, score_maps  # noqa: E402
+from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, save_arrays, score_maps  # noqa: E402
 
 STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4        # optimizer steps of every leave-one-out run: 40 epochs of 400 crops
 SAFETY_MINUTES = 150                           # --max-minutes as a net only: the steps end the run
@@ -114,11 +112,6 @@ def already_trained(cmd: list[str]) -> bool:
 
 # ---------------------------------------------------------------- scoring one model on one source
 
-def family(dataset: str) -> str:
-    """The group a dataset's photos come from (DEEPCRACK_TRAIN and DEEPCRACK_TEST: DEEPCRACK)."""
-    return next((s for s in TRAIN if dataset in (TRAIN[s], TEST[s])), GROUPS.get(dataset, dataset))
-
-
 def validation_samples(run: str, data_dir: Path) -> list:
     """The run's validation images: where its threshold for each policy is chosen."""
     chosen = []
@@ -141,12 +134,7 @@ def window_seed(stem: str, z: float) -> np.random.Generator:
 
 def score_run(run: str, source: str, data_dir: Path, zooms, out: Path) -> dict:
     """Every zoom of `source` and the run's validation images scored; arrays and info into `out`."""
-    engine = make_engine("auto")
-    model, config = load_runs(run, engine)
-    trained = run_datasets(config)
-    if family(source) in {family(d) for d in trained}:
-        raise SystemExit(f"{run} trained on {', '.join(trained)}, which holds {family(source)}'s photos: "
-                         f"it cannot score {source}")
+    engine, model, config = load_unseen(run, source)
     t_index = metrics.threshold_index(config["threshold"])
     val = score_block(model, engine, config, [read_sample(s) for s in validation_samples(run, data_dir)], t_index)
     samples = scan_dataset(data_dir, source)[0]

@@ -36,13 +36,10 @@ import metrics  # noqa: E402
 from augment import zoom_mask, zoom_photo  # noqa: E402
 import scales  # noqa: E402
 from dataset import read_sample, scan_dataset  # noqa: E402
-from engine import make_engine  # noqa: E402
-from inference import load_runs  # noqa: E402
-from rundir import run_datasets  # noqa: E402
 from runner import (ABLATION_MINUTES, ABLATION_SOURCES, MINUTES, MODELS, TEST, TRAIN, UPSAMPLING,  # noqa: E402
                     add_common_args, lodo_commands, read_record, run_all, shipped_lodo, training_summary)
 from zoomrecord import (ARMS, CHOSEN, NEIGHBOURS, RECORD, WINDOWS, load_arrays, lodo_name, replay,  # noqa: E402
-                        label_width, save_arrays, score_maps)
+                        label_width, load_unseen, save_arrays, score_maps)
 
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 PREFIX = "zoom_"
@@ -82,19 +79,9 @@ def commands(args, e: dict, run: str) -> list[list[str]]:
 
 # ---------------------------------------------------------------- zooming and scoring one run
 
-def family(dataset: str) -> str:
-    """The source a dataset's photos come from (DEEPCRACK_TRAIN and DEEPCRACK_TEST: DEEPCRACK)."""
-    return next((s for s in TRAIN if dataset in (TRAIN[s], TEST[s])), dataset)
-
-
 def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
     """Every zoom of `source` scored by `run`; arrays to models/RUN/zoom_SOURCE.json.gz, the rest returned."""
-    engine = make_engine("auto")
-    model, config = load_runs(run, engine)
-    trained = run_datasets(config)
-    if family(source) in {family(d) for d in trained}:
-        raise SystemExit(f"{run} trained on {', '.join(trained)}, which holds {family(source)}'s photos: "
-                         f"it cannot score {source}")
+    engine, model, config = load_unseen(run, source)
     samples = scan_dataset(data_dir, source)[0]
     t_index = metrics.threshold_index(config["threshold"])
     out = {"counts": [], "features": [], "valid": [], "live": []}

@@ -12,9 +12,11 @@ import torch
 import metrics
 import scales
 from dataset import Intensity, preprocess
-from inference import model_stride, predict_on_grid
+from inference import load_runs, model_stride, predict_on_grid
 from measure import crack_widths, skeletonize
-from runner import MINUTES, RESULTS
+from engine import make_engine
+from rundir import run_datasets
+from runner import MINUTES, RESULTS, TEST, TRAIN
 
 GRID = tuple(range(0, 101, 5))   # indices into metrics.DEFAULT_THRESHOLDS (0.00 ... 1.00)
 FEATURE_KEYS = scales.MapFeatures.KEYS
@@ -48,6 +50,27 @@ def fused_window(factor: float, around: tuple[float, ...]) -> int | None:
 
 
 TOLERANCE = 2   # px: the records count 2 px matches
+# the groups of the ten sources a model is held out from (and a rule chosen leave-one-out over): the
+# drone's three optical zooms are one road
+GROUPS = {"DEEPCRACK_TEST": "DEEPCRACK", "CFD": "CFD", "CRACKMAP": "CRACKMAP", "MASONRY": "MASONRY",
+          "UAVCRACKX4": "UAVCRACKX", "UAVCRACKX8": "UAVCRACKX", "UAVCRACKX16": "UAVCRACKX",
+          "GAPS384": "GAPS384", "AIGLERN": "AIGLERN", "SHADOWCRACK": "SHADOWCRACK"}
+
+
+def family(dataset: str) -> str:
+    """The group a dataset's photos come from (DEEPCRACK_TRAIN and DEEPCRACK_TEST: DEEPCRACK)."""
+    return next((s for s in TRAIN if dataset in (TRAIN[s], TEST[s])), GROUPS.get(dataset, dataset))
+
+
+def load_unseen(run: str, source: str):
+    """(engine, model, config) of `run`, refused when it trained on any photo of `source`'s group."""
+    engine = make_engine("auto")
+    model, config = load_runs(run, engine)
+    trained = run_datasets(config)
+    if family(source) in {family(d) for d in trained}:
+        raise SystemExit(f"{run} trained on {', '.join(trained)}, which holds {family(source)}'s photos: "
+                         f"it cannot score {source}")
+    return engine, model, config
 
 
 def score_maps(model, engine, config: dict, labelled: tuple, t_index: int, windows: tuple) -> tuple:
