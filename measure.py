@@ -1,6 +1,6 @@
 """Crack measurement on a binary mask: the skeleton (Zhang-Suen thinning, vectorised), its length and
 the crack width at each skeleton pixel, measure_cracks() (one row per crack: predict.py's cracks.csv)
-and measure(), their sums per photo (summary.csv).
+and crack_summary(), their sums per photo (summary.csv).
 
 Length is that of the skeleton (1 per axial and sqrt(2) per diagonal link) plus half the width at each
 end: exact along rows, columns and diagonals, up to ~8% long at angles in between for cracks up to

@@ -24,7 +24,7 @@ FACTORS = np.array(scales.FACTORS)
 ONE = scales.FACTORS.index(1.0)
 # the family searched: today's rule, never departing, and every do-no-harm rule of this grid
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.15)
-GATES = (None, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
+GATES = (None, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0)
 LEGACY, NEVER = scales.Rule(), scales.Rule(legacy=False, margin=math.inf)
 
 
@@ -144,6 +144,10 @@ def rows(loaded: list, rule: scales.Rule) -> list[dict]:
 
 # ---------------------------------------------------------------- choosing a rule
 
+MAX_GAP_WIDENING = 0.02   # the acceptance: ODS F - F at t no more than this wider under auto than under 1
+MAX_HARM = 0.01           # ... and at native zoom, auto no more than this below fixed 1 on any source
+
+
 def objective(found: list[dict], groups: set[str]) -> float:
     """The mean over `groups` of each group's mean auto 2 px ODS F over its rows (sources and zooms)."""
     by_group = {}
@@ -153,9 +157,21 @@ def objective(found: list[dict], groups: set[str]) -> float:
     return float(np.mean([np.mean(v) for v in by_group.values()]))
 
 
+def keeps_the_limits(found: list[dict], groups: set[str]) -> bool:
+    """On `groups`: the gap between ODS F and F at t no more than MAX_GAP_WIDENING wider than under fixed 1
+    at any row, and at native zoom no source more than MAX_HARM below fixed 1 (the acceptance's limits,
+    asked of the groups a rule is picked on)."""
+    rows_in = [r for r in found if r["group"] in groups]
+    gap = max((r["auto"][0] - r["auto"][1]) - (r["fixed_1"][0] - r["fixed_1"][1]) for r in rows_in)
+    harm = max(r["fixed_1"][0] - r["auto"][0] for r in rows_in if r["zoom"] == 1.0)
+    return gap <= MAX_GAP_WIDENING and harm <= MAX_HARM
+
+
 def pick(scored: dict[scales.Rule, list[dict]], groups: set[str]) -> scales.Rule:
-    """The rule of the family with the best objective on `groups` (ties: the first in family())."""
-    return max(scored, key=lambda rule: objective(scored[rule], groups))
+    """The rule of the family with the best objective on `groups` among those keeping the limits there
+    (all of them where none does; ties: the first in family())."""
+    allowed = [rule for rule in scored if keeps_the_limits(scored[rule], groups)] or list(scored)
+    return max(allowed, key=lambda rule: objective(scored[rule], groups))
 
 
 def leave_one_group_out(scored: dict[scales.Rule, list[dict]]) -> dict[str, tuple[scales.Rule, list[dict]]]:
@@ -174,15 +190,16 @@ def score_family(loaded: list) -> dict[scales.Rule, list[dict]]:
 
 # ---------------------------------------------------------------- tables
 
-def render_rows(found: list[dict], title: str) -> str:
+def render_rows(found: list[dict]) -> str:
     """One line per (experiment, zoom): both policies at their own thresholds, the best fixed factor and
     where auto sent the photos."""
-    out = [title, "", "| experiment | zoom | fixed 1: ODS / F at t | auto: ODS / F at t | best fixed factor: ODS | "
-           "auto - fixed 1 | photos per factor (" + ", ".join(f"{f:g}" for f in scales.FACTORS) + ") |",
+    out = ["| experiment | zoom | fixed 1: ODS / F at t | auto: ODS / F at t | best fixed factor: ODS | "
+           "auto - fixed 1 | photos per factor (" + ", ".join(scales.factor_name(f) for f in scales.FACTORS) + ") |",
            "|---|---|---|---|---|---|---|"]
     for r in found:
+        best = f"{scales.factor_name(r['best'][0])}: {r['best'][1]:.3f}"
         out.append(f"| {r['experiment']} | {r['zoom']:g} | {r['fixed_1'][0]:.3f} / {r['fixed_1'][1]:.3f} | "
-                   f"{r['auto'][0]:.3f} / {r['auto'][1]:.3f} | {r['best'][0]:g}: {r['best'][1]:.3f} | "
+                   f"{r['auto'][0]:.3f} / {r['auto'][1]:.3f} | {best} | "
                    f"{r['auto'][0] - r['fixed_1'][0]:+.3f} | {', '.join(map(str, r['factors']))} |")
     return "\n".join(out)
 
@@ -232,21 +249,19 @@ def acceptance(held: list[dict]) -> str:
 
 
 def render_tables(record=RECORD) -> str:
-    """Every table docs/zoom.md shows of the camera's zoom, from the record alone."""
+    """docs/zoom.md's tables of the camera's zoom, from the record alone, in parts: (1) the rules, (2)
+    every row under the live rule, (3) the leave-one-group-out picks, (4) the plateau, (5-7) the
+    acceptance read under the held-out picks, the live rule and the scale issue's rule."""
     loaded = load(record)
     if not loaded:
         return "(no framezoom.py rows recorded yet)"
     scored = score_family(loaded)
+    scored.setdefault(scales.RULE, rows(loaded, scales.RULE))
     picked = leave_one_group_out(scored)
     everywhere = pick(scored, {r["group"] for r in scored[LEGACY]})
     held = [r for _, found in picked.values() for r in found]
     return "\n\n".join([
-        render_rows(scored[scales.RULE], f"Under the live rule ({describe(scales.RULE)}):"),
-        "Leave one group out (the rule picked on the other groups, scored on the one left out):",
-        render_picks(picked),
-        f"Picked on every group: {describe(everywhere)}. Plateau: mean over groups of auto - fixed 1 "
-        "(2 px ODS F) / the worst group's, per margin and width gate:",
-        render_plateau(scored, everywhere),
-        "Acceptance read on the held-out picks (each group's rows under the rule the other groups picked):",
-        acceptance(held),
-        "Under the scale issue's rule, for comparison:", acceptance(scored[LEGACY])])
+        f"Live rule (scales.RULE): {describe(scales.RULE)}. Picked on every group: {describe(everywhere)} "
+        f"({len(family())} rules searched, {len({r['group'] for r in held})} groups).",
+        render_rows(scored[scales.RULE]), render_picks(picked), render_plateau(scored, everywhere),
+        acceptance(held), acceptance(scored[scales.RULE]), acceptance(scored[LEGACY])])

@@ -14,7 +14,7 @@ import torch
 import inference
 import scales
 from engine import make_engine
-from measure import measure
+from measure import crack_summary, measure_cracks
 from standins import Darkness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,11 @@ def light_photo_with_crack(size: tuple[int, int], width: int, zoom: int = 1) -> 
     cv2.line(image, (10, 20), (size[1] - 10, size[0] - 30), 0.1, width)
     image = np.kron(image, np.ones((zoom, zoom), np.float32))
     return torch.from_numpy(image)[None, None].expand(1, 3, *image.shape).contiguous()
+
+
+def measure(mask: np.ndarray) -> dict:
+    """predict.py's per-photo numbers of a mask."""
+    return crack_summary(*measure_cracks(mask))
 
 
 def test_scale_one_is_the_unscaled_path_bit_for_bit():
@@ -177,3 +182,21 @@ def test_training_stores_its_scale_and_chooses_the_threshold_on_maps_made_at_it(
     run("evaluate.py", "--name", "at2", "--test", "SYN", "--scale", "2")   # the run's own policy, given: the default
     assert sorted(p.name for p in (tmp_path / "models/at2/eval").iterdir()) == ["SYN", "SYN_fp32", "SYN_scale1_fp32"]
 
+
+
+def test_auto_predicts_the_enlarged_map_only_where_its_rule_wants_enlarging(monkeypatch):
+    """A rule with an enlarging gate: the 2x pass (4x the pixels) is run only for a photo whose map at 1
+    shows thin cracks; a wide crack's photo never pays for it."""
+    seen = []
+    real = inference.predict_probability
+
+    def counting(model, x, *args, **kwargs):
+        seen.append(tuple(x.shape[-2:]))
+        return real(model, x, *args, **kwargs)
+    monkeypatch.setattr(inference, "predict_probability", counting)
+    monkeypatch.setattr(scales, "RULE", scales.Rule(margin=0.02, enlarge_gate=4.0, legacy=False))
+    for width, enlarged in ((2, True), (16, False)):
+        seen.clear()
+        chosen = inference.predict_scaled(Darkness(), light_photo_with_crack((192, 256), width), ENGINE, "auto")
+        assert ((384, 512) in seen) is enlarged, width
+        assert chosen.factor in scales.allowed(192, 256) and (chosen.factor <= 1 or enlarged)
