@@ -382,11 +382,14 @@ class EpochSampler(torch.utils.data.Sampler):
     The training set is the datasets' images one after another (`sizes` of them each).
     "proportional": every image once per pass, shuffled. "equal": each dataset gives the same number of
     crops, its images drawn in shuffled passes (a small dataset is repeated, a large one sampled).
+    "group": each group of datasets (`groups`: a group number per dataset, e.g. one source's three
+    zooms) gives the same number of crops, shared equally by its datasets.
     The order depends on (seed, epoch) only, identical on every rank, which takes its own share."""
 
     def __init__(self, sizes: list[int], policy: str = "proportional", seed: int = 0, rank: int = 0, world: int = 1,
-                 length: int | None = None):
+                 length: int | None = None, groups: list[int] | None = None):
         self.sizes, self.policy, self.seed, self.rank, self.world = list(sizes), policy, seed, rank, world
+        self.groups = list(groups) if policy == "group" and groups else list(range(len(self.sizes)))
         self.epoch = 0
         self.length = length or sum(self.sizes)
         self.per_rank = self.length // world if self.length >= world else 1   # the tail that does not divide is dropped
@@ -394,15 +397,25 @@ class EpochSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def crops_per_dataset(self) -> list[int]:
+        """How many of an epoch's crops each dataset gives under "equal" and "group"."""
+        n, names = self.length, sorted(set(self.groups))
+        per_group = {g: n // len(names) + (k < n % len(names)) for k, g in enumerate(names)}
+        crops = []
+        for i, g in enumerate(self.groups):
+            members = [j for j, h in enumerate(self.groups) if h == g]
+            share, k = per_group[g], members.index(i)
+            crops.append(share // len(members) + (k < share % len(members)))
+        return crops
+
     def epoch_indices(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
         n, total = self.length, sum(self.sizes)
         if self.policy == "proportional":
             return shuffled_passes(rng, total, n)
         starts = np.cumsum([0, *self.sizes[:-1]])
-        share = [n // len(self.sizes) + (k < n % len(self.sizes)) for k in range(len(self.sizes))]
         drawn = [start + shuffled_passes(rng, size, m)
-                 for start, size, m in zip(starts, self.sizes, share, strict=True)]
+                 for start, size, m in zip(starts, self.sizes, self.crops_per_dataset(), strict=True) if m]
         return rng.permutation(np.concatenate(drawn))
 
     def __iter__(self):

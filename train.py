@@ -60,9 +60,13 @@ def add_data_options(p) -> None:
     p.add_argument("--dataset", nargs="+", default=["SYNTHETIC"], metavar="DATASET", type=name_arg,
                    help="folders under --data-dir, one model on all of them; SYNTHETIC (the default) is made on "
                         "first use")
-    p.add_argument("--sampling", default="proportional", choices=["proportional", "equal"],
+    p.add_argument("--sampling", default="proportional", choices=["proportional", "equal", "group"],
                    help="how an epoch (as many crops as training images) draws from several datasets: "
-                        "each image once (proportional, the default), or the same number of crops from each dataset")
+                        "each image once (proportional, the default), the same number of crops from each dataset "
+                        "(equal), or from each group of --groups, a dataset in none its own group (group)")
+    p.add_argument("--groups", nargs="+", default=[], type=dataset_group, metavar="NAME=DATASET,DATASET",
+                   help="with --sampling group: datasets that are one source (e.g. "
+                        "UAVCRACKX=UAVCRACKX4,UAVCRACKX8,UAVCRACKX16, one road at three zooms) share one group's crops")
     p.add_argument("--thicken-labels", nargs="+", default=[], type=dataset_pixels, metavar="DATASET=PX",
                    help="read DATASET's masks dilated by PX pixels (training and validation), for sources "
                         "labelled with thinner lines than the others (benchmarks' label_widths.py measures them)")
@@ -187,6 +191,14 @@ def dataset_pixels(text: str) -> tuple[str, int]:
     return name_arg(name), int(pixels)
 
 
+def dataset_group(text: str) -> tuple[str, list[str]]:
+    name, _, members = text.partition("=")
+    datasets = [m for m in members.split(",") if m]
+    if not name or not datasets:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=DATASET,DATASET (e.g. UAVCRACKX=UAVCRACKX4,UAVCRACKX8)")
+    return name_arg(name), [name_arg(d) for d in datasets]
+
+
 def typed_options(argv=None) -> set[str]:
     """The options on the command line, whatever their values (a value equal to its default counts)."""
     parser = get_args_parser()
@@ -225,6 +237,11 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         (len(set(args.dataset)) == len(args.dataset), "--dataset names a dataset twice"),
         (all(name in args.dataset for name, _ in args.thicken_labels),
          "--thicken-labels names a dataset that --dataset does not"),
+        (all(d in args.dataset for _, members in args.groups for d in members),
+         "--groups names a dataset that --dataset does not"),
+        (len([d for _, members in args.groups for d in members]) == len({d for _, m in args.groups for d in m}),
+         "--groups puts a dataset in two groups"),
+        (not args.groups or args.sampling == "group", "--groups needs --sampling group"),
         (not args.deep_supervision or args.arch == "NestedUNet",
          f"--deep-supervision needs --arch NestedUNet ({args.arch} has one output)"),
         (args.val_split > 0 or args.scheduler != "ReduceLROnPlateau",

@@ -49,7 +49,7 @@ def seed_worker(worker_id: int) -> None:
 
 def make_train_loader(train_set, sizes: list[int], loading: Loading, engine) -> DataLoader:
     sampler = EpochSampler(sizes, loading.sampling, loading.seed, engine.rank, engine.world,
-                           loading.epoch_size or None)
+                           loading.epoch_size or None, loading.group_numbers())
     return DataLoader(train_set, batch_size=loading.batch_size, sampler=sampler,
                       num_workers=loading.workers, worker_init_fn=seed_worker,
                       persistent_workers=loading.workers > 0, pin_memory=engine.device.type == "cuda",

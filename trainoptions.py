@@ -39,12 +39,20 @@ class Settings:
 
 @dataclass(frozen=True)
 class Loading(Settings):
-    """How crops are drawn: sampling over datasets, the seed, crops per epoch (0: one per image), batch, workers."""
+    """How crops are drawn: sampling over datasets (and their --groups), the seed, crops per epoch (0: one
+    per image), batch, workers."""
+    dataset: list
     sampling: str
+    groups: list
     seed: int
     epoch_size: int
     batch_size: int
     workers: int
+
+    def group_numbers(self) -> list[int]:
+        """Each dataset's group, in --dataset order: its --groups entry, else a group of its own."""
+        named = {d: k for k, (_, members) in enumerate(self.groups) for d in members}
+        return [named.get(d, len(self.groups) + i) for i, d in enumerate(self.dataset)]
 
 
 @dataclass(frozen=True)

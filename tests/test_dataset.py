@@ -302,6 +302,30 @@ def test_equal_sampling_draws_the_same_number_of_crops_from_each_dataset():
         assert len(set(indices[indices < 40].tolist())) == 20  # the large one sampled without repeats
 
 
+def test_group_sampling_gives_each_group_the_same_crops_shared_by_its_datasets():
+    sizes = [30, 10, 10, 10, 6]                               # groups: A; B = datasets 1-3 (one source); C
+    sampler = EpochSampler(sizes, "group", seed=0, length=66, groups=[0, 1, 1, 1, 2])
+    assert sampler.crops_per_dataset() == [22, 8, 7, 7, 22]   # 22 crops a group, B's split over its three
+    bounds = np.cumsum([0, *sizes])
+    indices = np.array(list(sampler))
+    assert np.histogram(indices, bins=bounds)[0].tolist() == [22, 8, 7, 7, 22]
+    equal = EpochSampler(sizes, "equal", seed=0, length=66)
+    assert equal.crops_per_dataset() == [14, 13, 13, 13, 13]   # equal: every dataset its own group
+    same = EpochSampler(sizes, "group", seed=0, length=66, groups=[0, 1, 2, 3, 4])
+    assert list(same) == list(equal)                           # one dataset a group is "equal", draw for draw
+
+
+def test_groups_name_datasets_of_the_run_and_need_group_sampling():
+    import train
+    from trainoptions import Loading
+    args = train.get_args(["--dataset", "A", "X4", "X8", "--sampling", "group", "--groups", "X=X4,X8"])
+    assert Loading.from_options(vars(args)).group_numbers() == [1, 0, 0]
+    for bad in (["--groups", "X=X4,X9", "--sampling", "group"], ["--groups", "X=X4,X8"],
+                ["--groups", "X=X4", "Y=X4", "--sampling", "group"]):
+        with pytest.raises(SystemExit):
+            train.get_args(["--dataset", "A", "X4", "X8", *bad])
+
+
 @pytest.mark.parametrize("policy", ["proportional", "equal"])
 def test_an_epoch_size_repeats_a_few_images_in_whole_shuffled_passes(policy):
     sizes = [3, 2]                                            # 5 images, 23 crops an epoch
