@@ -24,8 +24,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 import metrics
 from dataset import CrackDataset, DatasetError, Intensity, read_image, read_mask, read_raw, scan_dataset
+from inference import EvalOptions, add_inference_options, evaluate
 from engine import make_engine
-from inference import EvalOptions, add_inference_options, evaluate, load_runs, use_scale
+from predictor import MapOptions, Predictor
 from rundir import (MODELS_DIR, RUNS_DIR, RunError, eval_folder, json_dump, load_config, name_arg, provenance,
                     read_split, run_datasets, runs_arg)
 from scales import policy_key
@@ -106,20 +107,21 @@ def score_pred_dir(pred_dir: Path, samples, tolerances) -> dict:
             "counts": {t: np.stack([row[i] for row in rows]) for i, t in enumerate(tolerances)}}
 
 
-def score_run(model, engine, config: dict, samples, args, out_dir: Path) -> tuple[dict, list[np.ndarray]]:
+def score_run(predictor: Predictor, samples, tolerances: list[int], save_images: bool,
+              out_dir: Path) -> tuple[dict, list[np.ndarray]]:
     """Predict with the run's own preprocessing. With --save-images, keep each probability map and a
     panel drawn from it at once; returns the result and the first three panels (for TensorBoard)."""
     by_stem, panels = {s.stem: s for s in samples}, []
 
     def save(item, prob):
         save_probability(out_dir / f"{item['name']}_prob.png", prob)
-        panel = error_panel(by_stem[item["name"]], prob, config["threshold"])
+        panel = error_panel(by_stem[item["name"]], prob, predictor.threshold)
         write_image(out_dir / f"{item['name']}_panel.jpg", panel)
         if len(panels) < 3:
             panels.append(panel)
-    data = CrackDataset(samples, Intensity.from_config(config))
-    options = EvalOptions(tolerances=tuple(args.tolerance), tta=args.tta, scale=config["scale"])
-    result = evaluate(model, data, engine, options, on_image=save if args.save_images else None)
+    data = CrackDataset(samples, Intensity.from_config(predictor.config))
+    options = EvalOptions(tolerances=tuple(tolerances))
+    result = evaluate(predictor, data, options, on_image=save if save_images else None)
     return result, panels
 
 
@@ -209,13 +211,14 @@ def other_settings(args, own_scale) -> dict[str, str]:
 def main() -> int:
     # 1. arguments, device, model
     args = get_args()
-    config = model = engine = None
+    config = predictor = None
     own_scale = None
     if args.name:
-        engine = make_engine(args.device, args.precision, args.channels_last)
-        model, config = load_runs(args.name, engine, args.checkpoint)
-        own_scale = config["scale"]
-        use_scale(config, args.scale)
+        predictor = Predictor.load(args.name, checkpoint=args.checkpoint, options=MapOptions(tta=args.tta),
+                                   engine=make_engine(args.device, args.precision, args.channels_last))
+        own_scale, engine = predictor.scale, predictor.engine
+        predictor = predictor.at_scale(args.scale)   # and the threshold chosen under it, where the run keeps one
+        config = predictor.config
         print(f"{args.name}: {config['arch']} ({args.checkpoint}), {engine.describe()}, scale {config['scale']}")
     data_dir = Path(args.data_dir or (config or {}).get("data_dir", "inputs"))   # a bundle keeps no local path
     summaries = []
@@ -226,7 +229,7 @@ def main() -> int:
             eval_folder(dataset, other_settings(args, own_scale))
         # 3. counts for every threshold and tolerance in one pass per image
         if args.name:
-            result, panels = score_run(model, engine, config, samples, args, out_dir)
+            result, panels = score_run(predictor, samples, args.tolerance, args.save_images, out_dir)
         else:
             result = score_pred_dir(args.pred_dir, samples, args.tolerance)
         # 4. reports

@@ -7,7 +7,8 @@
 The network exported is the one every prediction uses (inference.for_inference: BatchNorm folded
 into the convolutions), in fp32, with dynamic batch, height and width (sides a multiple of the
 network's input multiple: predict.py pads to it, as for PyTorch). Beside it, model.onnx.json records
-the opset, the input multiple and the versions. model.onnx stays under models/ (gitignored, never
+the opset, the input multiple, the versions and the run's config (preprocessing, scale policy,
+thresholds, terms), so the two files predict without the checkpoint. model.onnx stays under models/ (gitignored, never
 committed). An ensemble RUN1+RUN2 is refused: export each member (onnxruntime runs one network).
 --tta works unchanged (the flips happen outside the network); bf16 autocast does not apply (ONNX
 runs the fp32 graph).
@@ -24,7 +25,7 @@ import torch
 from engine import make_engine
 from inference import load_runs, model_stride
 from onnxnet import checkpoint_digest, onnx_path
-from rundir import DEFAULT_BUNDLE, RunError, runs_arg
+from rundir import DEFAULT_BUNDLE, RunError, runs_arg, stored_config
 from utils import run_cli
 
 OPSET = 18
@@ -65,7 +66,7 @@ def export(name: str, checkpoint: str = "best.pt") -> Path:
     program.save(str(path))
     info = {"opset": OPSET, "input_multiple": stride, "torch": torch.__version__, "arch": config["arch"],
             "checkpoint": config["checkpoint"], "checkpoint_sha256": checkpoint_digest(config),
-            "precision": "fp32", "batchnorm": "folded"}
+            "precision": "fp32", "batchnorm": "folded", "config": stored_config(config)}
     Path(f"{path}.json").write_text(json.dumps(info, indent=1) + "\n")
     return path
 

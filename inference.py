@@ -1,7 +1,8 @@
 """The one inference path: a run's (or an ensemble's) network loaded for inference, and the
 probability map of an image of any size (padding to the pooling grid, overlapping tiles beyond the
-one-pass limit, the 8 rotations/flips of TTA), plus evaluate(), which scores a dataset's images
-through that same path for training's validation and evaluate.py alike.
+one-pass limit, the 8 rotations/flips of TTA, the scale policy), plus evaluate(), which scores a
+dataset's images through a predictor.Predictor (the seam every caller predicts through) for training's
+validation and evaluate.py alike.
 """
 import argparse
 import json
@@ -314,34 +315,30 @@ def gather(items: list, engine: Engine) -> list:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What evaluate() counts and how it makes the maps: counts at each pixel tolerance over the
-    threshold grid (metrics.DEFAULT_THRESHOLDS when None); the mean loss too when loss_name is set;
-    the maps as predict_scaled makes them with scale, tta, tile and overlap."""
+    """What evaluate() counts: counts at each pixel tolerance over the threshold grid
+    (metrics.DEFAULT_THRESHOLDS when None); the mean loss too when loss_name is set."""
     loss_name: str | None = None
     tolerances: tuple[int, ...] = (0,)
     thresholds: tuple[float, ...] | None = None
-    tta: bool = False
-    tile: int = TILE
-    overlap: int = OVERLAP
-    scale: float | str = 1.0
 
 
 @torch.inference_mode()
-def evaluate(model, dataset, engine: Engine, options: EvalOptions = EvalOptions(), on_image=None) -> dict:
+def evaluate(predictor, dataset, options: EvalOptions = EvalOptions(), on_image=None) -> dict:
     """Predict every full image of `dataset` and count (cntP, sumP, cntR, sumR) per threshold.
 
-    The maps come from predict_scaled, the path predict.py uses, so a threshold chosen here
-    (training's validation) is applied to the same maps later. Returns {"names", "factors" (each image's
-    scale), "loss" (None without options.loss_name), "counts": {tol: (N,T,4)}}. `on_image(item, prob)` is
-    called per image (panels, saving maps)."""
-    model.eval()
+    The maps come from `predictor` (predictor.Predictor: its scale policy, TTA and tiles), the seam
+    predict.py uses, so a threshold chosen here (training's validation) is applied to the same maps
+    later. Returns {"names", "factors" (each image's scale), "loss" (None without options.loss_name),
+    "counts": {tol: (N,T,4)}}. `on_image(item, prob)` is called per image (panels, saving maps)."""
+    predictor.model.eval()
+    engine = predictor.engine
     rows = []
     indices = shard(list(range(len(dataset))), engine)
     tolerances = options.tolerances
     for index in tqdm(indices, desc="evaluate", unit="image", leave=False, disable=not engine.main, mininterval=1):
         item = dataset[index]
-        image, mask, roi = item["image"][None], item["mask"][0].numpy(), item["roi"][0].numpy()
-        scaled = predict_scaled(model, image, engine, options.scale, options.tta, options.tile, options.overlap)
+        mask, roi = item["mask"][0].numpy(), item["roi"][0].numpy()
+        scaled = predictor.predict_tensor(item["image"][None])
         prob = scaled.prob
         loss = None if options.loss_name is None else \
             float(compute_loss(options.loss_name, probability_logits(prob), item["mask"][None]))

@@ -43,18 +43,17 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, DatasetError, Intensity, check_header, preprocess, read_heif
+from dataset import IMAGE_EXTENSIONS, DatasetError
 from engine import make_engine
-from inference import OVERLAP, TILE, add_inference_options, load_runs, predict_scaled, reporting_tiles, use_scale
+from inference import OVERLAP, TILE, add_inference_options, reporting_tiles
 from measure import class_names, crack_summary, measure_cracks, width_class
 import scales
-from onnxnet import load_onnx
 from outputs import MARKER, check_out_dir, default_out, prepare_out_dir
+from predictor import MapOptions, Predictor, read_photo
 from rundir import DEFAULT_BUNDLE, PRETRAINED_DIR, RunError, bundle_dir, runs_arg
 from utils import run_cli
 from visuals import crack_overlay, label_cracks, save_probability, write_image
@@ -185,28 +184,6 @@ def find_inputs(patterns: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
     return list(found.values())
 
 
-def read_photo(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB, upright: IMREAD_COLOR applies the EXIF orientation (dataset.read_image does not)."""
-    check_header(path)
-    if path.suffix.lower() in HEIF_EXTENSIONS:
-        return cv2.cvtColor(read_heif(path), cv2.COLOR_BGR2RGB)
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise DatasetError(f"{path}: OpenCV cannot decode it (truncated, corrupt or an unsupported format)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-# ---------------------------------------------------------------- one image
-
-def predict_image(path: Path, model, engine, intensity: Intensity, args) -> tuple[np.ndarray, np.ndarray, float]:
-    """(HxWx3 uint8 RGB photo, HxW float32 crack probability at full resolution, the scale it was seen at)."""
-    image = read_photo(path)
-    x = preprocess(image, intensity, str(path))                           # HxWx3 float32
-    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]  # 1x3xHxW
-    scaled = predict_scaled(model, x, engine, args.scale, args.tta, args.tile, args.overlap)
-    return image, scaled.prob[0, 0].numpy(), scaled.factor
-
-
 def in_mm(row: dict, keys: list[str], mm_per_px: float) -> dict:
     """The mm columns of `keys` (lengths and widths; area in mm^2)."""
     return {k.replace("_px", "_mm").replace("area_mm", "area_mm2"):
@@ -284,20 +261,17 @@ class TileBar:
 
 # ---------------------------------------------------------------- main
 
-def choose_model(args):
-    """The run that predicts (the bundle when --name is absent), the engine, its model and config."""
+def choose_model(args) -> Predictor:
+    """The run that predicts (the bundle when --name is absent), loaded once under its scale policy."""
     if args.name is None:
         if not bundle_dir(DEFAULT_BUNDLE):
             raise RunError(f"no --name given and no bundled model in {PRETRAINED_DIR / DEFAULT_BUNDLE}; "
                            "name a run under models/ with --name")
         args.name = DEFAULT_BUNDLE
         print(f"no --name: using the bundled model {DEFAULT_BUNDLE} ({bundle_dir(DEFAULT_BUNDLE)})")
-    engine = make_engine(args.device, args.precision, args.channels_last)
-    model, config = load_runs(args.name, engine, args.checkpoint)
-    if args.backend == "onnxruntime":
-        model = load_onnx(args.name, config, engine.device)
-        engine = make_engine("cpu", "fp32", False)   # onnxruntime takes fp32 CPU arrays and runs its own device
-    return engine, model, config
+    return Predictor.load(args.name, backend=args.backend, checkpoint=args.checkpoint, scale=args.scale,
+                          engine=make_engine(args.device, args.precision, args.channels_last),
+                          options=MapOptions(args.tta, args.tile, args.overlap))
 
 
 class Results:
@@ -326,16 +300,18 @@ class Results:
             f.close()
 
 
-def predict_all(items, model, engine, config, args, out_dir: Path) -> tuple[Results, list[Path]]:
+def predict_all(items, predictor: Predictor, args, out_dir: Path) -> tuple[Results, list[Path]]:
     """Every photo in turn (sizes differ; batching gains little next to decoding and writing); an
     unreadable file, or one that runs out of memory, is reported and skipped, the rest still done."""
-    intensity, failed = Intensity.from_config(config), []
+    failed = []
     results, tiles = Results(out_dir, bool(args.mm_per_px)), TileBar()
     try:
         for path, rel in tqdm(items, unit="photo", file=sys.stderr, position=0):
             try:
                 with reporting_tiles(tiles):
-                    image, prob, factor = predict_image(path, model, engine, intensity, args)
+                    image = read_photo(path)
+                    found = predictor.predict(image)
+                prob, factor = found.prob, found.factor
             except DatasetError as err:
                 tqdm.write(f"skipped {err}", file=sys.stderr)
                 failed.append(path)
@@ -347,7 +323,7 @@ def predict_all(items, model, engine, config, args, out_dir: Path) -> tuple[Resu
                            f"(now {args.tile}, e.g. --tile {max(args.tile // 2, 256)}) or use --device cpu",
                            file=sys.stderr)
                 failed.append(path)
-                release_memory(engine)
+                release_memory(predictor.engine)
                 continue
             finally:
                 tiles.close()
@@ -370,13 +346,13 @@ def settings(args, config: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    # 1. arguments, device, model, threshold and scale
+    # 1. arguments, the model under its scale policy, threshold
     args = get_args(argv)
-    engine, model, config = choose_model(args)
-    use_scale(config, args.scale)
+    predictor = choose_model(args)
+    config = predictor.config
     source = config["threshold_source"] if args.threshold is None else "--threshold"
-    args.threshold = config["threshold"] if args.threshold is None else args.threshold
-    args.scale = config["scale"]
+    args.threshold = predictor.threshold if args.threshold is None else args.threshold
+    args.scale = predictor.scale
     # 2. the images and the output folder: a missing INPUT or a folder of the user's stops everything
     #    before any work, as a typo should
     out_dir = args.out or default_out(args.name)
@@ -384,13 +360,13 @@ def main(argv=None) -> int:
     check_out_dir(out_dir, roots)   # before the scan, which leaves out what lies inside --out
     items = find_inputs(args.inputs, out_dir.resolve())
     prepare_out_dir(out_dir, roots + [image for image, _ in items], args.overwrite)
-    print(f"{args.name}: {config['arch']} ({args.checkpoint}, {args.backend}), {engine.describe()}, "
+    print(f"{args.name}: {config['arch']} ({args.checkpoint}, {args.backend}), {predictor.engine.describe()}, "
           f"threshold {args.threshold:g} ({source}), scale {args.scale}; {len(items)} photo(s) -> {out_dir}")
     if config.get("terms"):
         print(f"terms of {args.name}: {config['terms']}")
     # 3. every photo, then the report
     started = time.perf_counter()
-    results, failed = predict_all(items, model, engine, config, args, out_dir)
+    results, failed = predict_all(items, predictor, args, out_dir)
     factors = scales.tally([p["summary"]["scale"] for p in results.photos])
     report = None
     if args.report:

@@ -26,6 +26,7 @@ from dataset import EpochSampler
 from inference import EvalOptions, evaluate, for_inference
 from losses import compute_loss
 from models import freeze_encoder
+from predictor import Predictor
 from rundir import (DEFAULT_THRESHOLD, Diverged, RunError, load_weights, model_from_config, save_checkpoint,
                     stored_config, write_config)
 from trainoptions import Loading, Optimisation, Validation
@@ -312,9 +313,9 @@ def validate(model, val_sets: dict, engine, settings: Validation, epoch: int, wr
         if want_panels and len(panels) < 3:
             panels.append(panel(item, prob))
     scored = for_inference(copy.deepcopy(model), engine)   # the form evaluate.py and predict.py load
-    options = EvalOptions(loss_name=settings.loss, tolerances=(0, THRESHOLD_TOLERANCE), scale=settings.scale)
-    results = {name: evaluate(scored, val_set, engine, options, on_image=keep_panel)
-               for name, val_set in val_sets.items()}
+    predictor = Predictor(scored, engine, {"scale": settings.scale})   # items come preprocessed: no intensity
+    options = EvalOptions(loss_name=settings.loss, tolerances=(0, THRESHOLD_TOLERANCE))
+    results = {name: evaluate(predictor, val_set, options, on_image=keep_panel) for name, val_set in val_sets.items()}
     strict = {name: metrics.summarize(r["counts"][0])["ods"]["f1"] for name, r in results.items()}
     curves = {name: metrics.f1_curve(r["counts"][THRESHOLD_TOLERANCE]) for name, r in results.items()}
     at_half = [metrics.scores_at(r["counts"][0], F1_THRESHOLD_INDEX) for r in results.values()]

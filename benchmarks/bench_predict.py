@@ -39,6 +39,7 @@ from dataset import Intensity, preprocess  # noqa: E402
 from engine import make_engine  # noqa: E402
 from inference import predict_probability  # noqa: E402
 from rundir import DEFAULT_BUNDLE, bundle_dir  # noqa: E402
+from scales import scale_arg  # noqa: E402
 
 HEIGHT, WIDTH = 3000, 4000
 REFERENCE = "UNet:32"
@@ -173,13 +174,12 @@ def render_backends(record: Path = RECORD) -> str:
     return "\n".join(rows)
 
 
-def network_seconds(model, x: torch.Tensor, engine, scale, repeat: int) -> tuple[float, float]:
-    """(median seconds of the network part of predict.py, inference.predict_scaled, the factor chosen)."""
-    from inference import predict_scaled
+def network_seconds(predictor, x: torch.Tensor, repeat: int) -> tuple[float, float]:
+    """(median seconds of the network part of predict.py, the seam's predict_tensor, the factor chosen)."""
     times, factor = [], None
     for _ in range(repeat + 1):   # the first call warms up; not counted
         started = time.perf_counter()
-        factor = predict_scaled(model, x, engine, scale).factor
+        factor = predictor.predict_tensor(x).factor
         times.append(time.perf_counter() - started)
     return statistics.median(times[1:]), factor
 
@@ -213,18 +213,16 @@ def scale_photos(data_dir: Path) -> dict[str, np.ndarray]:
 def time_scales(scales: list[str], data_dir: Path, repeat: int) -> dict:
     """Per photo: the network seconds of each --scale and the auto / 1 ratio, and predict.py's peak RSS
     under --scale auto on the enlarged real photo (each photo through a JPEG, as a camera writes it)."""
-    from inference import load_runs
-    engine = make_engine("auto")
-    model, config = load_runs(DEFAULT_BUNDLE, engine)
+    from predictor import Predictor
+    bundle = Predictor.load(DEFAULT_BUNDLE)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         found = {}
         for name, photo in scale_photos(data_dir).items():
             path = tmp / f"{name.replace(' ', '_')}.jpg"
             cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-            image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-            x = torch.from_numpy(preprocess(image, Intensity.from_config(config), name).transpose(2, 0, 1).copy())[None]
-            found[name] = {s: network_seconds(model, x, engine, s if s == "auto" else float(s), repeat) for s in scales}
+            x = bundle.tensor(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), name)
+            found[name] = {s: network_seconds(bundle.at_scale(scale_arg(s)), x, repeat) for s in scales}
         rss = peak_rss_mib([sys.executable, str(ROOT / "predict.py"), str(tmp / "real.jpg"), "--scale", "auto",
                             "--out", str(tmp / "out_rss")], tmp)
     return {"network_s": {n: {s: round(t, 3) for s, (t, _) in arms.items()} for n, arms in found.items()},

@@ -121,9 +121,9 @@ def validation_samples(run: str, data_dir: Path) -> list:
     return chosen
 
 
-def score_block(model, engine, config, labelled: list[tuple], t_index: int) -> dict:
+def score_block(predictor, labelled: list[tuple], t_index: int) -> dict:
     """score_maps over a list of (image, mask, roi), stacked."""
-    parts = [score_maps(model, engine, config, item, t_index, WINDOWS) for item in labelled]
+    parts = [score_maps(predictor, item, t_index, WINDOWS) for item in labelled]
     return {key: np.stack([p[i] for p in parts]) for i, key in enumerate(("counts", "features", "valid", "live"))}
 
 
@@ -134,9 +134,10 @@ def window_seed(stem: str, z: float) -> np.random.Generator:
 
 def score_run(run: str, source: str, data_dir: Path, zooms, out: Path) -> dict:
     """Every zoom of `source` and the run's validation images scored; arrays and info into `out`."""
-    engine, model, config = load_unseen(run, source)
+    predictor = load_unseen(run, source)
+    config = predictor.config
     t_index = metrics.threshold_index(config["threshold"])
-    val = score_block(model, engine, config, [read_sample(s) for s in validation_samples(run, data_dir)], t_index)
+    val = score_block(predictor, [read_sample(s) for s in validation_samples(run, data_dir)], t_index)
     samples = scan_dataset(data_dir, source)[0]
     blocks, widths = [], []
     for z in zooms:
@@ -145,7 +146,7 @@ def score_run(run: str, source: str, data_dir: Path, zooms, out: Path) -> dict:
             image, mask, roi = read_sample(sample)
             image, (mask, roi) = zoom_frame(image, [mask, roi], z, window_seed(sample.stem, z))
             labelled.append((image, mask, roi))
-        blocks.append(score_block(model, engine, config, labelled, t_index))
+        blocks.append(score_block(predictor, labelled, t_index))
         widths.append(label_width([mask for _, mask, _ in labelled]))
         print(f"{run} {source} zoom {z:g}: done, median label width {widths[-1]:.1f} px", flush=True)
     arrays = {key: np.stack([b[key] for b in blocks]) for key in blocks[0]}

@@ -35,18 +35,17 @@ def failure_picture(data_dir: Path, out: Path, height: int = 150) -> list[str]:
 
     from dataset import CrackDataset, Intensity, scan_dataset
     from engine import make_engine
-    from inference import load_run_model, predict_scaled
+    from predictor import Predictor
     from visuals import write_image
-    engine = make_engine("cpu")
-    model, config = load_run_model(BUNDLE, engine)   # its scale policy and that policy's threshold
+    bundle = Predictor.load(BUNDLE, engine=make_engine("cpu"))   # its scale policy and that policy's threshold
     rows, used = [], []
     for test in TESTS:
         samples = {s.stem: s for s in scan_dataset(data_dir, test)[0]}
         for stem in worst_images(MODELS / BUNDLE / "eval" / test):
             sample = samples[stem]
-            x = CrackDataset([sample], Intensity.from_config(config))[0]["image"][None]
-            prob = predict_scaled(model, x, engine, config["scale"]).prob[0, 0].numpy()
-            rows.append(failure_row(sample, prob > config["threshold"], height))
+            x = CrackDataset([sample], Intensity.from_config(bundle.config))[0]["image"][None]
+            prob = bundle.predict_tensor(x).prob[0, 0].numpy()
+            rows.append(failure_row(sample, prob > bundle.threshold, height))
             used.append(f"{test}/{stem}")
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]

@@ -81,7 +81,8 @@ def commands(args, e: dict, run: str) -> list[list[str]]:
 
 def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
     """Every zoom of `source` scored by `run`; arrays to models/RUN/zoom_SOURCE.json.gz, the rest returned."""
-    engine, model, config = load_unseen(run, source)
+    predictor = load_unseen(run, source)
+    config = predictor.config
     samples = scan_dataset(data_dir, source)[0]
     t_index = metrics.threshold_index(config["threshold"])
     out = {"counts": [], "features": [], "valid": [], "live": []}
@@ -96,7 +97,7 @@ def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
             mask = zoom_mask(mask, z, size)
             roi = None if roi is None else zoom_mask(roi, z, size)
             masks.append(mask)
-            for part, value in zip(per, score_maps(model, engine, config, (zoomed, mask, roi), t_index, WINDOWS),
+            for part, value in zip(per, score_maps(predictor, (zoomed, mask, roi), t_index, WINDOWS),
                                    strict=True):
                 part.append(value)
         for key, part in zip(out, per, strict=True):

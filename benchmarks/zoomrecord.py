@@ -7,14 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import metrics
 import scales
-from dataset import Intensity, preprocess
-from inference import load_runs, model_stride, predict_on_grid
+from inference import model_stride
 from measure import crack_widths, skeletonize
-from engine import make_engine
+from predictor import Predictor
 from rundir import run_datasets
 from runner import MINUTES, RESULTS, TEST, TRAIN
 
@@ -62,38 +60,36 @@ def family(dataset: str) -> str:
     return next((s for s in TRAIN if dataset in (TRAIN[s], TEST[s])), GROUPS.get(dataset, dataset))
 
 
-def load_unseen(run: str, source: str):
-    """(engine, model, config) of `run`, refused when it trained on any photo of `source`'s group."""
-    engine = make_engine("auto")
-    model, config = load_runs(run, engine)
-    trained = run_datasets(config)
+def load_unseen(run: str, source: str) -> Predictor:
+    """The predictor of `run` (its own threshold, any scale: the records hold every factor), refused when
+    it trained on any photo of `source`'s group."""
+    predictor = Predictor.load(run)
+    trained = run_datasets(predictor.config)
     if family(source) in {family(d) for d in trained}:
         raise SystemExit(f"{run} trained on {', '.join(trained)}, which holds {family(source)}'s photos: "
                          f"it cannot score {source}")
-    return engine, model, config
+    return predictor
 
 
-def score_maps(model, engine, config: dict, labelled: tuple, t_index: int, windows: tuple) -> tuple:
+def score_maps(predictor: Predictor, labelled: tuple, t_index: int, windows: tuple) -> tuple:
     """One image (image, mask, roi): counts (F+W, K, 4) for every factor scales.allowed() permits and
     every fused window (the mean of its allowed maps), features (F, n), valid (F+W,), and the factor
     the live rule chose (F: scales.FACTORS, W: `windows`, K: GRID and the run's threshold)."""
     image, mask, roi = labelled
-    x = torch.from_numpy(np.ascontiguousarray(preprocess(image, Intensity.from_config(config), "").transpose(2, 0, 1)))
+    x = predictor.tensor(image, "")
     keep = list(GRID) + [t_index]
     n = len(scales.FACTORS)
     counts = np.zeros((n + len(windows), len(keep), 4), np.int64)
     found = np.zeros((n, len(FEATURE_KEYS)), np.float32)
     valid = np.zeros(n + len(windows), bool)
-    grid = model_stride(model)
+    grid = model_stride(predictor.model)
     permitted = scales.allowed(*image.shape[:2], grid)
     maps, feats = {}, {}
-    for i, factor in enumerate(scales.FACTORS):
-        if factor not in permitted:
-            continue
-        net, prob = predict_on_grid(model, x[None], engine, factor)
-        maps[factor], feats[factor] = prob[0, 0].numpy(), scales.features(net[0, 0].numpy())
+    for factor, (net, prob) in predictor.maps_at(x, permitted).items():
+        i = scales.FACTORS.index(factor)
+        maps[factor], feats[factor] = prob, scales.features(net)
         found[i] = [feats[factor][k] for k in FEATURE_KEYS]
-        counts[i] = metrics.image_counts(maps[factor], mask, tolerance=TOLERANCE, roi=roi)[keep]
+        counts[i] = metrics.image_counts(prob, mask, tolerance=TOLERANCE, roi=roi)[keep]
         valid[i] = True
     for j, window in enumerate(windows):
         members = [f for f in window if f in maps]   # where a factor is not allowed: those there are

@@ -11,6 +11,7 @@ import torch
 
 import inference
 import predict
+from predictor import Predictor, read_photo
 import rundir
 from engine import make_engine
 
@@ -51,8 +52,8 @@ def test_half_precision_predicts_within_0_01_of_the_fp32_run(bundle, shipped, mo
     engine = make_engine("cpu", "fp32", False)
     run_model, _ = inference.load_run_model("run", engine)
     half_model, config = inference.load_run_model("tiny", engine)
-    x = torch.from_numpy(predict.preprocess(predict.read_photo(next((synthetic_root / "SYN" / "images").iterdir())),
-                                            predict.Intensity.from_config(config), "x").transpose(2, 0, 1).copy())[None]
+    photo = read_photo(next((synthetic_root / "SYN" / "images").iterdir()))
+    x = Predictor(half_model, engine, config).tensor(photo)
     difference = (inference.predict_probability(run_model, x, engine)
                   - inference.predict_probability(half_model, x, engine))
     assert 0 < difference.abs().max() < 0.01
@@ -177,9 +178,8 @@ def test_the_shipped_general_model_loads_checked_from_another_directory_and_find
     engine = make_engine("cpu", "fp32", False)
     model, loaded = inference.load_run_model("crackseg-general", engine)
     photo, crack = drawn_crack()
-    scaled = predict.preprocess(photo, predict.Intensity.from_config(loaded), "drawn crack")
-    x = torch.from_numpy(scaled.transpose(2, 0, 1).copy())
-    found = inference.predict_probability(model, x[None], engine)[0, 0].numpy() > loaded["threshold"]
+    x = Predictor(model, engine, loaded).tensor(photo, "drawn crack")
+    found = inference.predict_probability(model, x, engine)[0, 0].numpy() > loaded["threshold"]
     assert found[crack].mean() > 0.8 and found[~crack].mean() < 0.03
     assert not (tmp_path / "pretrained").exists()
 

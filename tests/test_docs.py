@@ -77,3 +77,18 @@ def test_relative_links_resolve():
     for path in documents():
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
             assert (path.parent / target).exists(), f"{path.name} links to missing {target}"
+
+
+def test_the_readmes_python_lines_predict_a_photo(tmp_path, monkeypatch):
+    """The README's three lines run as written (a photo of the working directory, the bundled model)."""
+    import cv2
+    import numpy as np
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL).group(1)
+    assert len(block.strip().splitlines()) == 3
+    photo = np.full((120, 160, 3), 200, np.uint8)
+    cv2.line(photo, (10, 20), (150, 100), (40, 40, 40), 3)
+    cv2.imwrite(str(tmp_path / "photo.jpg"), photo)
+    monkeypatch.chdir(tmp_path)
+    found = {}
+    exec(block, found)
+    assert found["found"].prob.shape == (120, 160) and found["found"].mask.any()

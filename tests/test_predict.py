@@ -465,13 +465,14 @@ def test_align_corners_is_stored_and_inherited_by_init_from(no_align_run, synthe
 def test_a_photo_that_runs_out_of_memory_is_skipped_with_the_tile_hint(tiny_run, monkeypatch, capsys):
     write_photo(tiny_run / "site/big.png", size=(80, 96))
     write_photo(tiny_run / "site/small.png")
-    real = predict.predict_scaled
+    import predictor
+    real = predictor.predict_scaled
 
     def short_of_memory(model, x, *args, **kwargs):
         if x.shape[-1] == 96:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return real(model, x, *args, **kwargs)
-    monkeypatch.setattr(predict, "predict_scaled", short_of_memory)
+    monkeypatch.setattr(predictor, "predict_scaled", short_of_memory)
     assert predict.main(["--name", "tiny", "site", "--out", "out"]) == 1    # the rest done, exit 1 at the end
     err = capsys.readouterr().err
     assert "big.png: out of memory" in err and "lower --tile" in err

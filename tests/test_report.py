@@ -12,6 +12,7 @@ from PIL import Image
 
 import inference
 import predict
+import predictor
 import scales
 from outputs import MARKER
 from standins import Darkness, standin_config
@@ -22,7 +23,7 @@ from utils import run_cli
 def standin(monkeypatch, tmp_path):
     """predict.py with the Darkness stand-in as every run, in tmp_path as the working directory."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(predict, "load_runs", lambda name, engine, which="best.pt": (Darkness(), standin_config()))
+    monkeypatch.setattr(predictor, "load_runs", lambda name, engine, which="best.pt": (Darkness(), standin_config()))
     return tmp_path
 
 

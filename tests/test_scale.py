@@ -13,6 +13,7 @@ import torch
 
 import inference
 import scales
+from predictor import Predictor
 from engine import make_engine
 from measure import crack_summary, measure_cracks
 from standins import Darkness
@@ -131,10 +132,10 @@ def test_auto_chooses_the_same_factors_when_every_mask_is_empty(tmp_path):
         cv2.imwrite(str(zeros / mask.name), np.zeros(cv2.imread(str(mask), 0).shape, np.uint8))
     samples = [Sample(p.stem, p, root / "masks" / f"{p.stem}.png") for p in sorted((root / "images").iterdir())]
     blank = [Sample(s.stem, s.image, zeros / s.mask.name) for s in samples]
-    options = inference.EvalOptions(scale="auto")
+    predictor = Predictor(Darkness(), ENGINE, {"scale": "auto"})
     intensity = Intensity(minmax=True)
-    with_labels = inference.evaluate(Darkness(), CrackDataset(samples, intensity), ENGINE, options)
-    without = inference.evaluate(Darkness(), CrackDataset(blank, intensity), ENGINE, options)
+    with_labels = inference.evaluate(predictor, CrackDataset(samples, intensity))
+    without = inference.evaluate(predictor, CrackDataset(blank, intensity))
     assert with_labels["factors"] == without["factors"] and len(with_labels["factors"]) == 4
     assert not np.array_equal(with_labels["counts"][0], without["counts"][0])   # the masks did differ
 

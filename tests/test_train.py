@@ -114,6 +114,7 @@ def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_r
     import train
     from engine import make_engine
     from inference import EvalOptions, evaluate
+    from predictor import Predictor
     from rundir import model_from_config
     args = [*TINY, "--data-dir", synthetic_root, "--epochs", "3", "--ema", "0.9", "--precision", "fp32",
             "--no-channels-last", "--lr", "3e-3", "--deterministic"]
@@ -133,7 +134,8 @@ def test_ema_run_validates_the_average_and_resumes_exactly(tmp_path, synthetic_r
     for key in ("model", "raw_model"):
         model = model_from_config(state["config"])
         model.load_state_dict(state[key])
-        losses[key] = evaluate(model, val_set, engine, EvalOptions(loss_name="BCEDiceLoss"))["loss"]
+        predictor = Predictor(model, engine, {"scale": 1.0})
+        losses[key] = evaluate(predictor, val_set, EvalOptions(loss_name="BCEDiceLoss"))["loss"]
     assert losses["model"] == pytest.approx(float(log_rows(tmp_path / "models" / "straight")[-1]["val_loss"]),
                                             abs=1e-5)
     assert abs(losses["raw_model"] - losses["model"]) > 1e-4
