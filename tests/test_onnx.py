@@ -81,7 +81,8 @@ def test_the_seams_map_is_the_one_predict_saves(exported, monkeypatch, backend):
     image = (photo(120, 160, seed=3) * 255).astype("uint8")
     cv2.imwrite(str(work / "wall.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     out = work / f"out_{backend}"
-    assert predict.main(["--name", "tiny", "wall.png", "--out", str(out), "--backend", backend]) == 0
+    assert predict.main(["--name", "tiny", "wall.png", "--out", str(out), "--backend", backend,
+                         "--device", "cpu", "--precision", "fp32"]) == 0
     found = Predictor.load("tiny", backend=backend, engine=CPU).predict(work / "wall.png")
     saved = cv2.imread(str(out / "wall_prob.png"), cv2.IMREAD_UNCHANGED)
     assert found.prob.shape == saved.shape and found.prob.std() > 0.01
