@@ -38,6 +38,7 @@ Exit status: 0 all images done, 1 some unreadable (named on stderr, the rest don
 import argparse
 import csv
 import glob
+import json
 import os
 import sys
 import time
@@ -53,13 +54,15 @@ from inference import OVERLAP, TILE, add_inference_options, reporting_tiles
 from measure import class_names, crack_summary, measure_cracks, width_class
 import scales
 from outputs import MARKER, check_out_dir, default_out, prepare_out_dir
+import photometa
+from photometa import read_where_and_when
 from predictor import MapOptions, Predictor, read_photo
 from rundir import DEFAULT_BUNDLE, PRETRAINED_DIR, RunError, bundle_dir, runs_arg
 from utils import run_cli
 from visuals import crack_overlay, label_cracks, save_probability, write_image
 
 COLUMNS = ["image", "width", "height", "scale", "threshold", "crack_found", "cracks", "crack_fraction",
-           "length_px", "longest_px", "mean_width_px", "max_width_px"]
+           "length_px", "longest_px", "mean_width_px", "max_width_px", *photometa.COLUMNS]
 MM_COLUMNS = ["length_mm", "longest_mm", "mean_width_mm", "max_width_mm"]
 CRACK_COLUMNS = ["image", "crack", "x", "y", "w", "h", "length_px", "mean_width_px", "median_width_px",
                  "max_width_px", "area_px", "angle_deg", "orientation"]
@@ -204,7 +207,9 @@ def crack_rows(rel: Path, cracks: list[dict], args) -> list[dict]:
     return rows
 
 
-def summary_row(rel: Path, kept: np.ndarray, cracks: list[dict], threshold: float, factor: float, args) -> dict:
+def summary_row(rel: Path, kept: np.ndarray, cracks: list[dict], threshold: float, factor: float, args,
+                where: dict) -> dict:
+    """summary.csv's row of one photo; `where`: its EXIF position and time (photometa, "" where none)."""
     stats = crack_summary(kept, cracks)
     row = {"image": rel.as_posix(), "width": kept.shape[1], "height": kept.shape[0], "scale": factor,
            "threshold": threshold, "crack_found": int(bool(cracks)), "cracks": len(cracks),
@@ -212,6 +217,7 @@ def summary_row(rel: Path, kept: np.ndarray, cracks: list[dict], threshold: floa
            **{k: round(stats[k], 2) for k in ("length_px", "longest_px", "mean_width_px", "max_width_px")}}
     if args.mm_per_px:
         row.update(in_mm(row, ["length_px", "longest_px", "mean_width_px", "max_width_px"], args.mm_per_px))
+    row.update(where)
     return row
 
 
@@ -331,11 +337,20 @@ def predict_all(items, predictor: Predictor, args, out_dir: Path) -> tuple[Resul
             base = out_dir / rel.parent / rel.stem
             write_photo_outputs(base, image, prob, kept, cracks, args.overlay)
             files = {"source": path, "overlay": f"{base}_overlay.jpg" if args.overlay else None}
-            results.add(summary_row(rel, kept, cracks, args.threshold, factor, args), crack_rows(rel, cracks, args),
-                        files)
+            row = summary_row(rel, kept, cracks, args.threshold, factor, args, read_where_and_when(path))
+            results.add(row, crack_rows(rel, cracks, args), files)
     finally:
         results.close()
     return results, failed
+
+
+def write_geojson(out_dir: Path, photos: list[dict], with_report: bool) -> None:
+    """cracks.geojson: one Point per photo whose EXIF holds a position, with its summary row (and its
+    card in report.html)."""
+    from report import card_anchors
+    anchors = card_anchors(photos) if with_report else None
+    collection = photometa.geojson([p["summary"] for p in photos], anchors)
+    (out_dir / "cracks.geojson").write_text(json.dumps(collection, indent=1) + "\n")
 
 
 def settings(args, config: dict) -> dict:
@@ -372,6 +387,7 @@ def main(argv=None) -> int:
     if args.report:
         from report import write_report
         report = write_report(out_dir, {**settings(args, config), "factors": factors}, results.photos, failed)
+    write_geojson(out_dir, results.photos, report is not None)
     # 4. what was done, where it is
     print(f"scale {args.scale}: {factors}")
     done = len(items) - len(failed)

@@ -111,11 +111,54 @@ def histogram(photos: list[dict], settings: dict) -> str:
             f'<text x="{width / 2}" y="{height + 45}" font-size="12" text-anchor="middle">{esc(caption)}</text></svg>')
 
 
+def cracked_in_order(photos: list[dict]) -> list[dict]:
+    """The photos with cracks, most crack length first: the order of the report's cards."""
+    return [p for p in sorted(photos, key=total_length, reverse=True) if p["cracks"]]
+
+
+def card_anchors(photos: list[dict]) -> dict[str, str]:
+    """{photo's summary name: "report.html#photoN"}, its card in the report."""
+    return {p["summary"]["image"]: f"report.html#photo{i}" for i, p in enumerate(cracked_in_order(photos))}
+
+
+def positioned(photos: list[dict]) -> list[dict]:
+    return [p for p in photos if p["summary"].get("latitude") not in ("", None)]
+
+
+def positions(photos: list[dict]) -> str:
+    """Where the positioned photos were taken: a table and an inline SVG of the points (longitude right,
+    latitude up, scaled to their bounding box: no map tiles, nothing from the network), a photo with
+    cracks red and linked to its card."""
+    found = positioned(photos)
+    if not found:
+        return ""
+    anchors = card_anchors(photos)
+    rows = [[esc(p["summary"]["image"]), f"{p['summary']['latitude']:.6f}", f"{p['summary']['longitude']:.6f}",
+             esc(p["summary"]["altitude_m"]), esc(p["summary"]["taken"]), p["summary"]["cracks"]] for p in found]
+    lats = [p["summary"]["latitude"] for p in found]
+    lons = [p["summary"]["longitude"] for p in found]
+    span = max(max(lats) - min(lats), max(lons) - min(lons)) or 1e-6
+    size, pad = 360, 20
+    dots = []
+    for p in found:
+        s = p["summary"]
+        x = pad + (s["longitude"] - min(lons)) / span * (size - 2 * pad)
+        y = size - pad - (s["latitude"] - min(lats)) / span * (size - 2 * pad)
+        dot = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{"#c0208f" if s["cracks"] else "#2a7"}">'
+               f'<title>{esc(s["image"])}: {s["cracks"]} crack(s)</title></circle>')
+        anchor = anchors.get(s["image"], "").replace("report.html", "")
+        dots.append(f'<a href="{anchor}">{dot}</a>' if anchor else dot)
+    svg = (f'<svg width="{size}" height="{size}" role="img" style="border:1px solid #ccc">{"".join(dots)}'
+           f'<text x="{pad}" y="{size - 4}" font-size="10">{span * 111_320:.0f} m across (north up)</text></svg>')
+    return ("<h2>Where</h2>" + svg + table(["photo", "latitude", "longitude", "altitude (m)", "taken", "cracks"], rows))
+
+
 def write_report(out_dir: Path, settings: dict, photos: list[dict], failed: list[Path]) -> Path:
     """out_dir/report.html: settings, a summary table, one card per photo with cracks (most crack length
-    first), photos without cracks last, unreadable files, and the width histogram."""
+    first), photos without cracks last, unreadable files, the width histogram and, where photos carry
+    GPS positions, where they were taken."""
     photos = sorted(photos, key=total_length, reverse=True)
-    cracked = [p for p in photos if p["cracks"]]
+    cracked = cracked_in_order(photos)
     clean = [p for p in photos if not p["cracks"]]
     cards = "".join(card(i, p, out_dir, settings) for i, p in enumerate(cracked))
     lists = f"<h2>Photos without cracks ({len(clean)})</h2><p>" + (
@@ -126,7 +169,7 @@ def write_report(out_dir: Path, settings: dict, photos: list[dict], failed: list
             f"<style>{STYLE}</style></head><body><h1>Crack report</h1>"
             f"<p>{len(cracked)} of {len(photos)} photo(s) show cracks.</p>"
             f"{settings_table(settings, len(photos))}<h2>Photos with cracks, most crack length first</h2>"
-            f"{summary_table(cracked, settings)}<h2>Crack widths</h2>{histogram(photos, settings)}"
+            f"{summary_table(cracked, settings)}<h2>Crack widths</h2>{histogram(photos, settings)}{positions(photos)}"
             f"{cards}{lists}</body></html>")
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")

@@ -180,3 +180,54 @@ def test_a_large_photo_reports_its_tiles_and_the_last_line_its_speed(standin, ca
     captured = capsys.readouterr()
     assert tiles > 4 and re.search(rf"tiles.*\b0/{tiles}\b", captured.err)
     assert re.search(r"photos/s", captured.out.strip().splitlines()[-1])
+
+
+def jpeg_with_position(path: Path, image: np.ndarray, lat: tuple, lon: tuple, alt: float | None, taken: str) -> None:
+    """A JPEG whose EXIF holds a GPS position (degrees, minutes, seconds as rationals) and a time with offset."""
+    from fractions import Fraction
+
+    from PIL import ExifTags
+    exif = Image.Exif()
+    gps = {ExifTags.GPS.GPSLatitudeRef: lat[0], ExifTags.GPS.GPSLatitude: tuple(map(Fraction, lat[1:])),
+           ExifTags.GPS.GPSLongitudeRef: lon[0], ExifTags.GPS.GPSLongitude: tuple(map(Fraction, lon[1:]))}
+    if alt is not None:
+        gps.update({ExifTags.GPS.GPSAltitudeRef: b"\x01" if alt < 0 else b"\x00",
+                    ExifTags.GPS.GPSAltitude: Fraction(abs(alt)).limit_denominator(1000)})
+    exif[ExifTags.IFD.GPSInfo] = gps
+    exif.get_ifd(ExifTags.IFD.Exif).update({ExifTags.Base.DateTimeOriginal: taken[:19].replace("-", ":", 2)
+                                            .replace("T", " "), ExifTags.Base.OffsetTimeOriginal: taken[19:]})
+    Image.fromarray(image).save(path, exif=exif, quality=95)
+
+
+def test_positions_from_exif_go_to_summary_geojson_and_the_report(standin):
+    import json
+    from fractions import Fraction
+    (standin / "road").mkdir()
+    cracked = light_photo(160, 240)
+    flat_crack(cracked, (120, 80), 150, 4, 10)
+    # Santiago, south and west of Greenwich; seconds with a denominator of 1000 and 10000
+    jpeg_with_position(standin / "road/a.jpg", cracked, ("S", 33, 51, Fraction(35123, 1000)),
+                       ("W", 70, 39, Fraction(123457, 10000)), 520.5, "2026-05-01T14:03:22-04:00")
+    jpeg_with_position(standin / "road/b.jpg", light_photo(160, 240, seed=1), ("N", 51, 28, Fraction(40512, 1000)),
+                       ("E", 0, 0, Fraction(5312, 1000)), -3.25, "2026-05-02T09:00:00+01:00")
+    Image.fromarray(light_photo(160, 240, seed=2)).save(standin / "road/c.jpg")   # no EXIF at all
+    assert run("road", "--out", "out", "--report") == 0
+    rows = {r["image"]: r for r in read_csv(standin / "out/summary.csv")}
+    expected = {"a.jpg": (-(33 + 51 / 60 + 35.123 / 3600), -(70 + 39 / 60 + 12.3457 / 3600), 520.5),
+                "b.jpg": (51 + 28 / 60 + 40.512 / 3600, 5.312 / 3600, -3.25)}
+    for name, (lat, lon, alt) in expected.items():
+        assert float(rows[name]["latitude"]) == pytest.approx(lat, abs=1e-6)
+        assert float(rows[name]["longitude"]) == pytest.approx(lon, abs=1e-6)
+        assert float(rows[name]["altitude_m"]) == pytest.approx(alt, abs=1e-3)
+    assert rows["a.jpg"]["taken"] == "2026-05-01T14:03:22-04:00"
+    assert [rows["c.jpg"][k] for k in ("latitude", "longitude", "altitude_m", "taken")] == ["", "", "", ""]
+    collection = json.loads((standin / "out/cracks.geojson").read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 2
+    points = {f["properties"]["image"]: f for f in collection["features"]}
+    for name, (lat, lon, alt) in expected.items():
+        x, y, z = points[name]["geometry"]["coordinates"]                  # RFC 7946: [lon, lat, alt]
+        assert (x, y, z) == (pytest.approx(lon, abs=1e-6), pytest.approx(lat, abs=1e-6), pytest.approx(alt))
+    assert points["a.jpg"]["properties"]["cracks"] >= 1 and points["a.jpg"]["properties"]["report_card"] == \
+        "report.html#photo0"
+    page = (standin / "out/report.html").read_text()
+    assert "<h2>Where</h2>" in page and 'href="#photo0"' in page and "-33.859756" in page
