@@ -14,8 +14,9 @@ existing one is refused unless empty or --overwrite, which replaces only an earl
 outputs.py), mirroring the input tree (a file given by name lands at the top):
 <stem>_prob.png (p = value/255, scorable by evaluate.py --pred-dir), <stem>_mask.png (0/255, the
 counted cracks: p > threshold without pieces under --min-area), <stem>_overlay.jpg (the counted
-cracks in magenta with their ids; --no-overlay: none), summary.csv (one row per photo), cracks.csv
-(one row per crack) and with --report a self-contained report.html (report.py).
+cracks outlined in magenta, their pixels as photographed, with their ids; --no-overlay: none),
+summary.csv (one row per photo, with its EXIF position and time), cracks.csv (one row per crack),
+cracks.geojson (the positioned photos) and with --report a self-contained report.html (report.py).
 The threshold is the run's validation ODS threshold from config.json (0.5 if absent).
 
 Images up to --tile pixels a side are predicted in one pass, larger ones in overlapping
@@ -85,7 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "and it holds no input")
     p.add_argument("--threshold", type=float, help="crack where p > this (default: the run's, else 0.5)")
     p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
-                   help="write the photo with the counted cracks in magenta and their ids (default: on)")
+                   help="write the photo with the counted cracks outlined in magenta and their ids (default: on)")
     p.add_argument("--report", action="store_true",
                    help="also write report.html: every photo, most crack length first (writes the overlays)")
     p.add_argument("--min-area", type=int, default=20, help="pieces under this many pixels are not cracks")

@@ -72,9 +72,15 @@ def error_overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> np.nda
 
 
 def crack_overlay(image: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """The photo with predicted cracks drawn in a strong colour, thickened to stay visible when zoomed out."""
-    thick = cv2.dilate(pred.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    return paint(image, thick, CRACK_COLOUR, alpha=0.9)
+    """The photo with each predicted crack outlined in a strong colour just outside it, so the crack's
+    own pixels stay as photographed for an inspector to judge; the line grows with the photo (2 px up
+    to 1600 px a side, then 1 px more per 800) to stay visible zoomed out."""
+    width = max(2, round(max(image.shape[:2]) / 800))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    outline = (cv2.dilate(pred.astype(np.uint8), disc) > 0) & ~pred
+    out = to_rgb(image).copy()
+    out[outline] = CRACK_COLOUR
+    return out
 
 
 def label_cracks(overlay: np.ndarray, cracks: list[dict]) -> np.ndarray:

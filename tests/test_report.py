@@ -231,3 +231,15 @@ def test_positions_from_exif_go_to_summary_geojson_and_the_report(standin):
         "report.html#photo0"
     page = (standin / "out/report.html").read_text()
     assert "<h2>Where</h2>" in page and 'href="#photo0"' in page and "-33.859756" in page
+
+
+def test_the_overlay_outlines_the_crack_and_keeps_its_pixels():
+    from visuals import CRACK_COLOUR, crack_overlay
+    image = np.random.default_rng(0).integers(0, 256, (120, 200, 3)).astype(np.uint8)
+    crack = np.zeros((120, 200), bool)
+    crack[50:58, 20:180] = True                                        # an 8 px wide crack
+    overlay = crack_overlay(image, crack)
+    inside = cv2.erode(crack.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    assert np.array_equal(overlay[inside], image[inside])              # the photo's own pixels inside the crack
+    assert (overlay[48:50, 30:170] == CRACK_COLOUR).all() and (overlay[58:60, 30:170] == CRACK_COLOUR).all()
+    assert np.array_equal(overlay[:40], image[:40])                     # far from it, untouched
