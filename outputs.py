@@ -1,17 +1,25 @@
 """predict.py's output folders: each run writes into a folder of its own, marked as made by predict.py,
-so that nothing a person keeps is overwritten, deleted or read back as an input.
+so that nothing a person keeps is overwritten, deleted or read back as an input; and what lies in one:
+each photo's files written whole (a temporary name, then renamed) and then its record (RECORDS), from
+which the summaries are built, so a run stopped anywhere loses at most the photos in flight and
+`--resume OUT` goes on where it stopped.
 
 Default: ./predictions/<run>-<YYYYmmdd-HHMMSS>/. An existing --out is refused unless it is empty
 (nothing to lose) or --overwrite is given, which deletes a folder only when it holds the MARKER
-(predict.py made it) and no input."""
+(predict.py made it) and no input. The MARKER keeps the settings the maps and masks depend on;
+--resume refuses a folder made with others."""
+import csv
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
-from rundir import REPO_DIR, RunError
+from rundir import REPO_DIR, RunError, json_dump
+from visuals import write_image
 
 MARKER = ".crackseg-predictions"   # in every folder predict.py writes; input scans skip folders holding it
+RECORDS = ".records"               # one JSON per photo done: its summary row and cracks, written after its files
 
 
 def default_out(run: str) -> Path:
@@ -45,21 +53,77 @@ def check_out_dir(out_dir: Path, inputs: list[Path]) -> None:
                            "(or leave --out out: ./predictions/<run>-<time>/)")
 
 
-def prepare_out_dir(out_dir: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Make `out_dir` ready for a run, marked as predict.py's; refuse (exit 2) before writing anything
-    when it would mix with or delete files that are not a previous run's outputs."""
+def prepare_out_dir(out_dir: Path, inputs: list[Path], overwrite: bool, settings: dict) -> None:
+    """Make `out_dir` ready for a run, marked as predict.py's with the `settings` its outputs depend on;
+    refuse (exit 2) before writing anything when it would mix with or delete files that are not a
+    previous run's outputs."""
     check_out_dir(out_dir, inputs)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"--out {out_dir} is a file; give a folder")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise RunError(f"--out {out_dir} already exists and is not empty; give a new folder, leave --out out "
-                           "(a new ./predictions/<run>-<time>/ each run), or --overwrite to replace a previous "
-                           "run's outputs")
+                           "(a new ./predictions/<run>-<time>/ each run), --resume it to finish a stopped run, or "
+                           "--overwrite to replace a previous run's outputs")
         if not is_marked(out_dir):
             raise RunError(f"--overwrite: {out_dir} has no {MARKER} marker, so predict.py did not make it; "
                            "nothing was deleted. Give a new folder")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text(json.dumps({"made_by": "predict.py", "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-                                  + "\n")
+    json_dump(out_dir / MARKER, {"made_by": "predict.py", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 "settings": settings})
+
+
+def check_resume(out_dir: Path, inputs: list[Path], settings: dict) -> None:
+    """--resume OUT: a folder predict.py made, with the settings of this run (a different model,
+    threshold, scale policy, min-area or mm/px would mix two kinds of outputs in one folder)."""
+    check_out_dir(out_dir, inputs)
+    if not is_marked(out_dir):
+        raise RunError(f"--resume {out_dir}: no {MARKER} marker there, so no predict.py run to go on with")
+    made = json.loads((out_dir / MARKER).read_text()).get("settings", {})
+    differ = [f"{k} {made.get(k)!r} there, {v!r} now" for k, v in settings.items() if made.get(k) != v]
+    if differ:
+        raise RunError(f"--resume {out_dir}: its photos were made with other settings ({'; '.join(differ)}); "
+                       "resume with those, or give a new --out")
+
+
+# ---------------------------------------------------------------- one photo's files and record
+
+def write_whole(path: Path, array, quality: int = 90) -> None:
+    """An image written under a temporary name, then renamed: a stop leaves it whole or absent."""
+    partial = path.with_name(f".partial-{path.name}")
+    write_image(partial, array, quality)
+    os.replace(partial, path)
+
+
+def record_path(out_dir: Path, rel: Path) -> Path:
+    return out_dir / RECORDS / f"{rel.as_posix()}.json"
+
+
+def write_record(out_dir: Path, rel: Path, record: dict) -> None:
+    """The photo's record, written last: its presence says every file of the photo is whole."""
+    path = record_path(out_dir, rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    json_dump(path, record)
+
+
+def read_records(out_dir: Path, rels: list[Path]) -> dict[Path, dict]:
+    """{rel: record} of the photos done, in input order."""
+    found = {}
+    for rel in rels:
+        path = record_path(out_dir, rel)
+        if path.is_file():
+            found[rel] = json.loads(path.read_text())
+    return found
+
+
+def write_tables(out_dir: Path, records: list[dict], columns: tuple[list[str], list[str]]) -> None:
+    """summary.csv and cracks.csv of the records (in input order), each written whole."""
+    for name, fields, rows in (("summary.csv", columns[0], [r["summary"] for r in records]),
+                               ("cracks.csv", columns[1], [c for r in records for c in r["cracks"]])):
+        partial = out_dir / f".partial-{name}"
+        with open(partial, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, out_dir / name)

@@ -37,7 +37,6 @@ diagonal. Width classes (with --mm-per-px) come from the mean width and --width-
 Exit status: 0 all images done, 1 some unreadable (named on stderr, the rest done), 2 usage error.
 """
 import argparse
-import csv
 import glob
 import json
 import os
@@ -54,16 +53,17 @@ from engine import make_engine
 from inference import OVERLAP, TILE, add_inference_options, reporting_tiles
 from measure import class_names, crack_summary, measure_cracks, width_class
 import scales
-from outputs import MARKER, check_out_dir, default_out, prepare_out_dir
+from outputs import (MARKER, check_out_dir, check_resume, default_out, prepare_out_dir, read_records, record_path,
+                     write_record, write_tables, write_whole)
 import photometa
 from photometa import read_where_and_when
 from predictor import MapOptions, Predictor, read_photo
 from rundir import DEFAULT_BUNDLE, PRETRAINED_DIR, RunError, bundle_dir, runs_arg
 from utils import run_cli
-from visuals import crack_overlay, label_cracks, save_probability, write_image
+from visuals import crack_overlay, label_cracks, probability_png
 
 COLUMNS = ["image", "width", "height", "scale", "threshold", "crack_found", "cracks", "crack_fraction",
-           "length_px", "longest_px", "mean_width_px", "max_width_px", *photometa.COLUMNS]
+           "length_px", "longest_px", "mean_width_px", "max_width_px"]
 MM_COLUMNS = ["length_mm", "longest_mm", "mean_width_mm", "max_width_mm"]
 CRACK_COLUMNS = ["image", "crack", "x", "y", "w", "h", "length_px", "mean_width_px", "median_width_px",
                  "max_width_px", "area_px", "angle_deg", "orientation"]
@@ -81,6 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"(mean probability); default: the bundled {DEFAULT_BUNDLE}")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted glob patterns")
     p.add_argument("--out", type=Path, help="output folder (default: ./predictions/<run>-<YYYYmmdd-HHMMSS>/)")
+    p.add_argument("--resume", type=Path, metavar="OUT",
+                   help="finish a stopped run in its output folder OUT: photos whose files are complete are "
+                        "kept, the rest predicted, the summaries rebuilt (refused if the settings differ)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out, only if an earlier predict.py run made it (its marker) "
                         "and it holds no input")
@@ -117,6 +120,8 @@ def get_args(argv=None) -> argparse.Namespace:
     if args.width_classes != sorted(set(args.width_classes)) or args.width_classes[0] <= 0:
         parser.error("--width-classes must be increasing positive widths in mm, e.g. 1 3")
     args.overlay = args.overlay or args.report   # the report's cards show the overlays
+    if args.resume and (args.out or args.overwrite):
+        parser.error("--resume OUT names the folder to finish: leave --out and --overwrite out")
     if args.min_area < 1:
         parser.error("--min-area must be >= 1")
     return args
@@ -224,10 +229,11 @@ def summary_row(rel: Path, kept: np.ndarray, cracks: list[dict], threshold: floa
 
 def write_photo_outputs(base: Path, image: np.ndarray, prob: np.ndarray, kept: np.ndarray, cracks: list[dict],
                         overlay: bool) -> None:
-    save_probability(Path(f"{base}_prob.png"), prob)  # also makes the folder
-    write_image(Path(f"{base}_mask.png"), kept.astype(np.uint8) * 255)
+    """The photo's files, each written whole (outputs.write_whole)."""
+    write_whole(Path(f"{base}_prob.png"), probability_png(prob))   # also makes the folder
+    write_whole(Path(f"{base}_mask.png"), kept.astype(np.uint8) * 255)
     if overlay:
-        write_image(Path(f"{base}_overlay.jpg"), label_cracks(crack_overlay(image, kept), cracks))
+        write_whole(Path(f"{base}_overlay.jpg"), label_cracks(crack_overlay(image, kept), cracks))
 
 
 def out_of_memory(err: BaseException) -> bool:
@@ -281,68 +287,57 @@ def choose_model(args) -> Predictor:
                           options=MapOptions(args.tta, args.tile, args.overlap))
 
 
-class Results:
-    """summary.csv and cracks.csv, written row by row (a long run interrupted keeps the rows done), and
-    what the report needs of each photo."""
+def predict_all(items, predictor: Predictor, args, out_dir: Path) -> int:
+    """Every photo not done yet in turn (sizes differ; batching gains little next to decoding and writing):
+    its files, then its record. An unreadable file, or one that runs out of memory, is reported and
+    skipped (it gets no record), the rest still done. Returns how many photos this call predicted."""
+    tiles, done = TileBar(), 0
+    todo = [(path, rel) for path, rel in items if not record_path(out_dir, rel).is_file()]
+    for path, rel in tqdm(todo, unit="photo", file=sys.stderr, position=0):
+        try:
+            with reporting_tiles(tiles):
+                image = read_photo(path)
+                found = predictor.predict(image)
+        except DatasetError as err:
+            tqdm.write(f"skipped {err}", file=sys.stderr)
+            continue
+        except (MemoryError, RuntimeError) as err:   # torch.OutOfMemoryError is a RuntimeError
+            if not out_of_memory(err):
+                raise
+            tqdm.write(f"skipped {path}: out of memory ({first_line(err)}); lower --tile "
+                       f"(now {args.tile}, e.g. --tile {max(args.tile // 2, 256)}) or use --device cpu",
+                       file=sys.stderr)
+            release_memory(predictor.engine)
+            continue
+        finally:
+            tiles.close()
+        kept, cracks = measure_cracks(found.prob > args.threshold, args.min_area)
+        base = out_dir / rel.parent / rel.stem
+        write_photo_outputs(base, image, found.prob, kept, cracks, args.overlay)
+        row = summary_row(rel, kept, cracks, args.threshold, found.factor, args, read_where_and_when(path))
+        write_record(out_dir, rel, {"summary": row, "cracks": crack_rows(rel, cracks, args), "source": str(path),
+                                    "overlay": f"{base}_overlay.jpg" if args.overlay else None})
+        done += 1
+    return done
 
-    def __init__(self, out_dir: Path, mm: bool):
-        self.files = [open(out_dir / name, "w", newline="") for name in ("summary.csv", "cracks.csv")]
-        self.summary, self.cracks = (
-            csv.DictWriter(f, fieldnames=cols + (mm_cols if mm else []))
-            for f, cols, mm_cols in zip(self.files, (COLUMNS, CRACK_COLUMNS), (MM_COLUMNS, CRACK_MM_COLUMNS),
-                                        strict=True))
-        self.summary.writeheader()
-        self.cracks.writeheader()
-        self.photos: list[dict] = []
 
-    def add(self, row: dict, cracks: list[dict], files: dict) -> None:
-        self.summary.writerow(row)
-        self.cracks.writerows(cracks)
-        for f in self.files:
-            f.flush()
-        self.photos.append({"summary": row, "cracks": cracks, **files})
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-
-
-def predict_all(items, predictor: Predictor, args, out_dir: Path) -> tuple[Results, list[Path]]:
-    """Every photo in turn (sizes differ; batching gains little next to decoding and writing); an
-    unreadable file, or one that runs out of memory, is reported and skipped, the rest still done."""
-    failed = []
-    results, tiles = Results(out_dir, bool(args.mm_per_px)), TileBar()
-    try:
-        for path, rel in tqdm(items, unit="photo", file=sys.stderr, position=0):
-            try:
-                with reporting_tiles(tiles):
-                    image = read_photo(path)
-                    found = predictor.predict(image)
-                prob, factor = found.prob, found.factor
-            except DatasetError as err:
-                tqdm.write(f"skipped {err}", file=sys.stderr)
-                failed.append(path)
-                continue
-            except (MemoryError, RuntimeError) as err:   # torch.OutOfMemoryError is a RuntimeError
-                if not out_of_memory(err):
-                    raise
-                tqdm.write(f"skipped {path}: out of memory ({first_line(err)}); lower --tile "
-                           f"(now {args.tile}, e.g. --tile {max(args.tile // 2, 256)}) or use --device cpu",
-                           file=sys.stderr)
-                failed.append(path)
-                release_memory(predictor.engine)
-                continue
-            finally:
-                tiles.close()
-            kept, cracks = measure_cracks(prob > args.threshold, args.min_area)
-            base = out_dir / rel.parent / rel.stem
-            write_photo_outputs(base, image, prob, kept, cracks, args.overlay)
-            files = {"source": path, "overlay": f"{base}_overlay.jpg" if args.overlay else None}
-            row = summary_row(rel, kept, cracks, args.threshold, factor, args, read_where_and_when(path))
-            results.add(row, crack_rows(rel, cracks, args), files)
-    finally:
-        results.close()
-    return results, failed
+def summarize(items, args, config: dict, out_dir: Path) -> tuple[list[dict], list[Path], Path | None]:
+    """summary.csv, cracks.csv, cracks.geojson and (--report) report.html from every photo's record, in
+    input order; returns the photos, the inputs without a record (skipped) and the report's path."""
+    records = read_records(out_dir, [rel for _, rel in items])
+    photos = list(records.values())
+    mm = bool(args.mm_per_px)
+    columns = (COLUMNS + (MM_COLUMNS if mm else []) + photometa.COLUMNS,
+               CRACK_COLUMNS + (CRACK_MM_COLUMNS if mm else []))
+    write_tables(out_dir, photos, columns)
+    failed = [path for path, rel in items if rel not in records]
+    report = None
+    if args.report:
+        from report import write_report
+        factors = scales.tally([p["summary"]["scale"] for p in photos])
+        report = write_report(out_dir, {**settings(args, config), "factors": factors}, photos, failed)
+    write_geojson(out_dir, photos, report is not None)
+    return photos, failed, report
 
 
 def write_geojson(out_dir: Path, photos: list[dict], with_report: bool) -> None:
@@ -371,33 +366,39 @@ def main(argv=None) -> int:
     args.scale = predictor.scale
     # 2. the images and the output folder: a missing INPUT or a folder of the user's stops everything
     #    before any work, as a typo should
-    out_dir = args.out or default_out(args.name)
+    out_dir = args.resume or args.out or default_out(args.name)
     roots = [glob_root(p) for p in args.inputs if glob_root(p).exists()]
     check_out_dir(out_dir, roots)   # before the scan, which leaves out what lies inside --out
     items = find_inputs(args.inputs, out_dir.resolve())
-    prepare_out_dir(out_dir, roots + [image for image, _ in items], args.overwrite)
+    inputs = roots + [image for image, _ in items]
+    if args.resume:
+        check_resume(out_dir, inputs, output_settings(args))
+    else:
+        prepare_out_dir(out_dir, inputs, args.overwrite, output_settings(args))
     print(f"{args.name}: {config['arch']} ({args.checkpoint}, {args.backend}), {predictor.engine.describe()}, "
           f"threshold {args.threshold:g} ({source}), scale {args.scale}; {len(items)} photo(s) -> {out_dir}")
     if config.get("terms"):
         print(f"terms of {args.name}: {config['terms']}")
-    # 3. every photo, then the report
+    # 3. every photo not done yet; the summaries from every photo's record, also after Ctrl-C
     started = time.perf_counter()
-    results, failed = predict_all(items, predictor, args, out_dir)
-    factors = scales.tally([p["summary"]["scale"] for p in results.photos])
-    report = None
-    if args.report:
-        from report import write_report
-        report = write_report(out_dir, {**settings(args, config), "factors": factors}, results.photos, failed)
-    write_geojson(out_dir, results.photos, report is not None)
+    try:
+        predicted = predict_all(items, predictor, args, out_dir)
+    finally:
+        photos, failed, report = summarize(items, args, config, out_dir)
     # 4. what was done, where it is
-    print(f"scale {args.scale}: {factors}")
-    done = len(items) - len(failed)
-    print(f"wrote {done} prediction(s), summary.csv and cracks.csv to {out_dir} "
-          f"({done / max(time.perf_counter() - started, 1e-9):.2f} photos/s)"
+    print(f"scale {args.scale}: {scales.tally([p['summary']['scale'] for p in photos])}")
+    print(f"wrote {len(photos)} prediction(s) ({predicted} now), summary.csv and cracks.csv to {out_dir} "
+          f"({predicted / max(time.perf_counter() - started, 1e-9):.2f} photos/s)"
           + (f"; report: {report}" if report else "")
           + (f"; {len(failed)} file(s) skipped (unreadable or out of memory): {', '.join(map(str, failed))}"
              if failed else ""))
     return 1 if failed else 0
+
+
+def output_settings(args) -> dict:
+    """What the maps, masks and numbers in an output folder depend on (kept in its marker)."""
+    return {"model": args.name, "threshold": args.threshold, "scale": args.scale, "min_area": args.min_area,
+            "mm_per_px": args.mm_per_px}
 
 
 if __name__ == "__main__":

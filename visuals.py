@@ -28,9 +28,13 @@ def write_image(path: Path, rgb_or_gray: np.ndarray, quality: int = 90, bgr: boo
         raise WriteError(f"could not write {path}: is the disk full, or the folder read-only?")
 
 
+def probability_png(prob: np.ndarray) -> np.ndarray:
+    """p in [0,1] -> round(255 p) as uint8; evaluate.py --pred-dir reads it back as value/255."""
+    return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
+
+
 def save_probability(path: Path, prob: np.ndarray) -> None:
-    """p in [0,1] -> round(255 p); evaluate.py --pred-dir reads it back as value/255."""
-    write_image(path, np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
+    write_image(path, probability_png(prob))
 
 
 def label(image: np.ndarray, text: str) -> np.ndarray:

@@ -25,6 +25,7 @@ from synthetic import synthetic_pair
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = ("image,width,height,scale,threshold,crack_found,cracks,crack_fraction,length_px,longest_px,mean_width_px,"
           "max_width_px")
+WHERE = ",latitude,longitude,altitude_m,taken"   # from the photo's EXIF, last
 
 
 # ---------------------------------------------------------------- tiling
@@ -327,7 +328,7 @@ def test_folders_globs_bad_files_gray_and_rgba(tiny_run):
     assert "broken.jpg" in result.stderr and "Traceback" not in result.stderr
     assert "threshold 0.3 (--threshold)" in result.stdout
     header, rows = read_summary(tiny_run / "out/summary.csv")
-    assert header == HEADER + ",length_mm,longest_mm,mean_width_mm,max_width_mm"
+    assert header == HEADER + ",length_mm,longest_mm,mean_width_mm,max_width_mm" + WHERE
     done = ["a.jpg", "sub/gray.png", "sub/deeper/rgba.png", "g1.jpg", "nested/g2.jpg", "single.bmp"]
     assert sorted(rows) == sorted(done)
     for name in done:
@@ -355,7 +356,7 @@ def test_exif_photo_and_the_run_threshold(tiny_run):
     assert "threshold 0.5 (config.json)" in result.stdout
     out, = (tiny_run / "predictions").glob("tiny-*")
     header, rows = read_summary(out / "summary.csv")
-    assert header == HEADER
+    assert header == HEADER + WHERE
     assert (rows["phone.jpg"]["width"], rows["phone.jpg"]["height"]) == ("40", "64")   # stored as 64 x 40
     assert cv2.imread(str(out / "phone_prob.png"), cv2.IMREAD_UNCHANGED).shape == (64, 40)
 

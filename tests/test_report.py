@@ -144,8 +144,10 @@ def test_a_second_run_into_the_same_out_is_refused_and_overwrite_leaves_nothing_
     assert {p.name for p in (standin / "out").iterdir()} == first
     cv2.imwrite(str(standin / "one.png"), light_photo(64, 64))
     assert run("one.png", "--out", "out", "--overwrite") == 0
-    assert {p.name for p in (standin / "out").iterdir()} == {MARKER, "summary.csv", "cracks.csv", "one_prob.png",
-                                                              "one_mask.png", "one_overlay.jpg"}
+    assert {p.name for p in (standin / "out").iterdir()} == {MARKER, "summary.csv", "cracks.csv", "cracks.geojson",
+                                                              ".records", "one_prob.png", "one_mask.png",
+                                                              "one_overlay.jpg"}
+    assert [p.name for p in (standin / "out/.records").iterdir()] == ["one.png.json"]
 
 
 def test_overwrite_deletes_nothing_without_the_marker_or_with_an_input_inside(standin):
@@ -243,3 +245,32 @@ def test_the_overlay_outlines_the_crack_and_keeps_its_pixels():
     assert np.array_equal(overlay[inside], image[inside])              # the photo's own pixels inside the crack
     assert (overlay[48:50, 30:170] == CRACK_COLOUR).all() and (overlay[58:60, 30:170] == CRACK_COLOUR).all()
     assert np.array_equal(overlay[:40], image[:40])                     # far from it, untouched
+
+
+def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_an_unbroken_one(standin, monkeypatch, capsys):
+    photos_folder(standin / "photos")                                 # 5 photos
+    assert run("photos", "--out", "unbroken", "--report") == 0
+    real, calls = predictor.Predictor.predict, []
+
+    def stopped_at_the_fourth(self, photo):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt                                   # Ctrl-C (or a kill) on the 4th photo
+        return real(self, photo)
+    monkeypatch.setattr(predictor.Predictor, "predict", stopped_at_the_fourth)
+    assert run("photos", "--out", "out", "--report") == 130
+    assert len(list((standin / "out/.records").iterdir())) == 3       # 3 photos done, whole
+    assert len(read_csv(standin / "out/summary.csv")) == 3            # the summaries of those, written anyway
+    monkeypatch.setattr(predictor.Predictor, "predict", real)
+    assert run("photos", "--resume", "out", "--report", "--threshold", "0.3") == 2   # other settings: refused
+    assert "other settings" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(predictor.Predictor, "predict", lambda self, photo: (calls.append(1), real(self, photo))[1])
+    assert run("photos", "--resume", "out", "--report") == 0
+    assert len(calls) == 2 and "(2 now)" in capsys.readouterr().out   # only the two left, none twice
+    for name in ("summary.csv", "cracks.csv", "cracks.geojson"):
+        assert (standin / "out" / name).read_bytes() == (standin / "unbroken" / name).read_bytes(), name
+    made = sorted(p.relative_to(standin / "out").as_posix() for p in (standin / "out").rglob("*") if p.is_file())
+    again = sorted(p.relative_to(standin / "unbroken").as_posix() for p in (standin / "unbroken").rglob("*")
+                   if p.is_file())
+    assert made == again and not [m for m in made if ".partial" in m]
