@@ -9,6 +9,7 @@ Default: ./predictions/<run>-<YYYYmmdd-HHMMSS>/. An existing --out is refused un
 (predict.py made it) and no input. The MARKER keeps the settings the maps and masks depend on;
 --resume refuses a folder made with others."""
 import csv
+import io
 import json
 import os
 import shutil
@@ -117,13 +118,46 @@ def read_records(out_dir: Path, rels: list[Path]) -> dict[Path, dict]:
     return found
 
 
+def write_text_whole(path: Path, text: str) -> None:
+    """A text file under a temporary name of this process, then renamed: two ranks merging at once each
+    leave a whole file, never one mixed of both."""
+    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def write_tables(out_dir: Path, records: list[dict], columns: tuple[list[str], list[str]]) -> None:
     """summary.csv and cracks.csv of the records (in input order), each written whole."""
     for name, fields, rows in (("summary.csv", columns[0], [r["summary"] for r in records]),
                                ("cracks.csv", columns[1], [c for r in records for c in r["cracks"]])):
-        partial = out_dir / f".partial-{name}"
-        with open(partial, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(partial, out_dir / name)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_whole(out_dir / name, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- ranks under torchrun
+
+RANKS = ".ranks"   # one JSON per rank of a torchrun run that finished its share
+
+
+def rank_done(out_dir: Path, rank: int, world: int, photos: int) -> None:
+    (out_dir / RANKS).mkdir(exist_ok=True)
+    json_dump(out_dir / RANKS / f"{world}-{rank}.json", {"rank": rank, "photos": photos})
+
+
+def ranks_done(out_dir: Path, world: int) -> dict[int, int] | None:
+    """{rank: photos} once every rank of a `world`-process run finished its share, else None."""
+    found = {}
+    for rank in range(world):
+        path = out_dir / RANKS / f"{world}-{rank}.json"
+        if not path.is_file():
+            return None
+        found[rank] = json.loads(path.read_text())["photos"]
+    return found
+
+
+def clear_ranks(out_dir: Path) -> None:
+    """Rank 0 before a (resumed) torchrun run: the finish lines of an earlier attempt do not count."""
+    shutil.rmtree(out_dir / RANKS, ignore_errors=True)

@@ -53,8 +53,8 @@ from engine import make_engine
 from inference import OVERLAP, TILE, add_inference_options, reporting_tiles
 from measure import class_names, crack_summary, measure_cracks, width_class
 import scales
-from outputs import (MARKER, check_out_dir, check_resume, default_out, prepare_out_dir, read_records, record_path,
-                     write_record, write_tables, write_whole)
+from outputs import (MARKER, check_out_dir, check_resume, clear_ranks, default_out, prepare_out_dir, rank_done,
+                     ranks_done, read_records, record_path, write_record, write_tables, write_text_whole, write_whole)
 import photometa
 from photometa import read_where_and_when
 from predictor import MapOptions, Predictor, read_photo
@@ -346,7 +346,7 @@ def write_geojson(out_dir: Path, photos: list[dict], with_report: bool) -> None:
     from report import card_anchors
     anchors = card_anchors(photos) if with_report else None
     collection = photometa.geojson([p["summary"] for p in photos], anchors)
-    (out_dir / "cracks.geojson").write_text(json.dumps(collection, indent=1) + "\n")
+    write_text_whole(out_dir / "cracks.geojson", json.dumps(collection, indent=1) + "\n")
 
 
 def settings(args, config: dict) -> dict:
@@ -365,34 +365,72 @@ def main(argv=None) -> int:
     args.threshold = predictor.threshold if args.threshold is None else args.threshold
     args.scale = predictor.scale
     # 2. the images and the output folder: a missing INPUT or a folder of the user's stops everything
-    #    before any work, as a typo should
+    #    before any work, as a typo should. Under torchrun rank 0 decides and prepares the folder.
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     out_dir = args.resume or args.out or default_out(args.name)
     roots = [glob_root(p) for p in args.inputs if glob_root(p).exists()]
     check_out_dir(out_dir, roots)   # before the scan, which leaves out what lies inside --out
     items = find_inputs(args.inputs, out_dir.resolve())
-    inputs = roots + [image for image, _ in items]
-    if args.resume:
-        check_resume(out_dir, inputs, output_settings(args))
-    else:
-        prepare_out_dir(out_dir, inputs, args.overwrite, output_settings(args))
+    if rank == 0:
+        open_out_dir(out_dir, roots + [image for image, _ in items], args)
+    if world > 1:
+        out_dir = share_out_dir(out_dir)
+        items = find_inputs(args.inputs, out_dir.resolve())
     print(f"{args.name}: {config['arch']} ({args.checkpoint}, {args.backend}), {predictor.engine.describe()}, "
-          f"threshold {args.threshold:g} ({source}), scale {args.scale}; {len(items)} photo(s) -> {out_dir}")
-    if config.get("terms"):
+          f"threshold {args.threshold:g} ({source}), scale {args.scale}; {len(items)} photo(s) -> {out_dir}"
+          + (f"; rank {rank} of {world}" if world > 1 else ""))
+    if config.get("terms") and rank == 0:
         print(f"terms of {args.name}: {config['terms']}")
-    # 3. every photo not done yet; the summaries from every photo's record, also after Ctrl-C
+    # 3. this process's share of the photos not done yet; the summaries from every photo's record, also
+    #    after Ctrl-C, by the last rank to finish (or --resume OUT)
     started = time.perf_counter()
+    share = items[rank::world]
     try:
-        predicted = predict_all(items, predictor, args, out_dir)
+        predicted = predict_all(share, predictor, args, out_dir)
     finally:
-        photos, failed, report = summarize(items, args, config, out_dir)
+        if world > 1:
+            rank_done(out_dir, rank, world, len(read_records(out_dir, [rel for _, rel in share])))
+        counts = ranks_done(out_dir, world) if world > 1 else {0: len(items)}
+        if counts is not None:
+            photos, failed, report = summarize(items, args, config, out_dir)
     # 4. what was done, where it is
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    if counts is None:
+        print(f"rank {rank}: {predicted} photo(s) predicted ({predicted / elapsed:.2f} photos/s); the last rank "
+              f"to finish writes the summaries (or: python predict.py {' '.join(args.inputs)} --resume {out_dir})")
+        return 0
+    for r, n in counts.items() if world > 1 else ():
+        print(f"rank {r}: {n} photos")
     print(f"scale {args.scale}: {scales.tally([p['summary']['scale'] for p in photos])}")
     print(f"wrote {len(photos)} prediction(s) ({predicted} now), summary.csv and cracks.csv to {out_dir} "
-          f"({predicted / max(time.perf_counter() - started, 1e-9):.2f} photos/s)"
+          f"({predicted / elapsed:.2f} photos/s)"
           + (f"; report: {report}" if report else "")
           + (f"; {len(failed)} file(s) skipped (unreadable or out of memory): {', '.join(map(str, failed))}"
              if failed else ""))
     return 1 if failed else 0
+
+
+def open_out_dir(out_dir: Path, inputs: list[Path], args) -> None:
+    """A new marked folder for this run, or --resume's folder checked against this run's settings."""
+    check_out_dir(out_dir, inputs)
+    if args.resume:
+        check_resume(out_dir, inputs, output_settings(args))
+        clear_ranks(out_dir)
+    else:
+        prepare_out_dir(out_dir, inputs, args.overwrite, output_settings(args))
+
+
+def share_out_dir(out_dir: Path) -> Path:
+    """Under torchrun: rank 0's folder (its default name has rank 0's clock), sent once rank 0 made it
+    ready; the one collective of the run (over the group engine.make_engine opened), after which every
+    rank goes its own pace."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    chosen = [str(out_dir)]
+    dist.broadcast_object_list(chosen, src=0)
+    dist.destroy_process_group()
+    return Path(chosen[0])
 
 
 def output_settings(args) -> dict:

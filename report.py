@@ -4,6 +4,7 @@ Standard library only (html.escape and f-strings): the page is a few tables, car
 SVG histogram, too little to earn a template package. Images are the overlays written beside it,
 linked by relative paths; the page references nothing on the network (no http, no CDN, no script)."""
 import html
+import os
 import time
 from pathlib import Path
 
@@ -172,5 +173,7 @@ def write_report(out_dir: Path, settings: dict, photos: list[dict], failed: list
             f"{summary_table(cracked, settings)}<h2>Crack widths</h2>{histogram(photos, settings)}{positions(photos)}"
             f"{cards}{lists}</body></html>")
     path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    partial = path.with_name(f".partial-{os.getpid()}-report.html")   # whole, even with two ranks merging
+    partial.write_text(page, encoding="utf-8")
+    os.replace(partial, path)
     return path

@@ -523,3 +523,31 @@ def test_heic_without_pillow_heif_names_the_package_and_the_rest_runs(tiny_run, 
     assert "pip install pillow-heif" in capsys.readouterr().err
     _, rows = read_summary(tiny_run / "out/summary.csv")
     assert list(rows) == ["a.webp"]
+
+
+def test_two_torchrun_ranks_share_the_photos_and_write_what_one_process_writes(tiny_run):
+    import os
+    import re
+    import socket
+    for i in range(5):
+        write_photo(tiny_run / "site" / f"p{i}.png", size=(48 + 8 * i, 64))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}   # the same threads per process both ways
+    common = ["--name", "tiny", "site", "--report", "--device", "cpu", "--precision", "fp32"]
+    one = subprocess.run([sys.executable, str(ROOT / "predict.py"), *common, "--out", "one"], cwd=tiny_run,
+                         env=env, capture_output=True, text=True, timeout=300)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                          "--master_addr=127.0.0.1", f"--master_port={port}", str(ROOT / "predict.py"), *common,
+                          "--out", "two"], cwd=tiny_run, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    for name in ("summary.csv", "cracks.csv", "cracks.geojson"):
+        assert (tiny_run / "two" / name).read_bytes() == (tiny_run / "one" / name).read_bytes(), name
+    [header, *rows] = (tiny_run / "two" / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == [f"p{i}.png" for i in range(5)]   # input order
+    made = re.compile(r"<td>made</td><td>[^<]*</td>")
+    assert made.sub("", (tiny_run / "two/report.html").read_text()) == \
+        made.sub("", (tiny_run / "one/report.html").read_text())
+    assert re.search(r"rank 0: 3 photos", two.stdout) and re.search(r"rank 1: 2 photos", two.stdout), two.stdout
+    assert sorted(p.name for p in (tiny_run / "two/.ranks").iterdir()) == ["2-0.json", "2-1.json"]
