@@ -19,6 +19,7 @@ appends the medians and the ratio torch / onnxruntime to benchmarks/results/benc
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,32 @@ def time_predict(cwd: Path, photo: Path, name: str | None, extra: tuple[str, ...
     return seconds
 
 
+def time_ranks(ranks: list[int], repeat: int) -> dict:
+    """{ranks: median seconds} of predict.py with the bundle on the folder of FOLDER_PHOTOS photos, as one
+    process or `torchrun --nproc_per_node N`, each process given the machine's cores / N threads."""
+    import socket
+    cores = os.cpu_count() or 1
+    times = {n: [] for n in ranks}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_folder(tmp / "photos")
+        for _ in range(repeat):
+            for n in ranks:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                launch = [sys.executable] if n == 1 else [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                                                          f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+                                                          f"--master_port={port}"]
+                cmd = [*launch, str(ROOT / "predict.py"), str(tmp / "photos"), "--out", str(tmp / f"out{next(RUNS)}")]
+                env = {**os.environ, "OMP_NUM_THREADS": str(max(cores // n, 1))}
+                started = time.perf_counter()
+                subprocess.run(cmd, cwd=tmp, env=env, check=True, capture_output=True)
+                times[n].append(time.perf_counter() - started)
+    return {str(n): {"median_s": round(statistics.median(t), 2),
+                     "photos_per_s": round(FOLDER_PHOTOS / statistics.median(t), 2)} for n, t in times.items()}
+
+
 def parameters(candidate: str) -> int:
     arch, width = candidate.split(":")
     return count_parameters(build_model(arch, base_width=int(width)))
@@ -161,6 +188,16 @@ def render_scales(record: Path = RECORD) -> str:
             rows.append(f"| {line['machine']} | {line['commit']} | {photo} | {t['1']:.3f} | {t['auto']:.3f} | "
                         f"{t['auto'] / t['1']:.2f} | {found['factor'][photo]['auto']:g} | "
                         f"{found['peak_rss_mib_auto']} MiB |")
+    return "\n".join(rows)
+
+
+def render_ranks(record: Path = RECORD) -> str:
+    """--ranks lines: predict.py's throughput on the folder as 1 or N torchrun processes."""
+    rows = ["| machine | commit | photos | processes | seconds | photos/s |", "|---|---|---|---|---|---|"]
+    for line in map(json.loads, record.read_text().splitlines()):
+        for n, t in line.get("ranks", {}).items():
+            rows.append(f"| {line['machine']} | {line['commit']} | {line['photos']} | {n} | {t['median_s']:.2f} | "
+                        f"{t['photos_per_s']:.2f} |")
     return "\n".join(rows)
 
 
@@ -239,16 +276,25 @@ def main() -> None:
     p.add_argument("--scales", nargs="+", metavar="SCALE",
                    help="network time of the bundled model under these --scale values (e.g. 1 auto) on the "
                         "synthetic photo and an enlarged real one, and predict.py's peak memory under auto")
+    p.add_argument("--ranks", nargs="+", type=int, metavar="N",
+                   help="throughput of predict.py on the folder of photos as N torchrun processes (1: one plain "
+                        "process), each with the cores / N threads")
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--record", action="store_true",
-                   help="with --backend or --scales: append the results to " + str(RECORD))
+                   help="with --backend, --scales or --ranks: append the results to " + str(RECORD))
     p.add_argument("--table-only", action="store_true",
                    help="print the backends and scales tables from the record and exit")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the times here (benchmarks/architecture.py reads it)")
     args = p.parse_args()
     if args.table_only:
-        print(render_backends(), render_scales(), sep="\n\n")
+        print(render_backends(), render_scales(), render_ranks(), sep="\n\n")
+        return
+    if args.ranks:
+        found = time_ranks(args.ranks, args.repeat)
+        print(json.dumps(found))
+        if args.record:
+            record({"ranks": found, "photos": FOLDER_PHOTOS}, args.repeat)
         return
     if args.scales:
         found = time_scales(args.scales, args.data_dir, args.repeat)
