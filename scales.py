@@ -37,13 +37,16 @@ class Rule:
     above 1 are candidates, and `enlarge_gate`: only where the map at 1 shows cracks no wider than
     this (None: always; the enlarged map, 4x the pixels, is then predicted only for those photos);
     `fuse`: return the mean of the chosen map and the map at 1. `legacy`: the scale issue's rule, the
-    surest map wherever it lies (the map at 1 competes only when it shows a crack)."""
+    surest map wherever it lies (the map at 1 competes only when it shows a crack). `gate_at`: the width
+    gate may read the map at 1/2 instead of the map at 1 (a wide crack at full size is traced as narrow
+    pieces of texture; at 1/2 it is one wide band, a thin crack still a thin one)."""
     margin: float = 0.0
     width_gate: float | None = None
     enlarge: bool = True
     enlarge_gate: float | None = None
     fuse: bool = False
     legacy: bool = True
+    gate_at: float = 1.0   # the map whose bands the width gate measures, in the photo's px (its width / factor)
 
 
 def scale_arg(text: str) -> float | str:
@@ -175,6 +178,13 @@ def score(found: Mapping, factor: float) -> float:
     return found["sureness"] - SHRINK_BONUS * math.log2(factor)
 
 
+def gate_width(found: dict[float, Mapping], rule: Rule) -> float:
+    """The median band width the width gate reads, in the photo's px: of the map at rule.gate_at (at 1
+    where that map was not allowed)."""
+    at = rule.gate_at if rule.gate_at in found else 1.0
+    return found[at]["median_width"] / at if at in found else math.inf
+
+
 def choose(found: dict[float, Mapping], candidates: list[float], rule: Rule | None = None) -> float:
     """The factor for one photo from the features of its maps ({factor: MapFeatures}): the surest map
     (sureness: the mean |2p - 1| where p > 0.1), each halving credited SHRINK_BONUS (ties to the factor
@@ -189,7 +199,7 @@ def choose(found: dict[float, Mapping], candidates: list[float], rule: Rule | No
     rule = RULE if rule is None else rule
     enlarging = rule.enlarge if 1.0 not in found else wants_enlarging(found[1.0], rule)
     candidates = [f for f in candidates if f in found and (enlarging or f <= 1)]
-    if rule.width_gate is not None and 1.0 in found and found[1.0]["median_width"] <= rule.width_gate:
+    if rule.width_gate is not None and gate_width(found, rule) <= rule.width_gate:
         candidates = [f for f in candidates if f >= 1]
     surest_first = sorted(candidates, key=lambda f: (score(found[f], f), -abs(math.log(f))), reverse=True)
     best = next((f for f in surest_first if found[f]["length"] >= MIN_LENGTH), 1.0)

@@ -25,6 +25,7 @@ ONE = scales.FACTORS.index(1.0)
 # the family searched: today's rule, never departing, and every do-no-harm rule of this grid
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.15)
 GATES = (None, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0)
+GATE_AT = (1.0, 0.5)   # the map the width gate reads
 LEGACY, NEVER = scales.Rule(), scales.Rule(legacy=False, margin=math.inf)
 
 
@@ -32,8 +33,9 @@ ENLARGING = ((False, None), (True, None), (True, 3.0), (True, 4.0), (True, 5.0),
 
 
 def family() -> list[scales.Rule]:
-    grid = [scales.Rule(margin=m, width_gate=g, enlarge=e, enlarge_gate=eg, fuse=f, legacy=False)
-            for m, g, (e, eg), f in itertools.product(MARGINS, GATES, ENLARGING, (False, True))]
+    grid = [scales.Rule(margin=m, width_gate=g, enlarge=e, enlarge_gate=eg, fuse=f, legacy=False, gate_at=at)
+            for m, g, (e, eg), f, at in itertools.product(MARGINS, GATES, ENLARGING, (False, True), GATE_AT)
+            if g is not None or at == 1.0]
     return [LEGACY, NEVER, *grid]
 
 
@@ -42,7 +44,8 @@ def describe(rule: scales.Rule) -> str:
         return "surest map (the scale issue's rule)"
     if rule.margin == math.inf:
         return "always 1"
-    gate = "no gate" if rule.width_gate is None else f"shrink if width at 1 > {rule.width_gate:g} px"
+    gate = "no gate" if rule.width_gate is None else \
+        f"shrink if width at {scales.factor_name(rule.gate_at)} > {rule.width_gate:g} px"
     enlarge = "no enlarging" if not rule.enlarge else "enlarging" if rule.enlarge_gate is None else \
         f"enlarging if width at 1 <= {rule.enlarge_gate:g} px"
     return f"margin {rule.margin:.2f}, {gate}, {enlarge}" + (", fused with 1" if rule.fuse else "")
@@ -63,8 +66,10 @@ def choose_many(features: np.ndarray, valid: np.ndarray, rule: scales.Rule) -> n
     elif rule.enlarge_gate is not None:
         candidate[np.ix_(valid[:, ONE] & (width_at_one > rule.enlarge_gate), FACTORS > 1)] = False
     if rule.width_gate is not None:
-        gated = valid[:, ONE] & (width_at_one <= rule.width_gate)
-        candidate[np.ix_(gated, FACTORS < 1)] = False
+        at = scales.FACTORS.index(rule.gate_at)
+        widths = feats[:, :, FEATURE_KEYS.index("median_width")] / FACTORS
+        gate = np.where(valid[:, at], widths[:, at], np.where(valid[:, ONE], widths[:, ONE], np.inf))
+        candidate[np.ix_(gate <= rule.width_gate, FACTORS < 1)] = False
     # surest first, ties to the factor nearer 1, then to the earlier in FACTORS (a stable sort's order)
     order = np.argsort(np.abs(np.log2(FACTORS)), kind="stable")
     keyed = np.where(candidate & (length >= scales.MIN_LENGTH), score, -np.inf)[:, order]
@@ -223,7 +228,7 @@ def render_plateau(scored: dict[scales.Rule, list[dict]], chosen: scales.Rule) -
         cells = []
         for g in GATES:
             found = scored[scales.Rule(margin=m, width_gate=g, enlarge=chosen.enlarge, enlarge_gate=chosen.enlarge_gate,
-                                       fuse=chosen.fuse, legacy=False)]
+                                       fuse=chosen.fuse, legacy=False, gate_at=chosen.gate_at if g else 1.0)]
             gains = [np.mean([r["auto"][0] - r["fixed_1"][0] for r in found if r["group"] == grp]) for grp in groups]
             cells.append(f"{np.mean(gains):+.3f} / {min(gains):+.3f}")
         out.append(f"| {m:.2f} | " + " | ".join(cells) + " |")

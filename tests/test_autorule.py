@@ -31,7 +31,8 @@ def random_features(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
                                   scales.Rule(margin=0.0, width_gate=5.0, legacy=False),
                                   scales.Rule(margin=0.05, width_gate=4.0, enlarge=False, legacy=False),
                                   scales.Rule(margin=0.015, enlarge=False, fuse=True, legacy=False),
-                                  scales.Rule(margin=0.02, width_gate=5.0, enlarge_gate=4.0, legacy=False)])
+                                  scales.Rule(margin=0.02, width_gate=5.0, enlarge_gate=4.0, legacy=False),
+                                  scales.Rule(margin=0.01, width_gate=8.0, gate_at=0.5, legacy=False)])
 def test_the_vectorised_replay_chooses_what_scales_choose_chooses(rule):
     found, valid = random_features(3000, seed=len(autorule.describe(rule)))
     fast = autorule.choose_many(found, valid, rule)

@@ -140,20 +140,48 @@ def test_auto_chooses_the_same_factors_when_every_mask_is_empty(tmp_path):
     assert not np.array_equal(with_labels["counts"][0], without["counts"][0])   # the masks did differ
 
 
-def bundle_factor(crack_width: int) -> float:
-    from dataset import Intensity, preprocess
+def bundle_photo(size: tuple[int, int], draw) -> np.ndarray:
+    """A synthetic pavement photo (RGB uint8) with `draw(image)` drawn on it."""
     from synthetic import pavement
-    image = pavement(np.random.default_rng(0), 1024, 1024)
-    points = np.array([[100, 80], [400, 380], [600, 500], [900, 950]], np.int32)
-    cv2.polylines(image, [points], False, (40, 40, 40), crack_width)
-    model, config = inference.load_runs("crackseg-general", ENGINE)
-    x = preprocess(image, Intensity.from_config(config), "drawn")
-    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
-    return inference.predict_scaled(model, x, ENGINE, "auto").factor
+    image = pavement(np.random.default_rng(0), *size)
+    draw(image)
+    return image
 
 
-def test_the_bundle_shrinks_a_photo_of_a_wide_crack_more_than_one_of_a_thin_crack():
-    assert bundle_factor(40) < bundle_factor(4)
+def crack(width: int, size: tuple[int, int] = (480, 640)):
+    """A dark crack `width` px wide across a photo of `size`, as a draw() function."""
+    h, w = size
+    points = np.array([[w // 10, h // 8], [2 * w // 5, 3 * h // 8], [3 * w // 5, h // 2], [9 * w // 10, 7 * h // 8]])
+    return lambda image: cv2.polylines(image, [points.astype(np.int32)], False, (40, 40, 40), width)
+
+
+def joints(image: np.ndarray) -> None:
+    """A grid of dark mortar joints (paving slabs), no crack."""
+    for x in range(60, image.shape[1], 120):
+        cv2.line(image, (x, 0), (x, image.shape[0] - 1), (70, 70, 70), 5)
+    for y in range(60, image.shape[0], 120):
+        cv2.line(image, (0, y), (image.shape[1] - 1, y), (70, 70, 70), 5)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return Predictor.load("crackseg-general", engine=ENGINE, scale="auto")
+
+
+def test_the_bundle_shrinks_a_photo_of_a_wide_crack_more_than_one_of_a_thin_crack(bundle):
+    wide, thin = (bundle.predict(bundle_photo((1024, 1024), crack(w, (1024, 1024)))).factor for w in (40, 4))
+    assert wide < thin
+
+
+def test_the_bundle_under_auto_shrinks_a_wide_crack_and_keeps_joints_and_a_thin_crack_as_they_are(bundle):
+    """The auto issue's cases on a 640x480 photo: a 40 px crack goes to 1/4 or less; a grid of joints
+    the map at 1 traces (no crack) and a 3 px crack keep factor 1, the photo as it is."""
+    assert bundle.predict(bundle_photo((480, 640), crack(40))).factor <= 0.25
+    grid = bundle_photo((480, 640), joints)
+    at_one = bundle.at_scale(1.0).predict(grid)
+    assert scales.MapFeatures(at_one.prob)["length"] >= scales.MIN_LENGTH   # the joints show on the map at 1
+    assert bundle.predict(grid).factor == 1.0
+    assert bundle.predict(bundle_photo((480, 640), crack(3))).factor == 1.0
 
 
 def test_training_stores_its_scale_and_chooses_the_threshold_on_maps_made_at_it(tmp_path, synthetic_root):
