@@ -209,6 +209,6 @@ def choose(found: dict[float, Mapping], candidates: list[float], rule: Rule | No
 
 
 # The live rule (benchmarks/autorule.py, docs/zoom.md): depart from 1 only for a map surer by 0.04;
-# shrink only where the map at 1/2 shows bands wider than 24 px of the photo (a wide crack; a thin crack,
-# joints and texture stay under it); enlarge only where the map at 1 shows bands no wider than 5 px.
-RULE = Rule(margin=0.04, width_gate=24.0, gate_at=0.5, enlarge_gate=5.0, legacy=False)
+# shrink only where the map at 1 shows bands wider than 6 px (wider than the cracks the network learned);
+# enlarge only where it shows bands no wider than 5 px.
+RULE = Rule(margin=0.04, width_gate=6.0, enlarge_gate=5.0, legacy=False)
