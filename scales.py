@@ -197,15 +197,34 @@ def choose(found: dict[float, Mapping], candidates: list[float], rule: Rule | No
     edges) the surest map is often not the photo as it is, and every departure costs there: the margin
     makes auto keep factor 1 unless the evidence is clear (benchmarks/autorule.py chose RULE)."""
     rule = RULE if rule is None else rule
-    enlarging = rule.enlarge if 1.0 not in found else wants_enlarging(found[1.0], rule)
-    candidates = [f for f in candidates if f in found and (enlarging or f <= 1)]
-    if rule.width_gate is not None and gate_width(found, rule) <= rule.width_gate:
-        candidates = [f for f in candidates if f >= 1]
+    candidates = [f for f in candidates if f in found]
+    # the gates read the map at 1's widths (a thinning of the full-size map) only where they decide
+    if any(f > 1 for f in candidates) and not (rule.enlarge if 1.0 not in found else wants_enlarging(found[1.0], rule)):
+        candidates = [f for f in candidates if f <= 1]
+    best = surest(found, candidates)
+    if best < 1 and rule.width_gate is not None:
+        kept = surest(found, [f for f in candidates if f >= 1])
+        if not departs(found, best, rule) and not departs(found, kept, rule):
+            return 1.0
+        if gate_width(found, rule) <= rule.width_gate:
+            best = kept
+    return best if departs(found, best, rule) else 1.0
+
+
+def surest(found: dict[float, Mapping], candidates: list[float]) -> float:
+    """The surest map among the candidates that shows a crack (ties to the factor nearer 1); else 1."""
+    if set(candidates) <= {1.0}:
+        return 1.0   # whatever the map at 1 shows: no need to thin it
     surest_first = sorted(candidates, key=lambda f: (score(found[f], f), -abs(math.log(f))), reverse=True)
-    best = next((f for f in surest_first if found[f]["length"] >= MIN_LENGTH), 1.0)
-    if rule.legacy or best == 1.0 or 1.0 not in found:
-        return best
-    return best if score(found[best], best) >= score(found[1.0], 1.0) + rule.margin else 1.0
+    return next((f for f in surest_first if found[f]["length"] >= MIN_LENGTH), 1.0)
+
+
+def departs(found: dict[float, Mapping], factor: float, rule: Rule) -> bool:
+    """Whether the rule leaves the photo as it is for `factor`: always under the legacy rule, else only
+    for a map surer than the map at 1 by the margin."""
+    if factor == 1.0:
+        return False
+    return rule.legacy or 1.0 not in found or score(found[factor], factor) >= score(found[1.0], 1.0) + rule.margin
 
 
 # The live rule (benchmarks/autorule.py, docs/zoom.md): depart from 1 only for a map surer by 0.04;

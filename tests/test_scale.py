@@ -79,12 +79,12 @@ def test_the_live_choice_measures_lazily_what_the_recorded_features_replay():
     maps = {1.0: crack_map(400, 12, 0.6, 0.3),    # full size: a wide crack traced as unsure texture
             0.5: crack_map(200, 6, 0.99, 0.01),
             0.25: crack_map(100, 3, 0.9, 0.05)}
-    lazy = {f: scales.MapFeatures(m) for f, m in maps.items()}
     recorded = {f: scales.features(m) for f, m in maps.items()}
-    chosen = scales.choose(lazy, list(maps))
-    assert chosen == scales.choose(recorded, list(maps)) == 0.5
-    assert "length" not in lazy[1.0].found        # the full-size map was never thinned
-    assert dict(lazy[1.0]) == recorded[1.0]       # and measures as the record does when read
+    for rule, factor in ((scales.Rule(), 0.5), (scales.Rule(margin=2.0, width_gate=6.0, legacy=False), 1.0)):
+        lazy = {f: scales.MapFeatures(m) for f, m in maps.items()}
+        assert scales.choose(lazy, list(maps), rule) == scales.choose(recorded, list(maps), rule) == factor
+        assert "length" not in lazy[1.0].found    # the full-size map was never thinned: no gate had to read it
+        assert dict(lazy[1.0]) == recorded[1.0]   # and measures as the record does when read
 
 
 def test_a_scale_given_takes_the_threshold_chosen_under_it():
