@@ -304,7 +304,9 @@ def zoom_arrays(good: list[float]) -> dict:
             "live": np.array([good])}
 
 
-def test_zoom_replay_scores_each_photo_at_the_factor_the_rule_chose():
+def test_zoom_replay_scores_each_photo_at_the_factor_the_rule_chose(monkeypatch):
+    import scales
+    monkeypatch.setattr(scales, "RULE", scales.Rule())   # the rule these records were made to test
     import scales
     import zoomrecord
     result = zoomrecord.replay(zoom_arrays([0.5, 1.0]), scales.choose)[1.0]
@@ -317,7 +319,9 @@ def test_zoom_replay_scores_each_photo_at_the_factor_the_rule_chose():
     assert never_shrink["auto"] == never_shrink["fixed_1"]
 
 
-def test_zoom_replay_fuses_the_chosen_map_with_its_neighbours_where_the_record_keeps_every_window():
+def test_zoom_replay_fuses_the_chosen_map_with_its_neighbours_where_the_record_keeps_every_window(monkeypatch):
+    import scales
+    monkeypatch.setattr(scales, "RULE", scales.Rule())   # the rule these records were made to test
     import numpy as np
 
     import scales
@@ -352,7 +356,9 @@ def summary(zoom, record) -> str:
     return zoom.render_summary(zoom.recipe_groups(done, record), done)
 
 
-def test_zoom_summary_averages_a_recipe_over_its_sources_and_names_the_worst(tmp_path):
+def test_zoom_summary_averages_a_recipe_over_its_sources_and_names_the_worst(tmp_path, monkeypatch):
+    import scales
+    monkeypatch.setattr(scales, "RULE", scales.Rule())   # the rule these records were made to test
     import json
 
     import zoom
@@ -371,7 +377,9 @@ def test_zoom_summary_averages_a_recipe_over_its_sources_and_names_the_worst(tmp
     assert "Seed spread" not in summary(zoom, record)
 
 
-def test_zoom_seed_spread_is_the_largest_change_over_the_sources_both_seeds_held_out(tmp_path):
+def test_zoom_seed_spread_is_the_largest_change_over_the_sources_both_seeds_held_out(tmp_path, monkeypatch):
+    import scales
+    monkeypatch.setattr(scales, "RULE", scales.Rule())   # the rule these records were made to test
     import json
 
     import zoom
