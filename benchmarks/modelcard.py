@@ -165,8 +165,8 @@ def write_card(line: dict, folder: Path, policy: dict | None = None) -> None:
                          for k, v in half.items() if k != "fp32")
     speed = line["speed"]
     from models import count_parameters
-    from rundir import model_from_config
-    params = count_parameters(model_from_config(config))
+    from rundir import model_from_config, upgrade_config
+    params = count_parameters(model_from_config(upgrade_config(config, folder / "config.json")[0]))
     text = f"""# crackseg-general
 
 The crack model that ships with crackseg: `python predict.py photo.jpg` uses it when no `--name`
