@@ -1,6 +1,7 @@
 """The README's picture of predict.py's report: 20 CFD photos through the bundled model with
 --report --mm-per-px 0.5, report.html rendered by headless Chromium (Debian's package `chromium`),
-kept small as docs/report.jpg.
+kept small as docs/report.jpg. Each photo is given a made-up GPS position and time in its EXIF (a
+road every 11 m, as a survey vehicle's camera writes them), so the report shows where they were.
 
     python benchmarks/report_screenshot.py --data-dir ../shared/data
     python benchmarks/report_screenshot.py --list     # the commands it runs
@@ -28,6 +29,28 @@ def commands(photos: Path, out: Path, shot: Path, browser: str) -> list[list[str
              f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}", (out / "report.html").as_uri()]]
 
 
+def with_position(source: Path, target: Path, i: int) -> None:
+    """The photo with a made-up EXIF position (the i-th point of a road heading north-east, 11 m apart)
+    and time, as a survey camera writes them."""
+    from fractions import Fraction
+
+    from PIL import ExifTags, Image
+
+    def dms(value: float) -> tuple:
+        d, rest = divmod(abs(value) * 3600, 3600)
+        m, sec = divmod(rest, 60)
+        return Fraction(int(d)), Fraction(int(m)), Fraction(round(sec * 1000), 1000)
+    lat, lon = -33.4489 + 0.00007 * i + 0.00002 * (i % 3), -70.6693 + 0.00007 * i
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "S", ExifTags.GPS.GPSLatitude: dms(lat),
+                                  ExifTags.GPS.GPSLongitudeRef: "W", ExifTags.GPS.GPSLongitude: dms(lon),
+                                  ExifTags.GPS.GPSAltitudeRef: b"\x00", ExifTags.GPS.GPSAltitude: Fraction(570)}
+    exif.get_ifd(ExifTags.IFD.Exif).update({ExifTags.Base.DateTimeOriginal: f"2026:05:01 10:{i:02d}:00",
+                                            ExifTags.Base.OffsetTimeOriginal: "-04:00"})
+    with Image.open(source) as image:
+        image.save(target, exif=exif, quality=95)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -38,14 +61,15 @@ def main() -> None:
         tmp = Path(tmp)
         cmds = commands(tmp / "photos", tmp / "out", tmp / "shot.png", browser)
         if args.list:
-            print(f"# the first {PHOTOS} photos of {args.data_dir / 'CFD' / 'images'} copied to PHOTOS")
+            print(f"# the first {PHOTOS} photos of {args.data_dir / 'CFD' / 'images'} copied to PHOTOS, each given "
+                  "a made-up GPS position and time")
             print(*(" ".join(c) for c in cmds), sep="\n")
             return
         if not shutil.which(browser):
             sys.exit("needs headless Chromium: apt-get install chromium")
         (tmp / "photos").mkdir()
-        for photo in sorted((args.data_dir / "CFD" / "images").iterdir())[:PHOTOS]:
-            shutil.copy(photo, tmp / "photos")
+        for i, photo in enumerate(sorted((args.data_dir / "CFD" / "images").iterdir())[:PHOTOS]):
+            with_position(photo, tmp / "photos" / photo.name, i)
         for cmd in cmds:
             subprocess.run(cmd, check=True, capture_output=cmd[0] == browser)
         shot = cv2.imread(str(tmp / "shot.png"))
