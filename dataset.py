@@ -462,6 +462,9 @@ def is_own_dataset(folder: Path) -> bool:
 
 def check_replaceable(out: Path) -> None:
     """Refuse (DatasetError, nothing deleted) when `out` holds files crackseg did not write there."""
+    if out.is_symlink():
+        raise DatasetError(f"{out} is a link to {out.resolve()}; crackseg does not replace what a link points to "
+                           "(nothing was deleted): choose another --name")
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} is a file, not a dataset folder; choose another --name")
     if out.is_dir() and any(out.iterdir()) and not is_own_dataset(out):

@@ -297,7 +297,7 @@ def predict_all(items, predictor: Predictor, args, out_dir: Path) -> int:
         try:
             with reporting_tiles(tiles):
                 image = read_photo(path)
-                found = predictor.predict(image)
+                found = predictor.predict(image, str(path))
         except DatasetError as err:
             tqdm.write(f"skipped {err}", file=sys.stderr)
             continue

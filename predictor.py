@@ -112,10 +112,12 @@ class Predictor:
         o = self.options
         return predict_scaled(self.model, x, self.engine, self.scale, o.tta, o.tile, o.overlap)
 
-    def predict(self, photo: str | Path | np.ndarray) -> Prediction:
-        """A photo (a path: read upright; or an RGB uint8 array) to its map on its own grid."""
+    def predict(self, photo: str | Path | np.ndarray, name: str | None = None) -> Prediction:
+        """A photo (a path: read upright; or an RGB uint8 array) to its map on its own grid; `name` is
+        what a problem with the photo is reported under (default: its path)."""
         image = photo if isinstance(photo, np.ndarray) else read_photo(Path(photo))
-        scaled = self.predict_tensor(self.tensor(image, str(photo) if not isinstance(photo, np.ndarray) else "array"))
+        name = name or (str(photo) if not isinstance(photo, np.ndarray) else "the photo")
+        scaled = self.predict_tensor(self.tensor(image, name))
         return Prediction(scaled.prob[0, 0].numpy(), scaled.factor, self.threshold, scaled.features)
 
     def maps_at(self, x: torch.Tensor, factors) -> dict[float, tuple[np.ndarray, np.ndarray]]:

@@ -229,6 +229,15 @@ def test_overwrite_replaces_only_folders_prepare_data_made(tmp_path, capsys):
     assert not list((tmp_path / "made").glob(".*partial"))
 
 
+def test_overwrite_refuses_a_link_and_deletes_nothing_behind_it(tmp_path, capsys):
+    _layout(tmp_path / "src", "images/*.jpg", "masks/*.png", ["a"])
+    assert _import(tmp_path / "src", tmp_path / "made") == 0            # a marked folder of ours...
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "X").symlink_to(tmp_path / "made" / "X", target_is_directory=True)   # ...behind a link
+    assert _import(tmp_path / "src", tmp_path / "out", "--overwrite") == 2
+    assert "link" in capsys.readouterr().err and (tmp_path / "made" / "X" / "images" / "a.jpg").is_file()
+
+
 def test_import_refuses_bad_masks_without_writing(tmp_path, capsys):
     _layout(tmp_path / "src", "images/*.jpg", "masks/*.png", ["a"])
     colour = np.zeros((24, 32, 3), np.uint8)

@@ -252,11 +252,11 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_an_unbroken_one(stan
     assert run("photos", "--out", "unbroken", "--report") == 0
     real, calls = predictor.Predictor.predict, []
 
-    def stopped_at_the_fourth(self, photo):
+    def stopped_at_the_fourth(self, photo, name=None):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt                                   # Ctrl-C (or a kill) on the 4th photo
-        return real(self, photo)
+        return real(self, photo, name)
     monkeypatch.setattr(predictor.Predictor, "predict", stopped_at_the_fourth)
     assert run("photos", "--out", "out", "--report") == 130
     assert len(list((standin / "out/.records").iterdir())) == 3       # 3 photos done, whole
@@ -265,7 +265,8 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_an_unbroken_one(stan
     assert run("photos", "--resume", "out", "--report", "--threshold", "0.3") == 2   # other settings: refused
     assert "other settings" in capsys.readouterr().err
     calls.clear()
-    monkeypatch.setattr(predictor.Predictor, "predict", lambda self, photo: (calls.append(1), real(self, photo))[1])
+    monkeypatch.setattr(predictor.Predictor, "predict",
+                        lambda self, photo, name=None: (calls.append(1), real(self, photo, name))[1])
     assert run("photos", "--resume", "out", "--report") == 0
     assert len(calls) == 2 and "(2 now)" in capsys.readouterr().out   # only the two left, none twice
     for name in ("summary.csv", "cracks.csv", "cracks.geojson"):
