@@ -43,8 +43,8 @@ from augment import zoom_frame  # noqa: E402
 from dataset import read_sample, scan_dataset  # noqa: E402
 from rundir import read_split  # noqa: E402
 from autorule import RECORD, WINDOWS, render_tables  # noqa: E402
-from runner import (CAMERA, MODELS, RECIPE, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
-                    network_args, others, run_all, training_summary)
+from runner import (CAMERA, MODELS, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
+                    network_args, others, run_all, steps_recipe, training_summary)
 from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, save_arrays, score_maps  # noqa: E402
 
 STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4        # optimizer steps of every leave-one-out run: 40 epochs of 400 crops
@@ -73,11 +73,7 @@ EXPERIMENTS = experiments()
 
 def train_command(args, e: dict) -> list[str]:
     """The chosen recipe without the held-out source, for STEPS optimizer steps."""
-    recipe = list(RECIPE)
-    recipe[recipe.index("--epochs") + 1] = str(STEPS * BATCH // EPOCH_SIZE)
-    recipe[recipe.index("--batch-size") + 1] = str(BATCH)
-    recipe.insert(recipe.index("--epochs") + 2, "--epoch-size")
-    recipe.insert(recipe.index("--epoch-size") + 1, str(EPOCH_SIZE))
+    recipe = steps_recipe(STEPS, EPOCH_SIZE, BATCH)
     return [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", e["run"],
             "--overwrite", "--max-minutes", str(SAFETY_MINUTES), *recipe, *CAMERA, *network_args(SHIPPED),
             *UPSAMPLING, *ARMS[CHOSEN]]

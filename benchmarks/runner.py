@@ -51,6 +51,29 @@ SHIPPED = "UNet:" + SHIPPED_NETWORK[-1]   # the bundle's network, as architectur
 REFERENCE = "UNet:32"                     # the width-32 UNet of generalization.py's lodo_S runs
 
 
+# The ten sources as leave-one-group-out holds them out: what a run without the group trains on, and
+# what the group is scored on (the drone's three optical zooms are one road, held out together).
+GROUP_TRAIN = {**{s: [TRAIN[s]] for s in TRAIN}, "UAVCRACKX": ["UAVCRACKX4", "UAVCRACKX8", "UAVCRACKX16"],
+               "GAPS384": ["GAPS384"], "AIGLERN": ["AIGLERN"], "SHADOWCRACK": ["SHADOWCRACK"]}
+GROUP_TEST = {**{s: [TEST[s]] for s in TEST}, **{g: GROUP_TRAIN[g] for g in GROUP_TRAIN if g not in TEST}}
+
+
+def other_groups(group: str) -> list[str]:
+    """The training sets of a run without `group`, every other group's, in GROUP_TRAIN's order."""
+    return [d for g, sets in GROUP_TRAIN.items() if g != group for d in sets]
+
+
+def steps_recipe(steps: int, epoch_size: int, batch: int) -> list[str]:
+    """RECIPE with a budget of `steps` optimizer steps: epochs of `epoch_size` crops in batches of `batch`
+    (equal steps on every machine, where a wall-clock budget fits fewer on a CPU without native bf16)."""
+    recipe = list(RECIPE)
+    recipe[recipe.index("--epochs") + 1] = str(steps * batch // epoch_size)
+    recipe[recipe.index("--batch-size") + 1] = str(batch)
+    recipe.insert(recipe.index("--epochs") + 2, "--epoch-size")
+    recipe.insert(recipe.index("--epoch-size") + 1, str(epoch_size))
+    return recipe
+
+
 def others(source: str) -> list[str]:
     """The training sets of a leave-one-out run without `source`."""
     return [TRAIN[s] for s in TRAIN if s != source]

@@ -1,0 +1,152 @@
+"""Ten sources, eight groups: leave-one-group-out training at equal optimizer steps, one line per
+finished experiment in benchmarks/results/tensources.jsonl (with --commit, committed at once), the
+tables of docs/sources.md from that file alone.
+
+    python benchmarks/tensources.py --list                         # every experiment's exact commands
+    python benchmarks/tensources.py --only base_MASONRY --commit   # run (skips what the record has)
+    python benchmarks/tensources.py --table-only                   # the tables
+
+A run without group G trains on every other group's datasets (runner.GROUP_TRAIN: the drone's three
+optical zooms are one group) for STEPS optimizer steps, whatever the machine (its wall time is
+recorded beside it), then scores G's photos at 2 px under the auto scale policy and at scale 1.
+First the baseline (today's recipe, two seeds: the spread every arm is judged by) and the arms on
+two held-out groups (ARM_GROUPS), then the chosen recipe on all eight.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from runner import (CAMERA, GROUP_TEST, GROUP_TRAIN, MODELS, RESULTS, SHIPPED, UPSAMPLING,  # noqa: E402
+                    add_common_args, network_args, other_groups, read_record, run_all, score, steps_recipe,
+                    training_summary)
+
+STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4   # 40 epochs of 400 crops: about 15 min with native bf16, 40 without
+SAFETY_MINUTES = 150                      # --max-minutes as a net only: the steps end the run
+ARM_GROUPS = ["MASONRY", "UAVCRACKX"]     # a textured surface with crack-like joints, and the drone's road
+POLICIES = {"auto": "auto", "1": "1"}     # column name -> evaluate.py --scale
+RECORD = RESULTS / "tensources.jsonl"
+PREFIX = "src_"
+# name -> train.py options beyond today's recipe (its network and upsampling)
+ARMS = {
+    "base": [],
+    "base_seed1": ["--seed", "1"],                       # the seed-to-seed spread
+    "depth5": ["--depth", "5"],                          # a fifth pooling level: twice the view
+    "width8": ["--base-width", "8"],                     # four times the parameters
+    "balanced": ["--sampling", "group"],                 # each group the same share of crops
+    "negatives": ["--hard-negatives", "0.1"],            # a tenth of the crops crack-free, mined (negatives.py)
+    "mosaic": ["--small-tiles", "mosaic"],               # tiles under the crop filled by same-source tiles
+}
+
+
+def arm_options(arm: str, group: str) -> list[str]:
+    """The arm's options for a run without `group`; balanced sampling names the drone's zooms one group."""
+    extra = list(ARMS[arm])
+    if "group" in extra and group != "UAVCRACKX":
+        extra += ["--groups", "UAVCRACKX=" + ",".join(GROUP_TRAIN["UAVCRACKX"])]
+    return extra
+
+
+def experiments() -> dict[str, dict]:
+    return {f"{arm}_{g}": {"arm": arm, "group": g, "train": other_groups(g), "tests": GROUP_TEST[g]}
+            for arm in ARMS for g in ARM_GROUPS}
+
+
+EXPERIMENTS = experiments()
+
+
+def commands(args, name: str) -> list[list[str]]:
+    """train.py for STEPS steps, then evaluate.py under each policy."""
+    e, run = EXPERIMENTS[name], PREFIX + name
+    train = [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", run,
+             "--overwrite", "--max-minutes", str(SAFETY_MINUTES), *steps_recipe(STEPS, EPOCH_SIZE, BATCH),
+             *CAMERA, *network_args(SHIPPED), *UPSAMPLING, *arm_options(e["arm"], e["group"])]
+    return [train] + [[sys.executable, "evaluate.py", "--name", run, "--test", *e["tests"], "--data-dir",
+                       args.data_dir, "--tolerance", "2", "--scale", scale] for scale in POLICIES.values()]
+
+
+def finished_training(cmd: list[str]) -> bool:
+    """A train.py command whose run finished every planned epoch (a queue trained it before its line
+    could be recorded): runner skips it rather than train the same steps again."""
+    if cmd[1] != "train.py":
+        return False
+    run = cmd[cmd.index("--name") + 1]
+    try:
+        config = json.loads((MODELS / run / "config.json").read_text())
+        epochs = training_summary(run)["epochs"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return epochs == int(cmd[cmd.index("--epochs") + 1]) == config["epochs"] \
+        and config["dataset"] == cmd[cmd.index("--dataset") + 1:cmd.index("--data-dir")]
+
+
+def policy_scores(run: str, tests: list[str]) -> dict:
+    """2 px ODS F per policy and test set, from the run's eval folders (own settings: scale 1)."""
+    found = {}
+    for policy, folder in (("auto", "{}_scaleauto"), ("1", "{}")):
+        found[policy] = {}
+        for test in tests:
+            path = MODELS / run / "eval" / folder.format(test) / "metrics.json"
+            found[policy][test] = score(json.loads(path.read_text()), 2)["ods"]["f1"]
+    return found
+
+
+def summarize(name: str) -> dict:
+    e, run = EXPERIMENTS[name], PREFIX + name
+    minutes = (os.path.getmtime(MODELS / run / "log.csv") - os.path.getmtime(MODELS / run / "split.json")) / 60
+    return {"arm": e["arm"], "group": e["group"], "trained_on": e["train"], "steps": STEPS,
+            "training": training_summary(run), "training_wall_minutes": round(minutes, 1),
+            "ods_2px": policy_scores(run, e["tests"])}
+
+
+# ---------------------------------------------------------------- tables
+
+def group_score(line: dict, policy: str) -> float:
+    """The held-out group's score: the mean over its test sets (the drone's three zooms weigh alike)."""
+    values = list(line["ods_2px"][policy].values())
+    return sum(values) / len(values)
+
+
+def render_arms(record: Path) -> str:
+    """One row per arm: each arm group's 2 px ODS F under auto (and at 1), their mean, the wall time."""
+    done = read_record(record)
+    head = "| arm | train.py options | " + " | ".join(f"{g}: auto / 1" for g in ARM_GROUPS) \
+        + " | mean auto | mean 1 | minutes |"
+    rows = [head, "|---" * (len(ARM_GROUPS) + 5) + "|"]
+    for arm in ARMS:
+        lines = [done.get(f"{arm}_{g}") for g in ARM_GROUPS]
+        cells = [f"{group_score(x, 'auto'):.3f} / {group_score(x, '1'):.3f}" if x else "-" for x in lines]
+        whole = all(lines)
+        means = [f"{sum(group_score(x, p) for x in lines) / len(lines):.3f}" if whole else "-" for p in POLICIES]
+        minutes = " + ".join(f"{x['training_wall_minutes']:.0f}" for x in lines if x) or "-"
+        rows.append(f"| {arm} | {' '.join(ARMS[arm]) or '(recipe)'} | " + " | ".join(cells + means)
+                    + f" | {minutes} |")
+    return "\n".join(rows) + "\n\n" + seed_spread(done)
+
+
+def seed_spread(done: dict) -> str:
+    """The baseline's two seeds: their difference per group and on the mean, under auto."""
+    pairs = [(done.get(f"base_{g}"), done.get(f"base_seed1_{g}")) for g in ARM_GROUPS]
+    if not all(a and b for a, b in pairs):
+        return "Seed spread: not measured yet."
+    gaps = [abs(group_score(a, "auto") - group_score(b, "auto")) for a, b in pairs]
+    mean_gap = abs(sum(group_score(a, "auto") - group_score(b, "auto") for a, b in pairs)) / len(pairs)
+    return ("Seed spread (seeds 0 and 1 of the baseline, under auto): "
+            + ", ".join(f"{g} {x:.3f}" for g, x in zip(ARM_GROUPS, gaps, strict=True)) + f"; mean {mean_gap:.3f}.")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, RECORD, list(EXPERIMENTS))
+    args = p.parse_args()
+    if not args.table_only:
+        run_all({name: commands(args, name) for name in EXPERIMENTS}, args, summarize, skip=finished_training)
+    if not args.list:
+        print(render_arms(args.record))
+
+
+if __name__ == "__main__":
+    main()
