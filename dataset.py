@@ -1,8 +1,8 @@
 """Crack datasets on disk: `<data-dir>/<NAME>/images/<id>.<ext>` paired with `masks/<id>.<ext>`.
 
 Owns pairing, validation, reading and binarising, intensity preprocessing, the training items
-(augment.py makes their random changes), and writing a dataset folder whole (built beside it, then
-renamed). Items are dicts
+(augment.py makes their random changes; crops.py what a crop is drawn from beyond the photo; a folder
+crackseg writes: datafolder.py). Items are dicts
 {"image": 3xHxW float32, "mask": 1xHxW float32 in {0,1}, "roi": 1xHxW bool, "name": stem}.
 
 Orientation: files are read as stored, ignoring EXIF orientation tags, because
@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -329,13 +327,15 @@ class CrackDataset(Dataset):
     preprocessed image and its mask together."""
 
     def __init__(self, samples: list[Sample], intensity: Intensity, transform: A.Compose | None = None,
-                 decoded: list | None = None, photo: A.Compose | None = None, thicken: list[int] | None = None):
+                 decoded: list | None = None, photo: A.Compose | None = None, thicken: list[int] | None = None,
+                 fill=None):
         self.samples = samples
         self.intensity = intensity
         self.transform = transform
         self.photo = photo
         self.decoded = decoded  # cached (image, mask, roi) arrays, or None to read each time
         self.thicken = thicken  # per sample: dilate its mask by this many pixels (0: as labelled)
+        self.fill = fill        # training only: (index, image, mask) -> a larger photo (crops.TileMosaic)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -352,15 +352,24 @@ class CrackDataset(Dataset):
         Not with Compose.set_random_seed: it gives every transform its own generator with
         the SAME seed, so e.g. both flips always fire together. One shared pair instead."""
         rngs = (np.random.default_rng(seed), random.Random(seed))
+        if self.fill is not None:
+            self.fill.rng = np.random.default_rng([seed, 1])
         for transform in (self.transform, self.photo):
             if transform is not None:
                 transform.set_random_state(*rngs)
 
-    def __getitem__(self, index: int) -> dict:
-        sample = self.samples[index]
-        image, mask, roi = self.decoded[index] if self.decoded else read_sample(sample)
+    def labelled(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(image, mask, roi) of one photo as read, its mask thickened as asked."""
+        image, mask, roi = self.decoded[index] if self.decoded else read_sample(self.samples[index])
         if self.thicken and self.thicken[index]:
             mask = thicken_mask(mask, self.thicken[index])
+        return image, mask, roi
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask, roi = self.labelled(index)
+        if self.fill is not None and self.transform is not None:
+            image, mask = self.fill(index, image, mask)
         if self.photo is not None:
             image = self.photo(image=image)["image"]
         x = preprocess(image, self.intensity, str(sample.image))
@@ -448,49 +457,3 @@ def split_ids(stems: list[str], val_fraction: float, seed: int) -> tuple[list[st
                            "lower it or add images")
     order = np.random.RandomState(seed).permutation(len(stems))
     return sorted(stems[i] for i in order[n_val:]), sorted(stems[i] for i in order[:n_val])
-
-
-# ---------------------------------------------------------------- writing a dataset folder
-
-DATASET_MARKER = ".crackseg-dataset"   # in every dataset folder crackseg writes: only those it may replace
-
-
-def is_own_dataset(folder: Path) -> bool:
-    """True when `folder` holds the marker crackseg writes into every dataset folder it makes."""
-    return (folder / DATASET_MARKER).is_file()
-
-
-def check_replaceable(out: Path) -> None:
-    """Refuse (DatasetError, nothing deleted) when `out` holds files crackseg did not write there."""
-    if out.is_symlink():
-        raise DatasetError(f"{out} is a link to {out.resolve()}; crackseg does not replace what a link points to "
-                           "(nothing was deleted): choose another --name")
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out} is a file, not a dataset folder; choose another --name")
-    if out.is_dir() and any(out.iterdir()) and not is_own_dataset(out):
-        raise DatasetError(f"{out} was not made by crackseg (no {DATASET_MARKER} marker), so it is not replaced "
-                           f"and nothing was deleted; choose another --name, or remove it by hand (rm -r {out}) "
-                           "if it is a dataset you no longer need")
-
-
-@contextmanager
-def dataset_folder(out: Path):
-    """Yield an empty marked folder with images/ and masks/ to write a dataset into; on success it
-    becomes `out`, replacing a folder crackseg made before; on any error or Ctrl-C it is removed, so
-    neither half a dataset nor a user's folder is ever left or lost."""
-    check_replaceable(out)
-    tmp = out.with_name(f".{out.name}.partial")
-    check_replaceable(tmp)   # a half-built folder of ours from a crash is marked too
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / DATASET_MARKER).write_text("made by crackseg (prepare_data.py); --overwrite may replace this folder\n")
-    for sub in ("images", "masks"):
-        (tmp / sub).mkdir()
-    try:
-        yield tmp
-        check_replaceable(out)   # not filled by someone else meanwhile
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

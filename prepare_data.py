@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import check_replaceable, dataset_folder, read_image, read_mask
+from datafolder import check_replaceable, dataset_folder
+from dataset import read_image, read_mask
 from rundir import NAME_PATTERN, NAME_RULE
 from synthetic import make_synthetic_dataset
 from utils import ReportedError, run_cli
@@ -316,4 +317,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)   # Ctrl-C: one line and exit 130, the half-written folder removed (dataset.dataset_folder)
+    run_cli(main)   # Ctrl-C: one line and exit 130, the half-written folder removed (datafolder.dataset_folder)

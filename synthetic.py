@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dataset import dataset_folder
+from datafolder import dataset_folder
 from visuals import write_image
 
 
@@ -114,7 +114,7 @@ def make_synthetic_dataset(root, name="SYNTHETIC", count=60, size=(256, 256), se
     """Write root/name/images/syn_000.jpg + masks/syn_000.png ...; size is (height, width).
 
     Image i depends only on (seed, i), so a larger count extends a smaller one.
-    An existing root/name is replaced only if crackseg made it (dataset.dataset_folder).
+    An existing root/name is replaced only if crackseg made it (datafolder.dataset_folder).
     """
     out = Path(root) / name
     digits = max(3, len(str(count - 1)))

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import metrics
+from crops import WithNegatives
 from dataset import EpochSampler
 from inference import EvalOptions, evaluate, for_inference
 from losses import compute_loss
@@ -51,6 +52,9 @@ def seed_worker(worker_id: int) -> None:
 def make_train_loader(train_set, sizes: list[int], loading: Loading, engine) -> DataLoader:
     sampler = EpochSampler(sizes, loading.sampling, loading.seed, engine.rank, engine.world,
                            loading.epoch_size or None, loading.group_numbers())
+    negatives = len(train_set) - sum(sizes)   # crops.add_negatives appended them after the photos
+    if loading.hard_negatives and negatives:
+        sampler = WithNegatives(sampler, sum(sizes), negatives, loading.hard_negatives)
     return DataLoader(train_set, batch_size=loading.batch_size, sampler=sampler,
                       num_workers=loading.workers, worker_init_fn=seed_worker,
                       persistent_workers=loading.workers > 0, pin_memory=engine.device.type == "cuda",
