@@ -18,9 +18,10 @@ from dataset import shuffled_passes
 
 
 class TileMosaic:
-    """CrackDataset's fill for --small-tiles mosaic: a photo whose short side is under `crop` becomes
-    a grid of tiles from its own dataset (`members[i]`: the indices sharing photo i's dataset), at
-    least `side` pixels on each side, the photo in a random cell; `read(i)` gives (image, mask, roi)."""
+    """CrackDataset's fill: an item whose short side is under `crop` becomes a grid of items of its own
+    kind (`members[i]`: the indices item i may be laid with, its dataset or the mined negatives; None:
+    left as it is), at least `side` pixels on each side, itself in a random cell; `read(i)` gives
+    (image, mask, roi)."""
 
     def __init__(self, read, members: list[list[int]], crop: int, side: int):
         self.read, self.members, self.crop, self.side = read, members, crop, side
@@ -28,7 +29,7 @@ class TileMosaic:
 
     def __call__(self, index: int, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
-        if min(h, w) >= self.crop or index >= len(self.members):   # beyond the photos: a mined negative
+        if min(h, w) >= self.crop or self.members[index] is None:
             return image, mask
         rows, cols = math.ceil(self.side / h), math.ceil(self.side / w)
         own = int(self.rng.integers(rows * cols))
@@ -56,41 +57,44 @@ def mosaic_side(crop: int, zoom_range: tuple[float, float] | None) -> int:
     return math.ceil(crop / zoom_range[0]) if zoom_range else crop
 
 
-def members_by_dataset(sizes: list[int]) -> list[list[int]]:
-    """For each training photo (datasets one after another, `sizes` of them), the indices of its dataset."""
+def mosaic_members(sizes: list[int], negatives: int, tiles: bool) -> list[list[int] | None]:
+    """TileMosaic's members: for each training photo (datasets one after another, `sizes` of them) the
+    indices of its dataset (None unless `tiles`), then for each of the `negatives` mined windows after
+    them, the windows' indices: a crop of negatives is a grid of several."""
     found, start = [], 0
     for size in sizes:
         block = list(range(start, start + size))
-        found += [block] * size
+        found += [block if tiles else None] * size
         start += size
-    return found
+    return found + [list(range(start, start + negatives))] * negatives
 
 
 # ---------------------------------------------------------------- mined negatives
 
 LINE_KERNEL = 15       # px: the black-hat's structuring element, wider than the cracks it finds
+STRONG_DARK = 30       # grey levels darker than the surroundings: a line's core, not a rough surface's grain
 CLEARANCE = 8          # px: a negative window keeps this far from every labelled crack pixel
 
 
 def dark_lines(image: np.ndarray) -> np.ndarray:
-    """How much darker than its surroundings each pixel is (a morphological black-hat of the grey image):
-    high on cracks, joints, edges and shadow lines alike."""
+    """1 where a pixel is much darker than its surroundings (a morphological black-hat of the grey image
+    of at least STRONG_DARK): cracks, joints, edges and shadow lines alike, less so a surface's grain."""
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (LINE_KERNEL, LINE_KERNEL))
-    return cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, kernel).astype(np.float32)
+    return (cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, kernel) >= STRONG_DARK).astype(np.float32)
 
 
 def hardest_window(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[float, int, int, int] | None:
     """(dark-line score, y, x, side) of the crack-free square window (side `side`, or the photo's short
-    side if smaller; stride half of it) with the most dark lines, or None when every window touches a crack."""
+    side if smaller; stride a quarter of it) with the most dark lines, or None when every window touches a crack."""
     h, w = mask.shape
     s = min(side, h, w)
     near = cv2.dilate((mask > 0).astype(np.uint8), np.ones((2 * CLEARANCE + 1,) * 2, np.uint8))
     crack = cv2.integral(near)
     lines = cv2.integral(dark_lines(image))
     best = None
-    for y in range(0, h - s + 1, max(s // 2, 1)):
-        for x in range(0, w - s + 1, max(s // 2, 1)):
+    for y in range(0, h - s + 1, max(s // 4, 1)):
+        for x in range(0, w - s + 1, max(s // 4, 1)):
             if box_sum(crack, y, x, s):
                 continue
             found = (box_sum(lines, y, x, s) / s**2, y, x, s)

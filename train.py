@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from augment import CAMERA_PARTS, padding_share, photo_transform, train_transform
-from crops import TileMosaic, add_negatives, members_by_dataset, mosaic_side
+from crops import TileMosaic, add_negatives, mosaic_members, mosaic_side
 from dataset import CrackDataset, DatasetError, Intensity, scan_dataset, split_ids
 from engine import make_engine
 from rundir import (MODELS_DIR, RUNS_DIR, RunError, fresh_run_name, load_checkpoint, load_config, provenance,
@@ -195,13 +195,14 @@ def prepare_data(args, engine):
                                              args.scale_aug_range),
                              train_arrays or None, photo_transform(args.photometric, camera), train_thicken)
     sizes = [len(split[name]["train"]) for name in scanned]
-    if args.small_tiles == "mosaic":
-        train_set.fill = TileMosaic(train_set.labelled, members_by_dataset(sizes), args.crop,
-                                    mosaic_side(args.crop, args.scale_aug_range))
-    if args.hard_negatives:
-        mined = add_negatives(train_set, args.crop)
-        if engine.main:
-            print(f"--hard-negatives: {mined} crack-free windows mined, {args.hard_negatives:.0%} of the crops")
+    # negatives are half the crop wide (a whole crop's crack-free window is rare), laid 2x2 in a crop
+    mined = add_negatives(train_set, args.crop // 2) if args.hard_negatives else 0
+    if mined and engine.main:
+        print(f"--hard-negatives: {mined} crack-free windows of {args.crop // 2} px mined, "
+              f"{args.hard_negatives:.0%} of the crops")
+    if args.small_tiles == "mosaic" or mined:
+        train_set.fill = TileMosaic(train_set.labelled, mosaic_members(sizes, mined, args.small_tiles == "mosaic"),
+                                    args.crop, mosaic_side(args.crop, args.scale_aug_range))
     return train_set, val, split, sizes
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crops import (CLEARANCE, TileMosaic, WithNegatives, add_negatives, dark_lines, hardest_window,
-                   members_by_dataset, mine_negatives, mosaic_side)
+                   mine_negatives, mosaic_members, mosaic_side)
 from dataset import CrackDataset, EpochSampler, Intensity, Sample
 from test_train import TINY, run
 
@@ -27,7 +27,7 @@ def tiles(count: int, size: tuple[int, int], first_value: int) -> list[tuple]:
 
 def test_a_small_tile_becomes_a_mosaic_of_its_own_dataset_with_its_labels_in_place():
     decoded = tiles(5, (40, 40), 10) + tiles(3, (100, 100), 200)    # two datasets: small tiles, large photos
-    mosaic = TileMosaic(lambda i: decoded[i], members_by_dataset([5, 3]), crop=64, side=64)
+    mosaic = TileMosaic(lambda i: decoded[i], mosaic_members([5, 3], 0, tiles=True), crop=64, side=64)
     mosaic.rng = np.random.default_rng(0)
     for index in range(5):
         image, mask = mosaic(index, *decoded[index][:2])
@@ -38,6 +38,14 @@ def test_a_small_tile_becomes_a_mosaic_of_its_own_dataset_with_its_labels_in_pla
     large = decoded[6]
     image, mask = mosaic(6, *large[:2])
     assert image is large[0] and mask is large[1]                    # at least the crop: as it is
+    mosaic.members = mosaic_members([5, 3], 0, tiles=False)
+    assert mosaic(0, *decoded[0][:2])[0] is decoded[0][0]             # --small-tiles pad: photos as they are
+
+
+def test_mined_negatives_are_laid_only_with_each_other():
+    members = mosaic_members([2, 3], 4, tiles=False)
+    assert members[:5] == [None] * 5 and members[5:] == [[5, 6, 7, 8]] * 4
+    assert mosaic_members([2], 1, tiles=True) == [[0, 1], [0, 1], [2]]
 
 
 def test_a_partner_of_another_orientation_is_turned_and_one_of_another_size_resized():
@@ -62,8 +70,8 @@ def brute_force_window(image, mask, side):
     s = min(side, h, w)
     ys, xs = np.nonzero(mask)
     best = None
-    for y in range(0, h - s + 1, s // 2):
-        for x in range(0, w - s + 1, s // 2):
+    for y in range(0, h - s + 1, s // 4):
+        for x in range(0, w - s + 1, s // 4):
             # a labelled pixel within CLEARANCE (chessboard distance) of the window spoils it
             near = (ys >= y - CLEARANCE) & (ys < y + s + CLEARANCE) & (xs >= x - CLEARANCE) & (xs < x + s + CLEARANCE)
             if near.any():
@@ -122,7 +130,7 @@ def test_training_with_a_mosaic_and_mined_negatives_runs_and_records_both(tmp_pa
     shutil.copytree(synthetic_root / "SYN", data / "SYN")
     result = run("train.py", *TINY, "--data-dir", data, "--epochs", "1", "--crop", "128", "--small-tiles", "mosaic",
                  "--hard-negatives", "0.25", "--cache", "--name", "mixed", cwd=tmp_path)
-    assert "crack-free windows mined, 25% of the crops" in result.stdout
+    assert "crack-free windows of 64 px mined, 25% of the crops" in result.stdout
     config = json.loads((tmp_path / "models" / "mixed" / "config.json").read_text())
     assert config["small_tiles"] == "mosaic" and config["hard_negatives"] == 0.25
     refused = run("train.py", *TINY, "--data-dir", data, "--hard-negatives", "0.1", cwd=tmp_path, check=False)
@@ -134,7 +142,7 @@ def test_a_mosaic_crop_reaches_the_loader_at_the_crop_size(synthetic_root):
     from dataset import scan_dataset
     samples, decoded, _ = scan_dataset(synthetic_root, "SYN", keep=True)
     dataset = CrackDataset(samples, Intensity(), train_transform(128), decoded)
-    dataset.fill = TileMosaic(dataset.labelled, members_by_dataset([len(samples)]), 128, 128)
+    dataset.fill = TileMosaic(dataset.labelled, mosaic_members([len(samples)], 0, tiles=True), 128, 128)
     dataset.reseed(0)
     item = dataset[0]
     assert item["image"].shape == (3, 128, 128) and item["mask"].dtype == torch.float32
