@@ -10,7 +10,9 @@ A run without group G trains on every other group's datasets (runner.GROUP_TRAIN
 optical zooms are one group) for STEPS optimizer steps, whatever the machine (its wall time is
 recorded beside it), then scores G's photos at 2 px under the auto scale policy and at scale 1.
 First the baseline (today's recipe, two seeds: the spread every arm is judged by) and the arms on
-two held-out groups (ARM_GROUPS), then the chosen recipe on all eight.
+two held-out groups (ARM_GROUPS), then the chosen recipe on all eight. Beside them: today's recipe
+on today's four sources at the same steps (old_S, each old source held out) and today's bundle on the
+four groups it never saw (bundle_G, no training): what the chosen recipe is held against.
 """
 import argparse
 import json
@@ -23,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rundir import load_config  # noqa: E402
 
-from runner import (CAMERA, GROUP_TEST, GROUP_TRAIN, MODELS, RESULTS, SHIPPED, UPSAMPLING,  # noqa: E402
-                    add_common_args, network_args, other_groups, read_record, run_all, score, steps_recipe,
+from runner import (CAMERA, GROUP_TEST, GROUP_TRAIN, MODELS, RESULTS, SHIPPED, TEST, TRAIN, UPSAMPLING,  # noqa: E402
+                    add_common_args, network_args, other_groups, others, read_record, run_all, score, steps_recipe,
                     training_summary)
 
 STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4   # 40 epochs of 400 crops: about 15 min with native bf16, 40 without
@@ -58,6 +60,9 @@ def arm_options(arm: str, group: str) -> list[str]:
 def experiments() -> dict[str, dict]:
     found = {f"{arm}_{g}": {"arm": arm, "group": g, "train": other_groups(g), "tests": GROUP_TEST[g]}
              for arm in ARMS for g in ARM_GROUPS}
+    # today's recipe on today's four sources, each held out at the same steps: what the chosen recipe
+    # trained on ten sources must not fall below on the old groups
+    found.update({f"old_{s}": {"arm": "base", "group": s, "train": others(s), "tests": [TEST[s]]} for s in TRAIN})
     # today's bundle on the groups it never saw: what a stronger recipe must beat there
     found.update({f"bundle_{g}": {"arm": "bundle", "group": g, "train": None, "tests": GROUP_TEST[g]}
                   for g in NEW_GROUPS})
@@ -158,6 +163,22 @@ def seed_spread(done: dict) -> str:
             + ", ".join(f"{g} {x:.3f}" for g, x in zip(ARM_GROUPS, gaps, strict=True)) + f"; mean {mean_gap:.3f}.")
 
 
+def render_bundle(record: Path) -> str:
+    """Today's bundle on each test set of the groups it never saw, 2 px ODS F under auto and at 1."""
+    done = read_record(record)
+    rows = ["| held-out group | test set | bundle: auto | bundle: 1 |", "|---|---|---|---|"]
+    for g in NEW_GROUPS:
+        line = done.get(f"bundle_{g}")
+        for test in GROUP_TEST[g]:
+            cells = [f"{line['ods_2px'][p][test]:.3f}" if line else "-" for p in POLICIES]
+            rows.append(f"| {g} | {test} | " + " | ".join(cells) + " |")
+    lines = [done.get(f"bundle_{g}") for g in NEW_GROUPS]
+    if all(lines):
+        means = [sum(group_score(x, p) for x in lines) / len(lines) for p in POLICIES]
+        rows.append("| mean over the four groups | | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, RECORD, list(EXPERIMENTS))
@@ -165,7 +186,7 @@ def main() -> None:
     if not args.table_only:
         run_all({name: commands(args, name) for name in EXPERIMENTS}, args, summarize, skip=finished_training)
     if not args.list:
-        print(render_arms(args.record))
+        print(render_arms(args.record) + "\n\n" + render_bundle(args.record))
 
 
 if __name__ == "__main__":
