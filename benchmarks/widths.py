@@ -10,7 +10,8 @@ per-crack arrays beside it (widths/*.json.gz), the tables of docs/widths.md from
 A predicted crack is predict.py's: an 8-connected piece of the thresholded map of at least MIN_AREA
 pixels, its length and mean width from measure.crack_shape (the width classes read the mean). Its
 label: the labelled centre line (skeleton) within RADIUS px of the piece, with the label's own width
-there (measure.crack_widths on the label mask) and that stretch's length; a piece with fewer than
+there (measure.crack_widths on the label mask) and that stretch's length (as measure.crack_shape's:
+half the width added at each end of the label's centre line); a piece with fewer than
 MIN_MATCH such pixels is unmatched (a false crack, counted apart). Error of a crack: |log(predicted /
 label width)|; a source's error: its cracks' median; the metric: the median over sources, CFD (thin
 lines drawn whatever the crack's width) apart.
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dataset import read_sample, scan_dataset  # noqa: E402
-from measure import crack_length, crack_shape, crack_widths, skeletonize  # noqa: E402
+from measure import crack_length, crack_shape, crack_widths, end_counts, skeletonize  # noqa: E402
 from runner import MODELS, RESULTS, TEST, add_common_args, read_record, run_all  # noqa: E402
 from zoomrecord import CHOSEN, load_arrays, load_unseen, save_arrays  # noqa: E402
 
@@ -92,6 +93,7 @@ def photo_cracks(prob: np.ndarray, threshold: float, label: np.ndarray) -> list[
     label_skeleton = skeletonize(label)
     label_width = np.zeros(label.shape, np.float32)
     label_width[label_skeleton] = crack_widths(label, label_skeleton)
+    label_ends = end_counts(label_skeleton) * label_width / 2   # measure.crack_shape's length adds these
     count, pieces, stats, _ = cv2.connectedComponentsWithStats((prob > threshold).astype(np.uint8), connectivity=8)
     found = []
     for i in range(1, count):
@@ -106,7 +108,7 @@ def photo_cracks(prob: np.ndarray, threshold: float, label: np.ndarray) -> list[
         centre = label_skeleton[window] & near
         matched = centre.sum() >= MIN_MATCH
         found.append((float(label_width[window][centre].mean()) if matched else float("nan"),
-                      crack_length(centre) if matched else float("nan"),
+                      crack_length(centre) + float(label_ends[window][centre].sum()) if matched else float("nan"),
                       shape["mean_width_px"], shape["median_width_px"], shape["length_px"],
                       float(prob[window][halo].sum()) / shape["length_px"],
                       *(mean_width_within(prob[window] > t, near) for t in WIDTH_THRESHOLDS)))

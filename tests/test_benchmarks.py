@@ -410,3 +410,33 @@ def test_the_scales_table_gives_auto_over_scale_one_per_photo(tmp_path):
     record.write_text("".join(json.dumps(line) + "\n" for line in lines))
     rows = bench_predict.render_scales(record).splitlines()[2:]
     assert rows == ["| m | c | real | 2.000 | 3.000 | 1.50 | 0.25 | 700 MiB |"]
+
+
+def test_width_benchmark_matches_each_predicted_crack_to_the_label_under_it():
+    import numpy as np
+    import widths
+    label = np.zeros((80, 120), np.uint8)
+    label[18:23, 10:111] = 1                                       # a labelled crack 5 px wide, 101 long
+    prob = np.zeros((80, 120), np.float32)
+    prob[17:24, 10:111] = 1.0                                      # predicted 7 px wide on it
+    prob[59:62, 20:101] = 0.9                                      # and a false crack 3 px wide
+    found = widths.photo_cracks(prob, 0.5, label)
+    assert len(found) == 2
+    cracks = [dict(zip(widths.FIELDS[1:], row, strict=True)) for row in found]
+    on_label, false = sorted(cracks, key=lambda c: np.isnan(c["label_width"]))
+    assert on_label["label_width"] == pytest.approx(5, abs=0.3) and on_label["mask_width"] == pytest.approx(7, abs=0.3)
+    assert on_label["label_length"] == pytest.approx(101, abs=1.5) and on_label["length"] == pytest.approx(101, abs=1.5)
+    assert on_label["mass_width"] == pytest.approx(7, rel=0.02)   # a crisp map's mass per length is its width
+    assert on_label["width_at_0.9"] == pytest.approx(7, abs=0.3) and np.isnan(false["label_width"])
+    assert np.isnan(false["width_at_0.9"]) and false["width_at_0.8"] == pytest.approx(3, abs=0.3)
+
+
+def test_width_metric_is_the_median_over_sources_of_each_sources_median_log_error():
+    import numpy as np
+    import widths
+    label = np.array([2.0, 2.0, 2.0])
+    per_source = {"A": {"label_width": label, "mask_width": np.array([4.0, 4.0, 1.0])},    # log 2, log 2, log 2
+                  "B": {"label_width": label, "mask_width": np.array([2.0, 2.0, 3.0])},    # 0, 0, log 1.5
+                  "C": {"label_width": label, "mask_width": np.array([3.0, 3.0, np.nan])}}  # log 1.5 (nan left out)
+    assert widths.source_error(per_source["B"]["mask_width"], label) == 0
+    assert widths.metric(per_source, ["A", "B", "C"], lambda a: a["mask_width"]) == pytest.approx(np.log(1.5))
