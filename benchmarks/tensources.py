@@ -37,6 +37,8 @@ BUNDLE = "crackseg-general"
 POLICIES = {"auto": "auto", "1": "1"}     # column name -> evaluate.py --scale
 RECORD = RESULTS / "tensources.jsonl"
 PREFIX = "src_"
+# the arm trained without each of the eight groups, once the arms' table has chosen it (None: not yet)
+CHOSEN = None
 # name -> train.py options beyond today's recipe (its network and upsampling)
 ARMS = {
     "base": [],
@@ -60,6 +62,9 @@ def arm_options(arm: str, group: str) -> list[str]:
 def experiments() -> dict[str, dict]:
     found = {f"{arm}_{g}": {"arm": arm, "group": g, "train": other_groups(g), "tests": GROUP_TEST[g]}
              for arm in ARMS for g in ARM_GROUPS}
+    if CHOSEN:
+        found.update({f"{CHOSEN}_{g}": {"arm": CHOSEN, "group": g, "train": other_groups(g), "tests": GROUP_TEST[g]}
+                      for g in GROUP_TRAIN if g not in ARM_GROUPS})
     # today's recipe on today's four sources, each held out at the same steps: what the chosen recipe
     # trained on ten sources must not fall below on the old groups
     found.update({f"old_{s}": {"arm": "base", "group": s, "train": others(s), "tests": [TEST[s]]} for s in TRAIN})
@@ -179,6 +184,31 @@ def render_bundle(record: Path) -> str:
     return "\n".join(rows)
 
 
+def render_logo(record: Path) -> str:
+    """The chosen recipe without each group, under auto and at 1, against what it must beat there: today's
+    recipe on today's sources at the same steps (old groups), today's bundle (new groups)."""
+    if not CHOSEN:
+        return "The recipe for all eight groups is not chosen yet."
+    done = read_record(record)
+    rows = ["| held-out group | chosen: auto / 1 | today's: auto | chosen - today's |", "|---|---|---|---|"]
+    gains = {}
+    for g in GROUP_TRAIN:
+        line, today = done.get(f"{CHOSEN}_{g}"), done.get(f"old_{g}" if g in TRAIN else f"bundle_{g}")
+        cells = [f"{group_score(line, 'auto'):.3f} / {group_score(line, '1'):.3f}" if line else "-",
+                 f"{group_score(today, 'auto'):.3f} ({'recipe, 4 sources' if g in TRAIN else 'bundle'})"
+                 if today else "-"]
+        if line and today:
+            gains[g] = group_score(line, "auto") - group_score(today, "auto")
+        gain = f"{gains[g]:+.3f}" if g in gains else "-"
+        rows.append(f"| {g} | " + " | ".join(cells) + f" | {gain} |")
+    new = [gains[g] for g in NEW_GROUPS if g in gains]
+    old = [gains[g] for g in TRAIN if g in gains]
+    summary = (f"New groups, mean gain over today's bundle under auto: {sum(new) / len(new):+.3f} "
+               f"({len(new)} of {len(NEW_GROUPS)} groups); old groups against today's recipe at equal steps: "
+               + ", ".join(f"{g} {gains[g]:+.3f}" for g in TRAIN if g in gains) + ".") if new or old else ""
+    return "\n".join(rows) + ("\n\n" + summary if summary else "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, RECORD, list(EXPERIMENTS))
@@ -186,7 +216,7 @@ def main() -> None:
     if not args.table_only:
         run_all({name: commands(args, name) for name in EXPERIMENTS}, args, summarize, skip=finished_training)
     if not args.list:
-        print(render_arms(args.record) + "\n\n" + render_bundle(args.record))
+        print("\n\n".join([render_arms(args.record), render_bundle(args.record), render_logo(args.record)]))
 
 
 if __name__ == "__main__":
