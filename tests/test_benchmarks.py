@@ -440,3 +440,26 @@ def test_width_metric_is_the_median_over_sources_of_each_sources_median_log_erro
                   "C": {"label_width": label, "mask_width": np.array([3.0, 3.0, np.nan])}}  # log 1.5 (nan left out)
     assert widths.source_error(per_source["B"]["mask_width"], label) == 0
     assert widths.metric(per_source, ["A", "B", "C"], lambda a: a["mask_width"]) == pytest.approx(np.log(1.5))
+
+
+def test_ten_source_runs_never_train_on_their_group_and_count_steps_not_minutes():
+    import argparse
+    import tensources
+    args = argparse.Namespace(data_dir="DATA")
+    for name, e in tensources.EXPERIMENTS.items():
+        cmds = tensources.commands(args, name)
+        tests = {t for c in cmds if c[1] == "evaluate.py" for t in c[c.index("--test") + 1:c.index("--data-dir")]}
+        assert tests == set(e["tests"]) and [c[-1] for c in cmds if c[1] == "evaluate.py"] == ["auto", "1"]
+        if e["train"] is None:
+            assert len(cmds) == 2 and cmds[0][cmds[0].index("--name") + 1] == tensources.BUNDLE
+            continue
+        train = cmds[0]
+        trained = set(train[train.index("--dataset") + 1:train.index("--data-dir")])
+        assert not trained & tests and not trained & set(tensources.GROUP_TRAIN[e["group"]])   # DEEPCRACK_TRAIN too
+        epochs, size, batch = (int(train[train.index(f) + 1]) for f in ("--epochs", "--epoch-size", "--batch-size"))
+        assert epochs * size // batch == tensources.STEPS
+    balanced = tensources.commands(args, "balanced_MASONRY")[0]
+    assert balanced[-3:] == ["group", "--groups", "UAVCRACKX=UAVCRACKX4,UAVCRACKX8,UAVCRACKX16"]
+    assert tensources.commands(args, "balanced_UAVCRACKX")[0][-2:] == ["--sampling", "group"]
+    deepcrack = tensources.commands(args, "old_DEEPCRACK")[0]
+    assert "DEEPCRACK_TRAIN" not in deepcrack and "UAVCRACKX4" not in deepcrack   # today's four sources only
