@@ -183,23 +183,28 @@ def render_tables(record: Path) -> str:
     fitted = {name: metric(per_source, FIT, f) for name, f in found.items()} if ready else {"mask": 0.0}
     best = min(fitted, key=fitted.get)
     rows = ["| source | model | cracks matched | label width px (median) | mask width: error / bias | "
-            f"{best}: error / bias | length error |", "|---" * 7 + "|"]
+            f"{best}: error / bias | widths' correlation | length error |", "|---" * 8 + "|"]
     for s in [s for s in FIT + APART + JUDGE if s in per_source]:
         a = per_source[s]
         label = a["label_width"]
         cells = [f"{source_error(e, label):.2f} / {np.median(np.log(e[e > 0] / label[e > 0])):+.2f}"
                  for e in (found["mask"](a), found[best](a))]
+        together = np.corrcoef(np.log(label), np.log(a["mask_width"]))[0, 1]
         rows.append(f"| {s} | {done[s]['model']} | {len(label)} of {done[s]['cracks']} | {np.median(label):.1f} | "
-                    + " | ".join(cells) + f" | {source_error(a['length'], a['label_length']):.2f} |")
+                    + " | ".join(cells) + f" | {together:.2f} | {source_error(a['length'], a['label_length']):.2f} |")
     if not ready:
         return "\n".join(rows) + "\n\nNot every source is measured yet: no estimate is fitted."
     old, new = metric(per_source, FIT, found["mask"]), metric(per_source, JUDGE, found["mask"])
     judged = metric(per_source, JUDGE, found[best])
+    on_new = {name: metric(per_source, JUDGE, f) for name, f in found.items()}
+    ceiling = min(on_new, key=on_new.get)
     verdict = "adopted" if judged <= new / 2 else "not adopted (it must halve the metric on the new sources)"
     return ("\n".join(rows) + "\n\nError: median |log(predicted / label width)| per source; bias: the median "
             f"log ratio (+0.41 reads 1.5x wide). Metric (median over sources): mask widths {old:.2f} "
             f"on the old sources (CFD apart), {new:.2f} on the new; the best estimate fitted on the old "
-            f"({best}: {fitted[best]:.2f}) scores {judged:.2f} on the new: {verdict}.")
+            f"({best}: {fitted[best]:.2f}) scores {judged:.2f} on the new: {verdict}. Fitted on the new sources "
+            f"themselves, the best of them ({ceiling}) would reach {on_new[ceiling]:.2f}. Widths' correlation: "
+            "of log predicted and log label width over a source's matched cracks.")
 
 
 def main() -> None:
