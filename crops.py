@@ -127,10 +127,7 @@ def add_negatives(train_set, side: int) -> int:
     """Mine the cached training photos' negatives and append them to `train_set` as items of their own
     (after every photo, where WithNegatives draws them); returns how many."""
     windows = mine_negatives(train_set.decoded, side)
-    train_set.samples = [*train_set.samples, *(train_set.samples[i] for i, *_ in windows)]
-    train_set.decoded = [*train_set.decoded, *negative_items(train_set.decoded, windows)]
-    if train_set.thicken:
-        train_set.thicken = [*train_set.thicken, *[0] * len(windows)]
+    train_set.append([train_set.samples[i] for i, *_ in windows], negative_items(train_set.decoded, windows))
     return len(windows)
 
 

@@ -358,6 +358,12 @@ class CrackDataset(Dataset):
             if transform is not None:
                 transform.set_random_state(*rngs)
 
+    def append(self, samples: list[Sample], decoded: list) -> None:
+        """More cached items after the photos (crops.add_negatives' windows), their masks as given."""
+        self.samples, self.decoded = [*self.samples, *samples], [*self.decoded, *decoded]
+        if self.thicken:
+            self.thicken = [*self.thicken, *[0] * len(samples)]
+
     def labelled(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(image, mask, roi) of one photo as read, its mask thickened as asked."""
         image, mask, roi = self.decoded[index] if self.decoded else read_sample(self.samples[index])

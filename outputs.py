@@ -159,5 +159,8 @@ def ranks_done(out_dir: Path, world: int) -> dict[int, int] | None:
 
 
 def clear_ranks(out_dir: Path) -> None:
-    """Rank 0 before a (resumed) torchrun run: the finish lines of an earlier attempt do not count."""
+    """Rank 0 before a (resumed) torchrun run: the finish lines of an earlier attempt do not count. Only in
+    a folder predict.py marked, and never through a link (rmtree refuses one; the error is ignored)."""
+    if not is_marked(out_dir):
+        raise RunError(f"{out_dir}: no {MARKER} marker, so predict.py did not make it; nothing was deleted")
     shutil.rmtree(out_dir / RANKS, ignore_errors=True)

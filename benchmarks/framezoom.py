@@ -44,7 +44,7 @@ from dataset import read_sample, scan_dataset  # noqa: E402
 from rundir import read_split  # noqa: E402
 from autorule import RECORD, WINDOWS, render_tables  # noqa: E402
 from runner import (CAMERA, MODELS, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
-                    network_args, others, run_all, steps_recipe, training_summary)
+                    finished_training, network_args, others, run_all, steps_recipe, training_summary)
 from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, save_arrays, score_maps  # noqa: E402
 
 STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4        # optimizer steps of every leave-one-out run: 40 epochs of 400 crops
@@ -91,19 +91,8 @@ def commands(args, name: str) -> list[list[str]]:
 
 
 def already_trained(cmd: list[str]) -> bool:
-    """A train.py command whose run finished every planned epoch with these datasets (the queue trained it
-    before the scores' code was committed): runner skips it rather than train the same steps again."""
-    if cmd[1] != "train.py":
-        return False
-    run = cmd[cmd.index("--name") + 1]
-    try:
-        config, epochs = json.loads((MODELS / run / "config.json").read_text()), training_summary(run)["epochs"]
-    except (OSError, ValueError, KeyError):
-        return False
-    planned = int(cmd[cmd.index("--epochs") + 1])
-    datasets = cmd[cmd.index("--dataset") + 1:cmd.index("--data-dir")]
-    return epochs == planned == config["epochs"] and config["dataset"] == datasets \
-        and config["epoch_size"] == EPOCH_SIZE and config.get("depth") == 5
+    """A leave-one-out run the queue trained before the scores' code was committed (runner.finished_training)."""
+    return finished_training(cmd, {"depth": 5})
 
 
 # ---------------------------------------------------------------- scoring one model on one source

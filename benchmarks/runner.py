@@ -200,6 +200,23 @@ def training_summary(run: str) -> dict:
             "final_val_ods_f1": float(last["val_ods_f1"]) if last.get("val_ods_f1") else None}
 
 
+def finished_training(cmd: list[str], expected: dict | None = None) -> bool:
+    """A train.py command whose run finished every planned epoch with its datasets and epoch size (and the
+    config values `expected`): a queue trained it before its line could be recorded, so run_all's skip
+    passes it rather than train the same steps again."""
+    if cmd[1] != "train.py":
+        return False
+    run = cmd[cmd.index("--name") + 1]
+    try:
+        config, epochs = json.loads((MODELS / run / "config.json").read_text()), training_summary(run)["epochs"]
+    except (OSError, ValueError, KeyError):
+        return False
+    value = {flag: cmd[cmd.index(flag) + 1] for flag in ("--epochs", "--epoch-size") if flag in cmd}
+    planned = {"epochs": int(value["--epochs"]), "epoch_size": int(value.get("--epoch-size", 0)),
+               "dataset": cmd[cmd.index("--dataset") + 1:cmd.index("--data-dir")], **(expected or {})}
+    return epochs == planned["epochs"] and all(config.get(k) == v for k, v in planned.items())
+
+
 def eval_results(run: str) -> dict:
     """Every metrics.json under models/RUN/eval/, by folder (DATASET or DATASET_tta)."""
     return {p.parent.name: json.loads(p.read_text()) for p in sorted((MODELS / run / "eval").glob("*/metrics.json"))}

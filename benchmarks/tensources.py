@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rundir import load_config  # noqa: E402
 
 from runner import (CAMERA, GROUP_TEST, GROUP_TRAIN, MODELS, RESULTS, SHIPPED, TEST, TRAIN, UPSAMPLING,  # noqa: E402
-                    add_common_args, network_args, other_groups, others, read_record, run_all, score, steps_recipe,
-                    training_summary)
+                    add_common_args, finished_training, network_args, other_groups, others, read_record, run_all, score,
+                    steps_recipe, training_summary)
 
 STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4   # 40 epochs of 400 crops: about 15 min with native bf16, 40 without
 SAFETY_MINUTES = 150                      # --max-minutes as a net only: the steps end the run
@@ -92,21 +92,6 @@ def commands(args, name: str) -> list[list[str]]:
              "--overwrite", "--max-minutes", str(SAFETY_MINUTES), *steps_recipe(STEPS, EPOCH_SIZE, BATCH),
              *CAMERA, *network_args(SHIPPED), *UPSAMPLING, *arm_options(e["arm"], e["group"])]
     return [train, *evaluate]
-
-
-def finished_training(cmd: list[str]) -> bool:
-    """A train.py command whose run finished every planned epoch (a queue trained it before its line
-    could be recorded): runner skips it rather than train the same steps again."""
-    if cmd[1] != "train.py":
-        return False
-    run = cmd[cmd.index("--name") + 1]
-    try:
-        config = json.loads((MODELS / run / "config.json").read_text())
-        epochs = training_summary(run)["epochs"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return epochs == int(cmd[cmd.index("--epochs") + 1]) == config["epochs"] \
-        and config["dataset"] == cmd[cmd.index("--dataset") + 1:cmd.index("--data-dir")]
 
 
 def policy_scores(run: str, tests: list[str]) -> dict:
