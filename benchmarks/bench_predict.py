@@ -2,6 +2,7 @@
 
     python benchmarks/bench_predict.py                        # the bundled model against the width-32 UNet
     python benchmarks/bench_predict.py --candidates UNet:32 UNet:16 NestedUNet:16   # speed of networks
+    python benchmarks/bench_predict.py --runs gen_ten          # a trained run under auto against the bundle
     python benchmarks/bench_predict.py --backend torch onnxruntime --record   # the bundle, two backends
     python benchmarks/bench_predict.py --table-only                            # the backends table
 
@@ -11,7 +12,8 @@ other arms so that machine load hits them alike; the median is reported. The net
 not depend on its weights, so a candidate is a network of that shape with random weights, saved as
 a run, its output bias set so that 2% of the photo comes out as crack (measuring the cracks then
 costs what it does on a trained model's masks). The last line is `ratio: <width-32 UNet / bundled
-model>` (or / the last candidate).
+model>` (or / the last candidate); with --runs, trained runs of models/ are timed under `--scale auto`
+(the bundle's default policy) beside the bundled model, and the ratio is <last run / bundled model>.
 
 --backend times the bundled model under each backend (onnxruntime on the network export.py writes)
 on the 4000x3000 photo and on a folder of 50 photos of 2 MP, each repeat into a fresh --out; --record
@@ -267,6 +269,33 @@ def time_scales(scales: list[str], data_dir: Path, repeat: int) -> dict:
             "peak_rss_mib_auto": round(rss)}
 
 
+def arm_label(arm: str) -> str:
+    return DEFAULT_BUNDLE if arm == "bundled" else f"models/{arm}, --scale auto"
+
+
+def time_arms(candidates: list[str] | None, runs: list[str], repeat: int) -> dict[str, list[float]]:
+    """{arm: seconds of each repeat} of predict.py on the 4000x3000 photo: the width-32 UNet and the
+    candidates (random weights), the bundled model (unless candidates are timed), and trained runs
+    under --scale auto; the arms take turns, so that machine load hits them alike."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        photo = tmp / "photo.jpg"
+        write_photo(photo)
+        arms = {c: (write_random_run(tmp / "models", c, photo), ())
+                for c in dict.fromkeys([REFERENCE, *(candidates or [])])}
+        if not candidates:
+            arms["bundled"] = (None, ())   # predict.py without --name
+        for run in runs:   # predict.py looks for --name under ./models
+            (tmp / "models" / run).symlink_to(ROOT / "models" / run, target_is_directory=True)
+            arms[run] = (run, ("--scale", "auto"))
+        times = {arm: [] for arm in arms}
+        time_predict(tmp, photo, arms[REFERENCE][0])   # warm the file cache; not counted
+        for _ in range(repeat):
+            for arm, (name, extra) in arms.items():
+                times[arm].append(time_predict(tmp, photo, name, extra))
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", nargs="+", metavar="ARCH:WIDTH",
@@ -284,6 +313,9 @@ def main() -> None:
                    help="with --backend, --scales or --ranks: append the results to " + str(RECORD))
     p.add_argument("--table-only", action="store_true",
                    help="print the backends and scales tables from the record and exit")
+    p.add_argument("--runs", nargs="+", metavar="RUN",
+                   help="also time these trained runs (models/RUN) under --scale auto; the ratio is then "
+                        "the last run's time / the bundled model's")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the times here (benchmarks/architecture.py reads it)")
     args = p.parse_args()
@@ -311,30 +343,22 @@ def main() -> None:
         return
     if not args.candidates and not bundle_dir(DEFAULT_BUNDLE):
         sys.exit(f"no bundled model in pretrained/{DEFAULT_BUNDLE}/; time networks with --candidates")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        photo = tmp / "photo.jpg"
-        write_photo(photo)
-        arms = {c: write_random_run(tmp / "models", c, photo)
-                for c in dict.fromkeys([REFERENCE, *(args.candidates or [])])}
-        if not args.candidates:
-            arms["bundled"] = None   # predict.py without --name
-        times = {arm: [] for arm in arms}
-        time_predict(tmp, photo, arms[REFERENCE])   # warm the file cache; not counted
-        for _ in range(args.repeat):
-            for arm, name in arms.items():
-                times[arm].append(time_predict(tmp, photo, name))
+    missing = [r for r in args.runs or [] if not (ROOT / "models" / r / "config.json").is_file()]
+    if missing:
+        sys.exit(f"no trained run {', '.join(missing)} in {ROOT / 'models'}: train it first, or drop it from --runs")
+    times = time_arms(args.candidates, args.runs or [], args.repeat)
     print(f"predict.py on one {WIDTH}x{HEIGHT} photo, {torch.get_num_threads()} threads, median of {args.repeat}:")
     for arm, seconds in times.items():
-        size = f"{parameters(arm) / 1e6:.2f} M parameters" if arm != "bundled" else DEFAULT_BUNDLE
+        size = f"{parameters(arm) / 1e6:.2f} M parameters" if ":" in arm else arm_label(arm)
         print(f"  {arm:>16}: {statistics.median(seconds):6.2f} s  ({size}; runs: "
               f"{', '.join(f'{s:.2f}' for s in seconds)})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({arm: {"median_s": round(statistics.median(seconds), 2), "runs": seconds,
                                                "threads": torch.get_num_threads()} for arm, seconds in times.items()}))
-    last = list(times)[-1]
-    print(f"ratio: {statistics.median(times[REFERENCE]) / statistics.median(times[last]):.2f}")
+    last, median = list(times)[-1], {arm: statistics.median(seconds) for arm, seconds in times.items()}
+    slower, faster = (last, "bundled") if args.runs else (REFERENCE, last)
+    print(f"ratio: {median[slower] / median[faster]:.2f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def worst_images(metrics_dir: Path, count: int = 1) -> list[str]:
     return [r["name"] for r in sorted(rows, key=lambda r: float(r["f1_at_run"]))][:count]
 
 
-def failure_picture(data_dir: Path, out: Path, height: int = 150) -> list[str]:
+def failure_picture(data_dir: Path, out: Path, tests: list[str] = TESTS, height: int = 150) -> list[str]:
     """failure.jpg: for the worst image of each test set, the photo and the bundle's errors
     (green found, red false alarm, blue missed) as users get them (its scale policy and threshold).
     Returns the images used."""
@@ -39,7 +39,7 @@ def failure_picture(data_dir: Path, out: Path, height: int = 150) -> list[str]:
     from visuals import write_image
     bundle = Predictor.load(BUNDLE, engine=make_engine("cpu"))   # its scale policy and that policy's threshold
     rows, used = [], []
-    for test in TESTS:
+    for test in tests:
         samples = {s.stem: s for s in scan_dataset(data_dir, test)[0]}
         for stem in worst_images(MODELS / BUNDLE / "eval" / test):
             sample = samples[stem]
@@ -74,6 +74,10 @@ def score_cells(metrics: dict) -> list[str]:
 
 
 # the one line predict.py prints and the report shows (config.json's "terms"); TERMS below is the detail
+TERMS_LINE_TEN = ("research use only, non-commercial; credit DeepCrack-537 (Liu et al. 2019), CrackForest (Shi et "
+                  "al. 2016), CrackMap (ikatsamenis), Masonry (Dais et al. 2021), UAV-CrackX (Shan et al. 2025), "
+                  "GAPs384 (Eisenbach et al. 2017), AigleRN+TRIMM (Chambon and Moliard 2011) and ShadowCrack "
+                  "(Fan et al.): pretrained/crackseg-general/README.md")
 TERMS_LINE = ("non-commercial research use; credit DeepCrack-537 (Liu et al. 2019), CrackForest (Shi et al. 2016), "
               "CrackMap (ikatsamenis) and Masonry (Dais et al. 2021): pretrained/crackseg-general/README.md")
 TERMS = """| source | images used | terms of the data |
@@ -87,6 +91,39 @@ The weights inherit the strictest of these: **non-commercial research use**, cre
 sources above. No source forbids sharing models trained on it, so none was left out; whether
 GPL-3.0 reaches weights learned from data is unsettled, so if you redistribute them, do it under
 GPL-3.0-compatible terms."""
+
+
+# per training dataset: (the source as its authors name it, the terms of its data); ../shared/data/README.md
+SOURCE_TERMS = {
+    "DEEPCRACK_TRAIN": ("DeepCrack-537 (Liu et al., Neurocomputing 2019)", "no licence stated: cite the paper"),
+    "CFD": ("CrackForest, CFD (Shi et al., IEEE T-ITS 2016)", "non-commercial research use only"),
+    "CRACKMAP": ("CrackMap (ikatsamenis/CrackMap)", "no licence given: research use, credit the repository"),
+    "MASONRY": ("Masonry (Dais et al., Automation in Construction 2021)", "its repository is GPL-3.0"),
+    **{f"UAVCRACKX{z}": (f"UAV-CrackX, x{z} zoom (Shan et al., Automation in Construction 2025)",
+                         "no licence stated: research use, cite the paper") for z in (4, 8, 16)},
+    "GAPS384": ("GAPs384 tiles (Eisenbach et al., IJCNN 2017)", "research use"),
+    "AIGLERN": ("AigleRN + TRIMM tiles (Chambon and Moliard, 2011)", "research use"),
+    "SHADOWCRACK": ("ShadowCrack tiles (Fan et al.)", "research use"),
+}
+
+
+def terms_line(datasets: list[str]) -> str:
+    """config.json's "terms" of a bundle trained on `datasets`."""
+    return TERMS_LINE if set(datasets) <= set(TESTS) | {"DEEPCRACK_TRAIN"} else TERMS_LINE_TEN
+
+
+def terms_table(split: dict[str, dict[str, list[str]]]) -> str:
+    """Each training dataset of a bundle (its split.json), the images it trained on and their terms."""
+    rows = ["| source | dataset, images used | terms of the data |", "|---|---|---|"]
+    for dataset, parts in split.items():
+        source, terms = SOURCE_TERMS[dataset]
+        rows.append(f"| {source} | {dataset}, {len(parts['train'])} | {terms} |")
+    return "\n".join(rows) + """
+
+Every source is published for research use, and none forbids sharing models trained on it. The
+weights inherit the strictest terms: **research use only, non-commercial** (CFD's), crediting every
+source above. Whether GPL-3.0 (Masonry's repository) reaches weights learned from data is
+unsettled, so if you redistribute them, do it under GPL-3.0-compatible terms."""
 
 
 def shipped_lodo_lines() -> dict[str, dict | None]:
@@ -120,10 +157,10 @@ def unseen_photo_rows(long: dict[str, dict | None], short: dict[str, dict | None
     return rows
 
 
-def metrics_table(bundle_metrics: dict) -> str:
+def metrics_table(bundle_metrics: dict, tests: list[str] = TESTS) -> str:
     rows = ["| test set | images | strict: ODS F (t) | strict: F at t | 2 px: ODS F (t) | 2 px: F at t |",
             "|---|---|---|---|---|---|"]
-    for test in TESTS:
+    for test in tests:
         m = bundle_metrics[test]
         label = test if test == "DEEPCRACK_TEST" else f"{test} validation split (chose the model: optimistic)"
         rows.append(f"| {label} | {m['images']} | " + " | ".join(score_cells(m)) + " |")
@@ -149,6 +186,41 @@ the run's rule on the same validation splits:
 """
 
 
+def parameter_count(config: dict, folder: Path) -> int:
+    from models import count_parameters
+    from rundir import model_from_config, upgrade_config
+    return count_parameters(model_from_config(upgrade_config(config, folder / "config.json")[0]))
+
+
+def half_precision_text(line: dict) -> str:
+    """What storing the weights in fp16 changed: probabilities on DEEPCRACK_TEST, and its 2 px ODS F."""
+    half = line["half_precision"]
+    autocast = ", ".join(f"{v['max_abs_dp']:.4f} in {k.replace('torch.', '')} autocast"
+                         for k, v in half.items() if k != "fp32")
+    ods_change = (score(line["bundle_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"]
+                  - score(line["run_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"])
+    return f"""Half precision: storing the weights in fp16 changes the probabilities on DEEPCRACK_TEST by at most
+{half['fp32']['max_abs_dp']:.4f} computed in fp32 ({autocast}; mean {half['fp32']['mean_abs_dp']:.1e}), and its
+2 px ODS F by {ods_change:+.4f} (evaluate.py's precision)."""
+
+
+def failure_section(used: list[str], failures: str) -> str:
+    return f"""## Known failure cases
+
+![worst images](failure.jpg)
+
+The worst image of each test set ({', '.join(used)}): the photo, then the model's mask at its
+threshold, green where it found crack, red where it saw crack that is not labelled, blue where it
+missed labelled crack. {failures}
+
+## Your own photos
+
+    python train.py --dataset MINE --init-from crackseg-general --preset finetune
+
+fine-tunes it on a few labelled photos of yours in 5 CPU-minutes (README, "Fine-tuning").
+"""
+
+
 def write_card(line: dict, folder: Path, policy: dict | None = None) -> None:
     """pretrained/crackseg-general/README.md (and failure.jpg) from the general model's jsonl line and
     the line of the scale policy adopted after it (if any)."""
@@ -158,15 +230,8 @@ def write_card(line: dict, folder: Path, policy: dict | None = None) -> None:
     under_policy = f", {policy['threshold']:.2f} under the scale policy below" if policy else ""
     as_is = (" --scale 1", ", the photos as they are") if policy else ("", "")
     lodo = unseen_photo_rows(long_lodo_lines(), shipped_lodo_lines())
-    ods_change = (score(line["bundle_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"]
-                  - score(line["run_metrics"]["DEEPCRACK_TEST"], 2)["ods"]["f1"])
-    half = line["half_precision"]
-    autocast = ", ".join(f"{v['max_abs_dp']:.4f} in {k.replace('torch.', '')} autocast"
-                         for k, v in half.items() if k != "fp32")
     speed = line["speed"]
-    from models import count_parameters
-    from rundir import model_from_config, upgrade_config
-    params = count_parameters(model_from_config(upgrade_config(config, folder / "config.json")[0]))
+    params = parameter_count(config, folder)
     text = f"""# crackseg-general
 
 The crack model that ships with crackseg: `python predict.py photo.jpg` uses it when no `--name`
@@ -203,26 +268,83 @@ fine-tuning source, so its {BUNDLE_MINUTES}-minute run was not trained.
 
 {chr(10).join(lodo)}
 
-Half precision: storing the weights in fp16 changes the probabilities on DEEPCRACK_TEST by at most
-{half['fp32']['max_abs_dp']:.4f} computed in fp32 ({autocast}; mean {half['fp32']['mean_abs_dp']:.1e}), and its
-2 px ODS F by {ods_change:+.4f} (evaluate.py's precision).
+{half_precision_text(line)}
 
 Speed: predict.py on one 4000x3000 photo, start-up included, takes {speed['bundled']['median_s']:.1f} s on this
 2-core CPU against {speed['UNet:32']['median_s']:.1f} s for the width-32 UNet (benchmarks/bench_predict.py).
 
-{policy_section(policy)}## Known failure cases
+{policy_section(policy)}{failure_section(used, FAILURES)}"""
+    (folder / "README.md").write_text(text)
+    print(f"wrote {folder / 'README.md'} and {folder / 'failure.jpg'}")
 
-![worst images](failure.jpg)
 
-The worst image of each test set ({', '.join(used)}): the photo, then the model's mask at its
-threshold, green where it found crack, red where it saw crack that is not labelled, blue where it
-missed labelled crack. {FAILURES}
+# one test set per held-out group for failure.jpg (the drone's middle zoom for its road)
+TEN_FAILURE_TESTS = ["DEEPCRACK_TEST", "CFD", "CRACKMAP", "MASONRY", "UAVCRACKX8", "GAPS384", "AIGLERN", "SHADOWCRACK"]
+# what the ten-source bundle's failure.jpg shows, in words: written by a person who looked at it
+TEN_FAILURES = None
 
-## Your own photos
 
-    python train.py --dataset MINE --init-from crackseg-general --preset finetune
+def write_ten_card(line: dict, folder: Path) -> None:
+    """The card of the bundle trained on the ten sources (benchmarks/general_model.py's general_ten_bundle
+    line: the run, its export, the auto policy adopted, the bundle scored under it)."""
+    import sys
 
-fine-tunes it on a few labelled photos of yours in 5 CPU-minutes (README, "Fine-tuning").
-"""
+    import tensources
+    from rundir import read_split
+    if TEN_FAILURES is None:
+        used = failure_picture(Path(line["data_dir"]), folder / "failure.jpg", TEN_FAILURE_TESTS)
+        sys.exit(f"look at {folder / 'failure.jpg'} ({', '.join(used)}) and describe it in modelcard.TEN_FAILURES")
+    config, speed = line["bundle_config"], line["speed"]
+    tests = [t for t in ["DEEPCRACK_TEST", *SOURCE_TERMS] if t in line["bundle_metrics"]]
+    used = failure_picture(Path(line["data_dir"]), folder / "failure.jpg", TEN_FAILURE_TESTS)
+    run = line["run"]
+    text = f"""# crackseg-general
+
+The crack model that ships with crackseg: `python predict.py photo.jpg` uses it when no `--name`
+is given. {config['arch']} with base width {config['base_width']} ({parameter_count(config, folder) / 1e6:.2f} M
+parameters), one channel of logits, a sigmoid, and a threshold. By default (`--scale auto`, config.json's
+"scale") each photo is shown to the network at the factor the auto rule chooses for it (docs/zoom.md),
+with the threshold **{line['threshold']:.2f}**, chosen under that policy as the t that maximises the mean
+2 px F over its training sources' validation splits; `--scale 1` shows the photo as it is, with the
+threshold {line['thresholds_by_scale']['1']:.2f} the run chose. Input: RGB photos of any size, min-max scaled per
+image; images larger than 1024 px are predicted in tiles.
+
+## Training data and terms
+
+{terms_table(read_split(BUNDLE))}
+
+## How it was made
+
+    {line['commands'][0].replace(line['data_dir'], '../shared/data')}
+
+at commit {line['commit']}: {line['steps']} optimizer steps ({line['training']['epochs']} epochs, best epoch
+{line['training']['best_epoch']}) on a 2-core CPU, exported as `model.pt` (the model state in half precision)
+and `config.json` (its settings and sha256). `python benchmarks/general_model.py --list` prints every command
+that made this bundle and its numbers; `python benchmarks/general_model.py --card` writes this card.
+
+## Numbers
+
+`python evaluate.py --name crackseg-general --test {' '.join(tests)} --data-dir ../shared/data`
+reproduces this table (bf16 autocast on a CPU with native bf16, as evaluate.py chooses; fp32 elsewhere),
+under the default `--scale auto`:
+
+{metrics_table(line['bundle_metrics'], tests)}
+
+Only DEEPCRACK_TEST was never trained on; the other rows are the validation splits that chose the
+best epoch and the threshold, so they are optimistic. For photos from a camera, surface or
+annotator it never saw, expect what the same recipe scores on a group of sources left out of its
+training (benchmarks/tensources.py, {tensources.STEPS} steps each; 2 px ODS F, the drone's three zooms one
+group), against today's recipe on the four old sources and the earlier bundle, which never saw the
+four new groups:
+
+{tensources.render_logo(tensources.RECORD)}
+
+{half_precision_text(line)}
+
+Speed: predict.py on one 4000x3000 photo, start-up included, takes {speed[run]['median_s']:.1f} s on this
+2-core CPU against {speed['bundled']['median_s']:.1f} s for the bundle it replaced and
+{speed['UNet:32']['median_s']:.1f} s for the width-32 UNet (benchmarks/bench_predict.py --runs {run}).
+
+{failure_section(used, TEN_FAILURES)}"""
     (folder / "README.md").write_text(text)
     print(f"wrote {folder / 'README.md'} and {folder / 'failure.jpg'}")

@@ -51,7 +51,7 @@ ARMS = {
 }
 
 
-def arm_options(arm: str, group: str) -> list[str]:
+def arm_options(arm: str, group: str | None) -> list[str]:
     """The arm's options for a run without `group`; balanced sampling names the drone's zooms one group."""
     extra = list(ARMS[arm])
     if "group" in extra and group != "UAVCRACKX":
@@ -89,9 +89,15 @@ def commands(args, name: str) -> list[list[str]]:
     if e["train"] is None:
         return evaluate
     train = [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", run,
-             "--overwrite", "--max-minutes", str(SAFETY_MINUTES), *steps_recipe(STEPS, EPOCH_SIZE, BATCH),
-             *CAMERA, *network_args(SHIPPED), *UPSAMPLING, *arm_options(e["arm"], e["group"])]
+             "--overwrite", *recipe_options(e["arm"], e["group"], STEPS, EPOCH_SIZE)]
     return [train, *evaluate]
+
+
+def recipe_options(arm: str, group: str | None, steps: int, epoch_size: int) -> list[str]:
+    """train.py's options after --dataset and --name: the arm's recipe for `steps` optimizer steps, trained
+    without `group` (None: on every group, as the bundle is)."""
+    return ["--max-minutes", str(SAFETY_MINUTES), *steps_recipe(steps, epoch_size, BATCH), *CAMERA,
+            *network_args(SHIPPED), *UPSAMPLING, *arm_options(arm, group)]
 
 
 def policy_scores(run: str, tests: list[str]) -> dict:
@@ -142,15 +148,22 @@ def render_arms(record: Path) -> str:
     return "\n".join(rows) + "\n\n" + seed_spread(done)
 
 
-def seed_spread(done: dict) -> str:
-    """The baseline's two seeds: their difference per group and on the mean, under auto."""
+def seed_gaps(done: dict) -> dict[str, float] | None:
+    """The baseline's two seeds under auto: |seed 0 - seed 1| per arm group and on their mean ("mean"),
+    None until both seeds ran on both groups."""
     pairs = [(done.get(f"base_{g}"), done.get(f"base_seed1_{g}")) for g in ARM_GROUPS]
     if not all(a and b for a, b in pairs):
+        return None
+    gaps = {g: group_score(a, "auto") - group_score(b, "auto") for g, (a, b) in zip(ARM_GROUPS, pairs, strict=True)}
+    return {**{g: abs(x) for g, x in gaps.items()}, "mean": abs(sum(gaps.values())) / len(gaps)}
+
+
+def seed_spread(done: dict) -> str:
+    gaps = seed_gaps(done)
+    if gaps is None:
         return "Seed spread: not measured yet."
-    gaps = [abs(group_score(a, "auto") - group_score(b, "auto")) for a, b in pairs]
-    mean_gap = abs(sum(group_score(a, "auto") - group_score(b, "auto") for a, b in pairs)) / len(pairs)
     return ("Seed spread (seeds 0 and 1 of the baseline, under auto): "
-            + ", ".join(f"{g} {x:.3f}" for g, x in zip(ARM_GROUPS, gaps, strict=True)) + f"; mean {mean_gap:.3f}.")
+            + ", ".join(f"{g} {gaps[g]:.3f}" for g in ARM_GROUPS) + f"; mean {gaps['mean']:.3f}.")
 
 
 def render_bundle(record: Path) -> str:
@@ -169,28 +182,36 @@ def render_bundle(record: Path) -> str:
     return "\n".join(rows)
 
 
+def today_name(group: str) -> str:
+    """What the chosen recipe without `group` is held against there: today's recipe on today's four
+    sources at equal steps (an old group), today's bundle (a new one)."""
+    return f"old_{group}" if group in TRAIN else f"bundle_{group}"
+
+
+def logo_gains(done: dict) -> dict[str, float]:
+    """Per group with both lines: the chosen recipe's 2 px ODS F under auto without it, minus today's."""
+    pairs = {g: (done.get(f"{CHOSEN}_{g}"), done.get(today_name(g))) for g in GROUP_TRAIN} if CHOSEN else {}
+    return {g: group_score(a, "auto") - group_score(b, "auto") for g, (a, b) in pairs.items() if a and b}
+
+
 def render_logo(record: Path) -> str:
-    """The chosen recipe without each group, under auto and at 1, against what it must beat there: today's
-    recipe on today's sources at the same steps (old groups), today's bundle (new groups)."""
+    """The chosen recipe without each group, under auto and at 1, against what it must beat there."""
     if not CHOSEN:
         return "The recipe for all eight groups is not chosen yet."
     done = read_record(record)
+    gains = logo_gains(done)
     rows = ["| held-out group | chosen: auto / 1 | today's: auto | chosen - today's |", "|---|---|---|---|"]
-    gains = {}
     for g in GROUP_TRAIN:
-        line, today = done.get(f"{CHOSEN}_{g}"), done.get(f"old_{g}" if g in TRAIN else f"bundle_{g}")
+        line, today = done.get(f"{CHOSEN}_{g}"), done.get(today_name(g))
         cells = [f"{group_score(line, 'auto'):.3f} / {group_score(line, '1'):.3f}" if line else "-",
                  f"{group_score(today, 'auto'):.3f} ({'recipe, 4 sources' if g in TRAIN else 'bundle'})"
-                 if today else "-"]
-        if line and today:
-            gains[g] = group_score(line, "auto") - group_score(today, "auto")
-        gain = f"{gains[g]:+.3f}" if g in gains else "-"
-        rows.append(f"| {g} | " + " | ".join(cells) + f" | {gain} |")
+                 if today else "-", f"{gains[g]:+.3f}" if g in gains else "-"]
+        rows.append(f"| {g} | " + " | ".join(cells) + " |")
     new = [gains[g] for g in NEW_GROUPS if g in gains]
-    old = [gains[g] for g in TRAIN if g in gains]
+    old = [f"{g} {gains[g]:+.3f}" for g in TRAIN if g in gains]
     summary = (f"New groups, mean gain over today's bundle under auto: {sum(new) / len(new):+.3f} "
                f"({len(new)} of {len(NEW_GROUPS)} groups); old groups against today's recipe at equal steps: "
-               + ", ".join(f"{g} {gains[g]:+.3f}" for g in TRAIN if g in gains) + ".") if new or old else ""
+               + (", ".join(old) or "not run") + ".") if new or old else ""
     return "\n".join(rows) + ("\n\n" + summary if summary else "")
 
 

@@ -463,3 +463,103 @@ def test_ten_source_runs_never_train_on_their_group_and_count_steps_not_minutes(
     assert tensources.commands(args, "balanced_UAVCRACKX")[0][-2:] == ["--sampling", "group"]
     deepcrack = tensources.commands(args, "old_DEEPCRACK")[0]
     assert "DEEPCRACK_TRAIN" not in deepcrack and "UAVCRACKX4" not in deepcrack   # today's four sources only
+
+
+def test_the_ten_source_bundle_trains_on_every_group_for_its_steps_and_is_scored_and_timed_under_auto(monkeypatch):
+    import argparse
+
+    import general_model
+    import tensources
+    monkeypatch.setattr(tensources, "CHOSEN", "depth5")
+    args = argparse.Namespace(data_dir="DATA", replace=False)
+    train, auto, fixed, speed = general_model.ten_commands(args)
+    trained = train[train.index("--dataset") + 1:train.index("--data-dir")]
+    assert set(trained) == {d for sets in tensources.GROUP_TRAIN.values() for d in sets} and len(trained) == 10
+    epochs, size, batch = (int(train[train.index(f) + 1]) for f in ("--epochs", "--epoch-size", "--batch-size"))
+    assert epochs * size // batch == general_model.TEN_STEPS and train[-2:] == ["--depth", "5"]
+    monkeypatch.setattr(tensources, "CHOSEN", "balanced")   # the drone's three zooms are one group of the ten
+    assert general_model.ten_commands(args)[0][-2:] == ["--groups", "UAVCRACKX=UAVCRACKX4,UAVCRACKX8,UAVCRACKX16"]
+    assert [c[-1] for c in (auto, fixed)] == ["auto", "1"] and "DEEPCRACK_TEST" in auto
+    assert speed[speed.index("--runs") + 1] == general_model.TEN_RUN
+    export, adopt, score, half = general_model.ten_export_commands(args)
+    assert export[-3:] == ["--replace", "--run", general_model.TEN_RUN] and "--adopt-scale" in adopt
+    scored = score[score.index("--test") + 1:score.index("--data-dir")]
+    assert scored[0] == "DEEPCRACK_TEST" and set(scored[1:]) == set(trained) - {"DEEPCRACK_TRAIN"}
+
+
+def ten_source_record(path, chosen, gain, groups):
+    """tensources.jsonl where the chosen recipe beats today's by `gain` on `groups` (mean over test sets),
+    and the baseline's seeds differ by 0.02 on MASONRY and 0.01 on UAVCRACKX (mean spread 0.015)."""
+    import json
+
+    import tensources
+    line = lambda name, value, group: {"experiment": name, "ods_2px": {  # noqa: E731
+        p: {t: value for t in tensources.GROUP_TEST[group]} for p in tensources.POLICIES}}
+    lines = [line(f"{chosen}_{g}", 0.6 + gain, g) for g in groups]
+    lines += [line(tensources.today_name(g), 0.6, g) for g in tensources.GROUP_TRAIN]
+    lines += [line("base_MASONRY", 0.62, "MASONRY"), line("base_seed1_MASONRY", 0.60, "MASONRY"),
+              line("base_UAVCRACKX", 0.61, "UAVCRACKX"), line("base_seed1_UAVCRACKX", 0.60, "UAVCRACKX")]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+@pytest.mark.parametrize("gain, groups, deepcrack, slower, replaced", [
+    (0.03, 8, -0.005, 1.3, True),
+    (0.01, 8, -0.005, 1.3, False),      # inside the seed spread (0.015)
+    (0.03, 7, -0.005, 1.3, False),      # one group not measured
+    (0.03, 8, -0.02, 1.3, False),       # DEEPCRACK_TEST fell by more than its seed spread (0.012)
+    (0.03, 8, 0.0, 2.5, False),         # predict.py over twice today's time
+])
+def test_the_ten_source_bundle_replaces_only_a_winner_on_held_out_groups_deepcrack_and_speed(
+        tmp_path, monkeypatch, gain, groups, deepcrack, slower, replaced):
+    import json
+
+    import general_model
+    import tensources
+    record = tmp_path / "tensources.jsonl"
+    ten_source_record(record, "depth5", gain, list(tensources.GROUP_TRAIN)[:groups])
+    speed = tmp_path / "speed.json"
+    speed.write_text(json.dumps({"bundled": {"median_s": 4.0}, general_model.TEN_RUN: {"median_s": 4.0 * slower}}))
+    monkeypatch.setattr(tensources, "CHOSEN", "depth5")
+    monkeypatch.setattr(tensources, "RECORD", record)
+    monkeypatch.setattr(tensources, "policy_scores", lambda run, tests: {"auto": {"DEEPCRACK_TEST": 0.9 + deepcrack}})
+    monkeypatch.setattr(general_model, "bundle_deepcrack", lambda: 0.9)
+    monkeypatch.setattr(general_model, "seed_spreads", lambda: {"DEEPCRACK_TEST": 0.012})
+    monkeypatch.setattr(general_model, "TEN_SPEED_JSON", speed)
+    wins, why = general_model.verdict(general_model.TEN_RUN)
+    assert wins == replaced, why
+    assert ("seed spread 0.015" in why) == (groups == 8) and f"{slower:.2f}x" in why
+
+
+def test_a_replaced_bundles_scores_move_aside_under_its_checksum(tmp_path, monkeypatch):
+    import json
+
+    import general_model
+    import rundir
+    models, pretrained = tmp_path / "models", tmp_path / "pretrained"
+    (models / general_model.BUNDLE / "eval" / "CFD").mkdir(parents=True)
+    (pretrained / general_model.BUNDLE).mkdir(parents=True)
+    (pretrained / general_model.BUNDLE / "config.json").write_text(json.dumps({"sha256": "abcdef0123456789"}))
+    monkeypatch.setattr(general_model, "MODELS", models)
+    monkeypatch.setattr(rundir, "PRETRAINED_DIR", pretrained)
+    general_model.keep_old_scores()
+    assert (models / general_model.BUNDLE / "eval_abcdef012345" / "CFD").is_dir()
+    assert not (models / general_model.BUNDLE / "eval").exists()
+
+
+def test_a_bundle_on_new_sources_carries_their_terms_and_counts_its_training_images():
+    import modelcard
+    assert modelcard.terms_line(["DEEPCRACK_TRAIN", "CFD", "CRACKMAP", "MASONRY"]) == modelcard.TERMS_LINE
+    assert "GAPs384" in modelcard.terms_line(["CFD", "GAPS384"]) and "research use" in modelcard.TERMS_LINE_TEN
+    table = modelcard.terms_table({"CFD": {"train": ["a", "b"], "val": ["c"]}, "UAVCRACKX8": {"train": ["d"], "val": []}})
+    rows = table.splitlines()
+    assert rows[2] == "| CrackForest, CFD (Shi et al., IEEE T-ITS 2016) | CFD, 2 | non-commercial research use only |"
+    assert rows[3].startswith("| UAV-CrackX, x8 zoom") and "UAVCRACKX8, 1 |" in rows[3]
+    assert set(modelcard.SOURCE_TERMS) == {d for sets in __import__("runner").GROUP_TRAIN.values() for d in sets}
+
+
+def test_timing_a_run_that_was_never_trained_names_it_and_the_fix():
+    import subprocess
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_predict.py"), "--runs", "no_such_run"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0 and "no trained run no_such_run" in result.stderr and "train it first" in result.stderr
+    assert "Traceback" not in result.stderr
