@@ -18,6 +18,7 @@ from runner import RESULTS, read_record
 from zoomrecord import FEATURE_KEYS, GROUPS, load_arrays
 
 RECORD = RESULTS / "framezoom.jsonl"
+TEN_PREFIX = "ten_"   # lines of the ten-source recipe's runs: they check the chosen rule, never choose it
 # the chosen map fused with the map at 1 (a candidate do-no-harm rule): every pair of 1 and another factor
 WINDOWS = ((2.0, 1.0), (1.0, 0.5), (1.0, 0.25), (1.0, 0.125))
 FACTORS = np.array(scales.FACTORS)
@@ -136,9 +137,11 @@ def replay(arrays: dict, rule: scales.Rule) -> dict[float, dict]:
     return results
 
 
-def load(record=RECORD) -> list[tuple[str, str, dict]]:
-    """(experiment, source, arrays) of every line of the record, read once for many replays."""
-    return [(name, line["zoom"]["source"], load_arrays(record, line)) for name, line in read_record(record).items()]
+def load(record=RECORD, ten_sources: bool = False) -> list[tuple[str, str, dict]]:
+    """(experiment, source, arrays) of the record's lines, read once for many replays: those the rule is
+    chosen on, or (ten_sources) those of the ten-source recipe's held-out runs."""
+    return [(name, line["zoom"]["source"], load_arrays(record, line)) for name, line in read_record(record).items()
+            if name.startswith(TEN_PREFIX) == ten_sources]
 
 
 def rows(loaded: list, rule: scales.Rule) -> list[dict]:
@@ -270,3 +273,12 @@ def render_tables(record=RECORD) -> str:
         f"({len(family())} rules searched, {len({r['group'] for r in held})} groups).",
         render_rows(scored[scales.RULE]), render_picks(picked), render_plateau(scored, everywhere),
         acceptance(held), acceptance(scored[scales.RULE]), acceptance(scored[LEGACY])])
+
+
+def render_ten_tables(record=RECORD) -> str:
+    """The ten-source recipe's held-out runs under the live rule: every row, then the auto issue's acceptance."""
+    loaded = load(record, ten_sources=True)
+    if not loaded:
+        return "(the ten-source recipe's held-out runs are not scored yet)"
+    found = rows(loaded, scales.RULE)
+    return render_rows(found) + "\n\n" + acceptance(found)

@@ -42,9 +42,10 @@ import metrics  # noqa: E402
 from augment import zoom_frame  # noqa: E402
 from dataset import read_sample, scan_dataset  # noqa: E402
 from rundir import read_split  # noqa: E402
-from autorule import RECORD, WINDOWS, render_tables  # noqa: E402
-from runner import (CAMERA, MODELS, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
+from autorule import RECORD, TEN_PREFIX, WINDOWS, render_tables, render_ten_tables  # noqa: E402
+from runner import (CAMERA, GROUP_TEST, MODELS, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
                     finished_training, network_args, others, run_all, steps_recipe, training_summary)
+import tensources  # noqa: E402
 from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, save_arrays, score_maps  # noqa: E402
 
 STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4        # optimizer steps of every leave-one-out run: 40 epochs of 400 crops
@@ -65,7 +66,20 @@ def experiments() -> dict[str, dict]:
              for s in TRAIN}
     found.update({f"bundle_{s}": {"source": s, "train": None, "zooms": ZOOMS if s in ZOOMED_NEW else (1.0,),
                                   "run": BUNDLE} for s in ZOOMED_NEW + NATIVE_NEW})
-    return found
+    return found | ten_source_experiments()
+
+
+def ten_source_experiments() -> dict[str, dict]:
+    """The ten-source bundle's recipe (tensources.CHOSEN) at the same zooms: every source scored by that
+    recipe's run without the source's group (tensources.py trains them); kept apart from the rows the
+    auto rule was chosen on (autorule.TEN_PREFIX), they check that rule with the new bundle's recipe."""
+    if not tensources.CHOSEN:
+        return {}
+    group_of = {test: g for g, tests in GROUP_TEST.items() for test in tests}
+    sources = [*TEST.values(), *ZOOMED_NEW, *NATIVE_NEW]
+    return {f"{TEN_PREFIX}{s}": {"source": s, "train": None, "zooms": ZOOMS if s in TEST.values() or s in ZOOMED_NEW
+                                 else (1.0,), "run": f"{tensources.PREFIX}{tensources.CHOSEN}_{group_of[s]}"}
+            for s in sources}
 
 
 EXPERIMENTS = experiments()
@@ -182,7 +196,7 @@ def main() -> None:
         run_all({name: commands(args, name) for name in EXPERIMENTS}, args,
                 lambda name: summarize(name, args.record), skip=already_trained)
     if not args.list:
-        print(render_tables(args.record))
+        print(render_tables(args.record), render_ten_tables(args.record), sep="\n\n")
 
 
 if __name__ == "__main__":

@@ -563,3 +563,18 @@ def test_timing_a_run_that_was_never_trained_names_it_and_the_fix():
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode != 0 and "no trained run no_such_run" in result.stderr and "train it first" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_ten_source_recipes_zoom_rows_check_the_auto_rule_but_never_choose_it(monkeypatch):
+    import autorule
+    import framezoom
+    import tensources
+    lines = {"depth5_4000steps_CFD": {"zoom": {"source": "CFD"}}, "ten_CFD": {"zoom": {"source": "CFD"}}}
+    monkeypatch.setattr(autorule, "read_record", lambda record: lines)
+    monkeypatch.setattr(autorule, "load_arrays", lambda record, line: {})
+    assert [name for name, _, _ in autorule.load("r")] == ["depth5_4000steps_CFD"]
+    assert [name for name, _, _ in autorule.load("r", ten_sources=True)] == ["ten_CFD"]
+    monkeypatch.setattr(tensources, "CHOSEN", "width8")
+    found = framezoom.ten_source_experiments()
+    assert found["ten_UAVCRACKX4"]["run"] == "src_width8_UAVCRACKX" and found["ten_CFD"]["zooms"] == framezoom.ZOOMS
+    assert all(k.startswith(autorule.TEN_PREFIX) and e["train"] is None for k, e in found.items()) and len(found) == 10
