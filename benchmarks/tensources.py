@@ -49,6 +49,9 @@ ARMS = {
     "negatives": ["--hard-negatives", "0.1"],            # a tenth of the crops crack-free, mined (negatives.py)
     "mosaic": ["--small-tiles", "mosaic"],               # tiles under the crop filled by same-source tiles
 }
+# the best two arms after base (by the mean under auto) get a second seed: ARM_seed1
+SECOND_SEEDS: list[str] = []
+ARMS.update({f"{arm}_seed1": [*ARMS[arm], "--seed", "1"] for arm in SECOND_SEEDS})
 
 
 def arm_options(arm: str, group: str | None) -> list[str]:
@@ -140,12 +143,24 @@ def render_arms(record: Path) -> str:
     for arm in ARMS:
         lines = [done.get(f"{arm}_{g}") for g in ARM_GROUPS]
         cells = [f"{group_score(x, 'auto'):.3f} / {group_score(x, '1'):.3f}" if x else "-" for x in lines]
-        whole = all(lines)
-        means = [f"{sum(group_score(x, p) for x in lines) / len(lines):.3f}" if whole else "-" for p in POLICIES]
+        means = [f"{arm_mean(done, arm, p):.3f}" if all(lines) else "-" for p in POLICIES]
         minutes = " + ".join(f"{x['training_wall_minutes']:.0f}" for x in lines if x) or "-"
         rows.append(f"| {arm} | {' '.join(ARMS[arm]) or '(recipe)'} | " + " | ".join(cells + means)
                     + f" | {minutes} |")
-    return "\n".join(rows) + "\n\n" + seed_spread(done)
+    return "\n".join(rows) + "\n\n" + seed_spread(done) + two_seed_means(done)
+
+
+def arm_mean(done: dict, arm: str, policy: str = "auto") -> float | None:
+    """The arm's mean over ARM_GROUPS (None until it ran on every one)."""
+    lines = [done.get(f"{arm}_{g}") for g in ARM_GROUPS]
+    return sum(group_score(x, policy) for x in lines) / len(lines) if all(lines) else None
+
+
+def two_seed_means(done: dict) -> str:
+    """Each arm that ran with two seeds: the mean of its two seeds' means under auto (what picks the recipe)."""
+    pairs = {arm: (arm_mean(done, arm), arm_mean(done, f"{arm}_seed1")) for arm in ARMS if f"{arm}_seed1" in ARMS}
+    found = [f"{arm} {(a + b) / 2:.3f}" for arm, (a, b) in pairs.items() if a is not None and b is not None]
+    return (" Two seeds, the mean of their means under auto: " + ", ".join(found) + ".") if found else ""
 
 
 def seed_gaps(done: dict) -> dict[str, float] | None:
