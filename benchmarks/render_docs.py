@@ -92,9 +92,11 @@ def refresh(text: str) -> tuple[str, list[str]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is out of date")
+    p.add_argument("only", nargs="*", type=Path, metavar="DOCUMENT",
+                   help="only these documents (e.g. docs/sources.md after its record grew); default: all")
     args = p.parse_args()
     stale = []
-    for path in documents():
+    for path in [ROOT / d for d in args.only] or documents():
         new, changed = refresh(path.read_text())
         stale += [f"{path.relative_to(ROOT)}: {command}" for command in changed]
         if changed and not args.check:
