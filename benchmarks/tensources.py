@@ -48,6 +48,8 @@ ARMS = {
     "balanced": ["--sampling", "group"],                 # each group the same share of crops
     "negatives": ["--hard-negatives", "0.1"],            # a tenth of the crops crack-free, mined (negatives.py)
     "mosaic": ["--small-tiles", "mosaic"],               # tiles under the crop filled by same-source tiles
+    # the two arms that gained on different groups (balanced on MASONRY, the mosaic on UAVCRACKX), together
+    "balanced_mosaic": ["--sampling", "group", "--small-tiles", "mosaic"],
 }
 # the best two arms after base (by the mean under auto) get a second seed: ARM_seed1
 SECOND_SEEDS: list[str] = []
