@@ -45,7 +45,7 @@ from rundir import read_split  # noqa: E402
 from autorule import RECORD, TEN_PREFIX, WINDOWS, render_tables, render_ten_tables  # noqa: E402
 from runner import (CAMERA, GROUP_TEST, MODELS, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
                     finished_training, network_args, others, run_all, steps_recipe, training_summary)
-import tensources  # noqa: E402
+import sourcegroups  # noqa: E402
 from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, save_arrays, score_maps  # noqa: E402
 
 STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4        # optimizer steps of every leave-one-out run: 40 epochs of 400 crops
@@ -70,15 +70,15 @@ def experiments() -> dict[str, dict]:
 
 
 def ten_source_experiments() -> dict[str, dict]:
-    """The ten-source bundle's recipe (tensources.CHOSEN) at the same zooms: every source scored by that
+    """The ten-source bundle's recipe (sourcegroups.CHOSEN) at the same zooms: every source scored by that
     recipe's run without the source's group (tensources.py trains them); kept apart from the rows the
     auto rule was chosen on (autorule.TEN_PREFIX), they check that rule with the new bundle's recipe."""
-    if not tensources.CHOSEN:
+    if not sourcegroups.CHOSEN:
         return {}
     group_of = {test: g for g, tests in GROUP_TEST.items() for test in tests}
     sources = [*TEST.values(), *ZOOMED_NEW, *NATIVE_NEW]
     return {f"{TEN_PREFIX}{s}": {"source": s, "train": None, "zooms": ZOOMS if s in TEST.values() or s in ZOOMED_NEW
-                                 else (1.0,), "run": f"{tensources.PREFIX}{tensources.CHOSEN}_{group_of[s]}"}
+                                 else (1.0,), "run": f"{sourcegroups.PREFIX}{sourcegroups.CHOSEN}_{group_of[s]}"}
             for s in sources}
 
 

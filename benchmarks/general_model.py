@@ -28,7 +28,7 @@ from runner import (BUNDLE_MINUTES, CAMERA, GROUP_TRAIN, MINUTES, MODELS, RECIPE
                     SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args, f1_pair, network_args, read_record, run_all,
                     score, training_summary)
 from zoomrecord import ARMS, CHOSEN  # noqa: E402
-import tensources  # noqa: E402
+import sourcegroups  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -93,7 +93,7 @@ def ten_commands(args) -> list[list[str]]:
     """The ten-source run: trained, DEEPCRACK_TEST scored under auto and at 1, predict.py timed against
     today's bundle (each under auto); the line records ten_verdict."""
     train = [sys.executable, "train.py", "--dataset", *TEN_DATASETS, "--data-dir", args.data_dir, "--name", TEN_RUN,
-             "--overwrite", *tensources.recipe_options(tensources.CHOSEN, None, TEN_STEPS, TEN_EPOCH_SIZE)]
+             "--overwrite", *sourcegroups.recipe_options(sourcegroups.CHOSEN, None, TEN_STEPS, TEN_EPOCH_SIZE)]
     scores = [score_command(args, TEN_RUN, "--scale", scale, tests=["DEEPCRACK_TEST"]) for scale in ("auto", "1")]
     speed = [sys.executable, "benchmarks/bench_predict.py", "--runs", TEN_RUN,
              "--json", str(TEN_SPEED_JSON.relative_to(ROOT))]
@@ -203,10 +203,10 @@ def ten_verdict() -> tuple[bool, str]:
     today's on the eight held-out groups (tensources.py, under auto) beyond the baseline's seed spread;
     DEEPCRACK_TEST under auto not below the bundle's by more than its seed spread; predict.py at most
     twice today's time on the 4000x3000 photo."""
-    done = read_record(tensources.RECORD)
-    gains, gaps = tensources.logo_gains(done), tensources.seed_gaps(done)
+    done = read_record(sourcegroups.RECORD)
+    gains, gaps = sourcegroups.logo_gains(done), sourcegroups.seed_gaps(done)
     mean = sum(gains.values()) / len(gains) if len(gains) == len(GROUP_TRAIN) and gaps else None
-    deepcrack = tensources.policy_scores(TEN_RUN, ["DEEPCRACK_TEST"])["auto"]["DEEPCRACK_TEST"] - bundle_deepcrack()
+    deepcrack = sourcegroups.policy_scores(TEN_RUN, ["DEEPCRACK_TEST"])["auto"]["DEEPCRACK_TEST"] - bundle_deepcrack()
     allowed_drop = seed_spreads()["DEEPCRACK_TEST"]
     speed = json.loads(TEN_SPEED_JSON.read_text())
     slower = speed[TEN_RUN]["median_s"] / speed["bundled"]["median_s"]
@@ -309,13 +309,13 @@ def render_ten_table(line: dict) -> str:
     rows = ["| test set | strict: ODS F / F at t | 2 px: ODS F / F at t |", "|---|---|---|",
             f"| DEEPCRACK_TEST ({m['images']} images, never trained on), --scale auto (the default) | "
             + " | ".join(score_pairs(m)) + " |", "", "| held-out group: trained without it, "
-            f"{tensources.STEPS} steps | 2 px ODS F, --scale auto | 2 px ODS F, --scale 1 |", "|---|---|---|"]
-    done = read_record(tensources.RECORD)
+            f"{sourcegroups.STEPS} steps | 2 px ODS F, --scale auto | 2 px ODS F, --scale 1 |", "|---|---|---|"]
+    done = read_record(sourcegroups.RECORD)
     for group in GROUP_TRAIN:
-        held_out = done.get(f"{tensources.CHOSEN}_{group}")
+        held_out = done.get(f"{sourcegroups.CHOSEN}_{group}")
         if held_out:
-            rows.append(f"| {group} | " + " | ".join(f"{tensources.group_score(held_out, p):.3f}"
-                                                     for p in tensources.POLICIES) + " |")
+            rows.append(f"| {group} | " + " | ".join(f"{sourcegroups.group_score(held_out, p):.3f}"
+                                                     for p in sourcegroups.POLICIES) + " |")
     return "\n".join(rows)
 
 
@@ -338,7 +338,7 @@ def summarize_run(run: str, data_dir: str) -> dict:
 
 def summarize_ten(data_dir: str) -> dict:
     wins, why = ten_verdict()
-    return {**summarize_run(TEN_RUN, data_dir), "arm": tensources.CHOSEN,
+    return {**summarize_run(TEN_RUN, data_dir), "arm": sourcegroups.CHOSEN,
             "speed": json.loads(TEN_SPEED_JSON.read_text()), "replaces_bundle": wins, "verdict": why}
 
 
@@ -368,13 +368,13 @@ def summary(name: str, data_dir: str) -> dict:
 
 
 # the ten-source bundle's experiments exist once tensources.py has chosen its recipe
-NAMES = ["general", POLICY, SECOND, SECOND_EXPORT, POLICY_CAMERA, *([TEN, TEN_EXPORT] if tensources.CHOSEN else [])]
+NAMES = ["general", POLICY, SECOND, SECOND_EXPORT, POLICY_CAMERA, *([TEN, TEN_EXPORT] if sourcegroups.CHOSEN else [])]
 
 
 def experiments(args) -> dict[str, list[list[str]]]:
     found = {"general": commands(args), POLICY: policy_commands(args, "auto"), SECOND: second_commands(args),
              SECOND_EXPORT: second_export_commands(args), POLICY_CAMERA: policy_commands(args, "auto")}
-    if tensources.CHOSEN:
+    if sourcegroups.CHOSEN:
         found.update({TEN: ten_commands(args), TEN_EXPORT: ten_export_commands(args)})
     return found
 

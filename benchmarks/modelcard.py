@@ -289,7 +289,7 @@ def write_ten_card(line: dict, folder: Path) -> None:
     line: the run, its export, the auto policy adopted, the bundle scored under it)."""
     import sys
 
-    import tensources
+    import sourcegroups
     from rundir import read_split
     if TEN_FAILURES is None:
         used = failure_picture(Path(line["data_dir"]), folder / "failure.jpg", TEN_FAILURE_TESTS)
@@ -333,11 +333,11 @@ under the default `--scale auto`:
 Only DEEPCRACK_TEST was never trained on; the other rows are the validation splits that chose the
 best epoch and the threshold, so they are optimistic. For photos from a camera, surface or
 annotator it never saw, expect what the same recipe scores on a group of sources left out of its
-training (benchmarks/tensources.py, {tensources.STEPS} steps each; 2 px ODS F, the drone's three zooms one
+training (benchmarks/tensources.py, {sourcegroups.STEPS} steps each; 2 px ODS F, the drone's three zooms one
 group), against today's recipe on the four old sources and the earlier bundle, which never saw the
 four new groups:
 
-{tensources.render_logo(tensources.RECORD)}
+{sourcegroups.render_logo(sourcegroups.RECORD)}
 
 {half_precision_text(line)}
 

@@ -469,15 +469,15 @@ def test_the_ten_source_bundle_trains_on_every_group_for_its_steps_and_is_scored
     import argparse
 
     import general_model
-    import tensources
-    monkeypatch.setattr(tensources, "CHOSEN", "depth5")
+    import sourcegroups
+    monkeypatch.setattr(sourcegroups, "CHOSEN", "depth5")
     args = argparse.Namespace(data_dir="DATA", replace=False)
     train, auto, fixed, speed = general_model.ten_commands(args)
     trained = train[train.index("--dataset") + 1:train.index("--data-dir")]
-    assert set(trained) == {d for sets in tensources.GROUP_TRAIN.values() for d in sets} and len(trained) == 10
+    assert set(trained) == {d for sets in sourcegroups.GROUP_TRAIN.values() for d in sets} and len(trained) == 10
     epochs, size, batch = (int(train[train.index(f) + 1]) for f in ("--epochs", "--epoch-size", "--batch-size"))
     assert epochs * size // batch == general_model.TEN_STEPS and train[-2:] == ["--depth", "5"]
-    monkeypatch.setattr(tensources, "CHOSEN", "balanced")   # the drone's three zooms are one group of the ten
+    monkeypatch.setattr(sourcegroups, "CHOSEN", "balanced")   # the drone's three zooms are one group of the ten
     assert general_model.ten_commands(args)[0][-2:] == ["--groups", "UAVCRACKX=UAVCRACKX4,UAVCRACKX8,UAVCRACKX16"]
     assert [c[-1] for c in (auto, fixed)] == ["auto", "1"] and "DEEPCRACK_TEST" in auto
     assert speed[speed.index("--runs") + 1] == general_model.TEN_RUN
@@ -488,15 +488,16 @@ def test_the_ten_source_bundle_trains_on_every_group_for_its_steps_and_is_scored
 
 
 def ten_source_record(path, chosen, gain, groups):
-    """tensources.jsonl where the chosen recipe beats today's by `gain` on `groups` (mean over test sets),
+    """sourcegroups.jsonl where the chosen recipe beats today's by `gain` on `groups` (mean over test sets),
     and the baseline's seeds differ by 0.02 on MASONRY and 0.01 on UAVCRACKX (mean spread 0.015)."""
     import json
 
-    import tensources
+    import runner
+    import sourcegroups
     line = lambda name, value, group: {"experiment": name, "ods_2px": {  # noqa: E731
-        p: {t: value for t in tensources.GROUP_TEST[group]} for p in tensources.POLICIES}}
+        p: {t: value for t in runner.GROUP_TEST[group]} for p in sourcegroups.POLICIES}}
     lines = [line(f"{chosen}_{g}", 0.6 + gain, g) for g in groups]
-    lines += [line(tensources.today_name(g), 0.6, g) for g in tensources.GROUP_TRAIN]
+    lines += [line(sourcegroups.today_name(g), 0.6, g) for g in sourcegroups.GROUP_TRAIN]
     lines += [line("base_MASONRY", 0.62, "MASONRY"), line("base_seed1_MASONRY", 0.60, "MASONRY"),
               line("base_UAVCRACKX", 0.61, "UAVCRACKX"), line("base_seed1_UAVCRACKX", 0.60, "UAVCRACKX")]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -514,14 +515,14 @@ def test_the_ten_source_bundle_replaces_only_a_winner_on_held_out_groups_deepcra
     import json
 
     import general_model
-    import tensources
-    record = tmp_path / "tensources.jsonl"
-    ten_source_record(record, "depth5", gain, list(tensources.GROUP_TRAIN)[:groups])
+    import sourcegroups
+    record = tmp_path / "sourcegroups.jsonl"
+    ten_source_record(record, "depth5", gain, list(sourcegroups.GROUP_TRAIN)[:groups])
     speed = tmp_path / "speed.json"
     speed.write_text(json.dumps({"bundled": {"median_s": 4.0}, general_model.TEN_RUN: {"median_s": 4.0 * slower}}))
-    monkeypatch.setattr(tensources, "CHOSEN", "depth5")
-    monkeypatch.setattr(tensources, "RECORD", record)
-    monkeypatch.setattr(tensources, "policy_scores", lambda run, tests: {"auto": {"DEEPCRACK_TEST": 0.9 + deepcrack}})
+    monkeypatch.setattr(sourcegroups, "CHOSEN", "depth5")
+    monkeypatch.setattr(sourcegroups, "RECORD", record)
+    monkeypatch.setattr(sourcegroups, "policy_scores", lambda run, tests: {"auto": {"DEEPCRACK_TEST": 0.9 + deepcrack}})
     monkeypatch.setattr(general_model, "bundle_deepcrack", lambda: 0.9)
     monkeypatch.setattr(general_model, "seed_spreads", lambda: {"DEEPCRACK_TEST": 0.012})
     monkeypatch.setattr(general_model, "TEN_SPEED_JSON", speed)
@@ -550,7 +551,8 @@ def test_a_bundle_on_new_sources_carries_their_terms_and_counts_its_training_ima
     import modelcard
     assert modelcard.terms_line(["DEEPCRACK_TRAIN", "CFD", "CRACKMAP", "MASONRY"]) == modelcard.TERMS_LINE
     assert "GAPs384" in modelcard.terms_line(["CFD", "GAPS384"]) and "research use" in modelcard.TERMS_LINE_TEN
-    table = modelcard.terms_table({"CFD": {"train": ["a", "b"], "val": ["c"]}, "UAVCRACKX8": {"train": ["d"], "val": []}})
+    table = modelcard.terms_table({"CFD": {"train": ["a", "b"], "val": ["c"]},
+                                   "UAVCRACKX8": {"train": ["d"], "val": []}})
     rows = table.splitlines()
     assert rows[2] == "| CrackForest, CFD (Shi et al., IEEE T-ITS 2016) | CFD, 2 | non-commercial research use only |"
     assert rows[3].startswith("| UAV-CrackX, x8 zoom") and "UAVCRACKX8, 1 |" in rows[3]
@@ -561,20 +563,21 @@ def test_timing_a_run_that_was_never_trained_names_it_and_the_fix():
     import subprocess
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_predict.py"), "--runs", "no_such_run"],
                             capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode != 0 and "no trained run no_such_run" in result.stderr and "train it first" in result.stderr
+    assert result.returncode != 0 and "no trained run no_such_run" in result.stderr
+    assert "train it first" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_the_ten_source_recipes_zoom_rows_check_the_auto_rule_but_never_choose_it(monkeypatch):
     import autorule
     import framezoom
-    import tensources
+    import sourcegroups
     lines = {"depth5_4000steps_CFD": {"zoom": {"source": "CFD"}}, "ten_CFD": {"zoom": {"source": "CFD"}}}
     monkeypatch.setattr(autorule, "read_record", lambda record: lines)
     monkeypatch.setattr(autorule, "load_arrays", lambda record, line: {})
     assert [name for name, _, _ in autorule.load("r")] == ["depth5_4000steps_CFD"]
     assert [name for name, _, _ in autorule.load("r", ten_sources=True)] == ["ten_CFD"]
-    monkeypatch.setattr(tensources, "CHOSEN", "width8")
+    monkeypatch.setattr(sourcegroups, "CHOSEN", "width8")
     found = framezoom.ten_source_experiments()
     assert found["ten_UAVCRACKX4"]["run"] == "src_width8_UAVCRACKX" and found["ten_CFD"]["zooms"] == framezoom.ZOOMS
     assert all(k.startswith(autorule.TEN_PREFIX) and e["train"] is None for k, e in found.items()) and len(found) == 10

@@ -1,0 +1,119 @@
+"""The ten-source study's recipe and record, shared by tensources.py (its entry point), the ten-source
+bundle (general_model.py, modelcard.py) and framezoom.py: the arms and the recipe options of a run
+without a group, the steps, the chosen arm, and the readings of benchmarks/results/tensources.jsonl
+(group scores, the seed spread, the chosen recipe's gains over today's). No entry point."""
+import json
+from pathlib import Path
+
+from rundir import load_config
+from runner import (CAMERA, GROUP_TRAIN, MODELS, RESULTS, SHIPPED, TRAIN, UPSAMPLING, network_args, read_record,
+                    score, steps_recipe)
+
+STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4   # 40 epochs of 400 crops: about 15 min with native bf16, 40 without
+SAFETY_MINUTES = 150                      # --max-minutes as a net only: the steps end the run
+ARM_GROUPS = ["MASONRY", "UAVCRACKX"]     # a textured surface with crack-like joints, and the drone's road
+NEW_GROUPS = ["UAVCRACKX", "GAPS384", "AIGLERN", "SHADOWCRACK"]   # none in today's bundle's training data
+BUNDLE = "crackseg-general"
+POLICIES = {"auto": "auto", "1": "1"}     # column name -> evaluate.py --scale
+RECORD = RESULTS / "tensources.jsonl"
+PREFIX = "src_"
+# the arm trained without each of the eight groups, once the arms' table has chosen it (None: not yet)
+CHOSEN = None
+# name -> train.py options beyond today's recipe (its network and upsampling)
+ARMS = {
+    "base": [],
+    "base_seed1": ["--seed", "1"],                       # the seed-to-seed spread
+    "depth5": ["--depth", "5"],                          # a fifth pooling level: twice the view
+    "width8": ["--base-width", "8"],                     # four times the parameters
+    "balanced": ["--sampling", "group"],                 # each group the same share of crops
+    "negatives": ["--hard-negatives", "0.1"],            # a tenth of the crops crack-free, mined (negatives.py)
+    "mosaic": ["--small-tiles", "mosaic"],               # tiles under the crop filled by same-source tiles
+    # the two arms that gained on different groups (balanced on MASONRY, the mosaic on UAVCRACKX), together
+    "balanced_mosaic": ["--sampling", "group", "--small-tiles", "mosaic"],
+}
+# the best two arms after base (by the mean under auto) get a second seed: ARM_seed1
+SECOND_SEEDS: list[str] = []
+ARMS.update({f"{arm}_seed1": [*ARMS[arm], "--seed", "1"] for arm in SECOND_SEEDS})
+
+
+def arm_options(arm: str, group: str | None) -> list[str]:
+    """The arm's options for a run without `group`; balanced sampling names the drone's zooms one group."""
+    extra = list(ARMS[arm])
+    if "group" in extra and group != "UAVCRACKX":
+        extra += ["--groups", "UAVCRACKX=" + ",".join(GROUP_TRAIN["UAVCRACKX"])]
+    return extra
+
+
+def recipe_options(arm: str, group: str | None, steps: int, epoch_size: int) -> list[str]:
+    """train.py's options after --dataset and --name: the arm's recipe for `steps` optimizer steps, trained
+    without `group` (None: on every group, as the bundle is)."""
+    return ["--max-minutes", str(SAFETY_MINUTES), *steps_recipe(steps, epoch_size, BATCH), *CAMERA,
+            *network_args(SHIPPED), *UPSAMPLING, *arm_options(arm, group)]
+
+
+def policy_scores(run: str, tests: list[str]) -> dict:
+    """2 px ODS F per policy and test set, from the run's eval folders (evaluate.py names a policy other
+    than the run's own: DATASET_scaleauto, DATASET_scale1)."""
+    own = load_config(run)["scale"]
+    own = own if own == "auto" else f"{own:g}"
+    found = {}
+    for policy, scale in POLICIES.items():
+        folders = {test: test if scale == own else f"{test}_scale{scale}" for test in tests}
+        found[policy] = {test: score(json.loads((MODELS / run / "eval" / folder / "metrics.json").read_text()),
+                                     2)["ods"]["f1"] for test, folder in folders.items()}
+    return found
+
+
+def group_score(line: dict, policy: str) -> float:
+    """The held-out group's score: the mean over its test sets (the drone's three zooms weigh alike)."""
+    values = list(line["ods_2px"][policy].values())
+    return sum(values) / len(values)
+
+
+def arm_mean(done: dict, arm: str, policy: str = "auto") -> float | None:
+    """The arm's mean over ARM_GROUPS (None until it ran on every one)."""
+    lines = [done.get(f"{arm}_{g}") for g in ARM_GROUPS]
+    return sum(group_score(x, policy) for x in lines) / len(lines) if all(lines) else None
+
+
+def seed_gaps(done: dict) -> dict[str, float] | None:
+    """The baseline's two seeds under auto: |seed 0 - seed 1| per arm group and on their mean ("mean"),
+    None until both seeds ran on both groups."""
+    pairs = [(done.get(f"base_{g}"), done.get(f"base_seed1_{g}")) for g in ARM_GROUPS]
+    if not all(a and b for a, b in pairs):
+        return None
+    gaps = {g: group_score(a, "auto") - group_score(b, "auto") for g, (a, b) in zip(ARM_GROUPS, pairs, strict=True)}
+    return {**{g: abs(x) for g, x in gaps.items()}, "mean": abs(sum(gaps.values())) / len(gaps)}
+
+
+def today_name(group: str) -> str:
+    """What the chosen recipe without `group` is held against there: today's recipe on today's four
+    sources at equal steps (an old group), today's bundle (a new one)."""
+    return f"old_{group}" if group in TRAIN else f"bundle_{group}"
+
+
+def logo_gains(done: dict) -> dict[str, float]:
+    """Per group with both lines: the chosen recipe's 2 px ODS F under auto without it, minus today's."""
+    pairs = {g: (done.get(f"{CHOSEN}_{g}"), done.get(today_name(g))) for g in GROUP_TRAIN} if CHOSEN else {}
+    return {g: group_score(a, "auto") - group_score(b, "auto") for g, (a, b) in pairs.items() if a and b}
+
+
+def render_logo(record: Path) -> str:
+    """The chosen recipe without each group, under auto and at 1, against what it must beat there."""
+    if not CHOSEN:
+        return "The recipe for all eight groups is not chosen yet."
+    done = read_record(record)
+    gains = logo_gains(done)
+    rows = ["| held-out group | chosen: auto / 1 | today's: auto | chosen - today's |", "|---|---|---|---|"]
+    for g in GROUP_TRAIN:
+        line, today = done.get(f"{CHOSEN}_{g}"), done.get(today_name(g))
+        cells = [f"{group_score(line, 'auto'):.3f} / {group_score(line, '1'):.3f}" if line else "-",
+                 f"{group_score(today, 'auto'):.3f} ({'recipe, 4 sources' if g in TRAIN else 'bundle'})"
+                 if today else "-", f"{gains[g]:+.3f}" if g in gains else "-"]
+        rows.append(f"| {g} | " + " | ".join(cells) + " |")
+    new = [gains[g] for g in NEW_GROUPS if g in gains]
+    old = [f"{g} {gains[g]:+.3f}" for g in TRAIN if g in gains]
+    summary = (f"New groups, mean gain over today's bundle under auto: {sum(new) / len(new):+.3f} "
+               f"({len(new)} of {len(NEW_GROUPS)} groups); old groups against today's recipe at equal steps: "
+               + (", ".join(old) or "not run") + ".") if new or old else ""
+    return "\n".join(rows) + ("\n\n" + summary if summary else "")
