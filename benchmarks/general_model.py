@@ -118,8 +118,8 @@ def policy_commands(args, scale: str, tests: list[str] = TESTS) -> list[list[str
 
 
 def adopt_scale(scale: float | str, data_dir: str) -> None:
-    """The bundle's config.json gets scale `scale` and the threshold train.py's rule picks on the
-    its training sources' validation splits predicted under it (the mean 2 px F curve's best); the
+    """The bundle's config.json gets scale `scale` and the threshold train.py's rule picks on its
+    training sources' validation splits predicted under it (the mean 2 px F curve's best); the
     threshold of each earlier policy stays in thresholds_by_scale, so `--scale 1` restores it."""
     import metrics
     from rundir import PRETRAINED_DIR, write_config

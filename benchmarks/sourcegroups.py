@@ -13,7 +13,6 @@ STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4   # 40 epochs of 400 crops: about 15 min
 SAFETY_MINUTES = 150                      # --max-minutes as a net only: the steps end the run
 ARM_GROUPS = ["MASONRY", "UAVCRACKX"]     # a textured surface with crack-like joints, and the drone's road
 NEW_GROUPS = ["UAVCRACKX", "GAPS384", "AIGLERN", "SHADOWCRACK"]   # none in today's bundle's training data
-BUNDLE = "crackseg-general"
 POLICIES = {"auto": "auto", "1": "1"}     # column name -> evaluate.py --scale
 RECORD = RESULTS / "tensources.jsonl"
 PREFIX = "src_"
@@ -26,7 +25,7 @@ ARMS = {
     "depth5": ["--depth", "5"],                          # a fifth pooling level: twice the view
     "width8": ["--base-width", "8"],                     # four times the parameters
     "balanced": ["--sampling", "group"],                 # each group the same share of crops
-    "negatives": ["--hard-negatives", "0.1"],            # a tenth of the crops crack-free, mined (negatives.py)
+    "negatives": ["--hard-negatives", "0.1"],            # a tenth of the crops crack-free, mined (crops.py)
     "mosaic": ["--small-tiles", "mosaic"],               # tiles under the crop filled by same-source tiles
     # the two arms that gained on different groups (balanced on MASONRY, the mosaic on UAVCRACKX), together
     "balanced_mosaic": ["--sampling", "group", "--small-tiles", "mosaic"],

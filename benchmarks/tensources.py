@@ -22,9 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rundir import DEFAULT_BUNDLE as BUNDLE  # noqa: E402
 from runner import (GROUP_TEST, GROUP_TRAIN, MODELS, TEST, TRAIN, add_common_args, finished_training,  # noqa: E402
                     other_groups, others, read_record, run_all, training_summary)
-from sourcegroups import (ARM_GROUPS, ARMS, BUNDLE, CHOSEN, EPOCH_SIZE, NEW_GROUPS, POLICIES, PREFIX,  # noqa: E402
+from sourcegroups import (ARM_GROUPS, ARMS, CHOSEN, EPOCH_SIZE, NEW_GROUPS, POLICIES, PREFIX,  # noqa: E402
                           RECORD, STEPS, arm_mean, group_score, policy_scores, recipe_options,
                           render_logo, seed_gaps)
 
