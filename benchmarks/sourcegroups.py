@@ -31,7 +31,7 @@ ARMS = {
     "balanced_mosaic": ["--sampling", "group", "--small-tiles", "mosaic"],
 }
 # the best two arms after base (by the mean under auto) get a second seed: ARM_seed1
-SECOND_SEEDS: list[str] = ["mosaic"]
+SECOND_SEEDS: list[str] = ["balanced_mosaic", "mosaic"]
 ARMS.update({f"{arm}_seed1": [*ARMS[arm], "--seed", "1"] for arm in SECOND_SEEDS})
 
 
