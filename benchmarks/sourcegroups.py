@@ -17,7 +17,7 @@ POLICIES = {"auto": "auto", "1": "1"}     # column name -> evaluate.py --scale
 RECORD = RESULTS / "tensources.jsonl"
 PREFIX = "src_"
 # the arm trained without each of the eight groups, once the arms' table has chosen it (None: not yet)
-CHOSEN = None
+CHOSEN = "balanced_mosaic"
 # name -> train.py options beyond today's recipe (its network and upsampling)
 ARMS = {
     "base": [],
