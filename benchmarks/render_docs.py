@@ -2,6 +2,7 @@
 
     python benchmarks/render_docs.py            # rewrite the tables in place
     python benchmarks/render_docs.py --check    # exit 1 and name the tables that differ
+    python benchmarks/render_docs.py --stage    # also put the committed text, tables refreshed, in git's index
 
 A rendered table sits between two marker comments that name the command printing it, optionally
 one part of its output (parts are separated by blank lines):
@@ -89,19 +90,48 @@ def refresh(text: str) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), changed
 
 
+def git(*args: str, text: str | None = None) -> str:
+    result = subprocess.run(["git", *args], cwd=ROOT, input=text, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def stage_committed_tables(paths: list[Path]) -> list[str]:
+    """Stage each document's committed text (HEAD's) with its tables re-rendered, so a commit of a grown
+    record carries its tables without whatever prose is being written beside it in the working tree;
+    benchmarks/runner.py --commit does this in a scratch index (GIT_INDEX_FILE). Returns the staged paths."""
+    staged = []
+    for path in paths:
+        rel = str(path.relative_to(ROOT))
+        try:
+            committed = git("show", f"HEAD:{rel}")
+        except subprocess.CalledProcessError:
+            continue   # not committed yet: nothing of it can go stale in HEAD
+        new, changed = refresh(committed)
+        if changed:
+            blob = git("hash-object", "-w", "--stdin", text=new).strip()
+            git("update-index", "--cacheinfo", f"100644,{blob},{rel}")
+            staged.append(rel)
+    return staged
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is out of date")
+    p.add_argument("--stage", action="store_true",
+                   help="also stage HEAD's text of each document with its tables re-rendered (prints the paths)")
     p.add_argument("only", nargs="*", type=Path, metavar="DOCUMENT",
                    help="only these documents (e.g. docs/sources.md after its record grew); default: all")
     args = p.parse_args()
+    paths = [ROOT / d for d in args.only] or documents()
+    if args.stage:
+        print("\n".join(stage_committed_tables(paths)))
     stale = []
-    for path in [ROOT / d for d in args.only] or documents():
+    for path in paths:
         new, changed = refresh(path.read_text())
         stale += [f"{path.relative_to(ROOT)}: {command}" for command in changed]
         if changed and not args.check:
             path.write_text(new)
-    for line in stale:
+    for line in stale if not args.stage else []:
         print(("out of date: " if args.check else "re-rendered: ") + line)
     return 1 if stale and args.check else 0
 

@@ -13,10 +13,12 @@ are skipped. Never run two at once: budgets are wall-clock.
 import argparse
 import csv
 import json
+import os
 import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,17 +175,36 @@ def append_record(path: Path, line: dict, commit: bool) -> None:
 
 
 def commit_record(path: Path, line: dict) -> None:
-    """Commit only `path` and the line's "attachments" (paths relative to the record's folder: arrays a
-    line refers to), in the checkout that holds the record."""
+    """Commit `path`, the line's "attachments" (paths relative to the record's folder: arrays a line refers
+    to) and the tables rendered from the grown record (render_docs.py --stage), nothing else: built in a
+    scratch index, so what is staged or being written in the checkout holding the record stays out."""
     repo = Path(git("rev-parse", "--show-toplevel", cwd=path.parent) or path.parent)
     files = [path, *(path.parent / a for a in line.get("attachments", []))]
     rel = [str(f.resolve().relative_to(repo.resolve())) for f in files]
-    git("add", *rel, cwd=repo)
-    for _ in range(5):   # another git command may hold the index lock for a moment
-        if git("commit", "-m", f"{path.name}: {line['experiment']} ({line['commit']})", "--only", *rel, cwd=repo):
-            return
-        time.sleep(2)
-    print(f"warning: could not commit {path}; commit it by hand", file=sys.stderr)
+    message = f"{path.name}: {line['experiment']} ({line['commit']})"
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        for _ in range(5):   # another git command may hold HEAD's lock for a moment
+            if committed_with_tables(repo, rel, message, env):
+                return
+            time.sleep(2)
+    print(f"warning: could not commit {path}; commit it and run benchmarks/render_docs.py by hand", file=sys.stderr)
+
+
+def committed_with_tables(repo: Path, rel: list[str], message: str, env: dict) -> bool:
+    def ok(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    if ok("git", "read-tree", "HEAD").returncode or ok("git", "add", *rel).returncode:
+        return False
+    tables = ok(sys.executable, "benchmarks/render_docs.py", "--stage")
+    if tables.returncode:   # the record matters more than its tables: commit it, say what is left to do
+        print(f"warning: tables not re-rendered: {tables.stderr[-500:]}", file=sys.stderr)
+    if ok("git", "commit", "-q", "-m", message).returncode:
+        return False
+    # the checkout's own index learns the new commit's version of what it carried
+    carried = [*rel, *(tables.stdout.split() if not tables.returncode else [])]
+    subprocess.run(["git", "reset", "-q", "--", *carried], cwd=repo, capture_output=True)
+    return True
 
 
 def training_summary(run: str) -> dict:

@@ -1,4 +1,6 @@
 """The experiment scripts' own logic: what they train on and score on must be what they say."""
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -581,3 +583,40 @@ def test_the_ten_source_recipes_zoom_rows_check_the_auto_rule_but_never_choose_i
     found = framezoom.ten_source_experiments()
     assert found["ten_UAVCRACKX4"]["run"] == "src_width8_UAVCRACKX" and found["ten_CFD"]["zooms"] == framezoom.ZOOMS
     assert all(k.startswith(autorule.TEN_PREFIX) and e["train"] is None for k, e in found.items()) and len(found) == 10
+
+
+def git_in(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def test_a_record_commit_carries_its_rendered_tables_and_nothing_else(tmp_path):
+    """What an interrupted session leaves committed must still pass test_docs: the record and its tables go
+    in one commit; prose being written and files staged by hand in the same checkout stay out of it."""
+    import runner
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "docs").mkdir()
+    shutil.copy(ROOT / "benchmarks" / "render_docs.py", repo / "benchmarks")
+    record = repo / "benchmarks" / "results" / "count.jsonl"
+    record.write_text('{"experiment": "a"}\n')
+    (repo / "benchmarks" / "count.py").write_text(
+        "from pathlib import Path\n"
+        "print(len(Path(__file__).with_name('results').joinpath('count.jsonl').read_text().splitlines()))\n")
+    block = "<!-- table: python benchmarks/count.py -->\n1\n<!-- /table -->\n"
+    (repo / "README.md").write_text("Intro.\n\n" + block)
+    (repo / "notes.txt").write_text("old\n")
+    git_in(repo, "init", "-q")
+    git_in(repo, "config", "user.email", "t@example.com")
+    git_in(repo, "config", "user.name", "t")
+    git_in(repo, "add", ".")
+    git_in(repo, "commit", "-qm", "start")
+    (repo / "README.md").write_text("Intro, being rewritten.\n\n" + block)   # prose in progress
+    (repo / "notes.txt").write_text("staged by hand\n")
+    git_in(repo, "add", "notes.txt")
+    line = {"experiment": "b", "commit": "abc"}
+    runner.append_record(record, line, commit=True)
+    assert git_in(repo, "show", "HEAD:benchmarks/results/count.jsonl").count("\n") == 2
+    assert git_in(repo, "show", "HEAD:README.md") == "Intro.\n\n" + block.replace("\n1\n", "\n2\n")
+    assert (repo / "README.md").read_text() == "Intro, being rewritten.\n\n" + block.replace("\n1\n", "\n2\n")
+    assert git_in(repo, "show", "HEAD:notes.txt") == "old\n"
+    assert git_in(repo, "diff", "--cached", "--name-only").split() == ["notes.txt"]
