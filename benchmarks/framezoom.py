@@ -78,7 +78,8 @@ def ten_source_experiments() -> dict[str, dict]:
     group_of = {test: g for g, tests in GROUP_TEST.items() for test in tests}
     sources = [*TEST.values(), *ZOOMED_NEW, *NATIVE_NEW]
     return {f"{TEN_PREFIX}{s}": {"source": s, "train": None, "zooms": ZOOMS if s in TEST.values() or s in ZOOMED_NEW
-                                 else (1.0,), "run": f"{sourcegroups.PREFIX}{sourcegroups.CHOSEN}_{group_of[s]}"}
+                                 else (1.0,), "run": f"{sourcegroups.PREFIX}{sourcegroups.CHOSEN}_{group_of[s]}",
+                                 "group": group_of[s]}
             for s in sources}
 
 
@@ -101,12 +102,22 @@ def score_command(args, name: str, e: dict) -> list[str]:
 
 def commands(args, name: str) -> list[list[str]]:
     e = EXPERIMENTS[name]
+    if "group" in e:   # a ten-source run is tensources.py's: trained again only on a machine that lacks it
+        return [ten_source_training(args, e["group"]), score_command(args, name, e)]
     return ([train_command(args, e)] if e["train"] else []) + [score_command(args, name, e)]
 
 
+def ten_source_training(args, group: str) -> list[str]:
+    import tensources
+    return tensources.commands(args, f"{sourcegroups.CHOSEN}_{group}")[0]
+
+
 def already_trained(cmd: list[str]) -> bool:
-    """A leave-one-out run the queue trained before the scores' code was committed (runner.finished_training)."""
-    return finished_training(cmd, {"depth": 5})
+    """A run that finished its planned steps on this machine (runner.finished_training): a leave-one-out
+    run the queue trained before the scores' code was committed (zoom.py's chosen: depth 5), or the
+    ten-source recipe's run tensources.py trained."""
+    ten_source = cmd[1] == "train.py" and cmd[cmd.index("--name") + 1].startswith(sourcegroups.PREFIX)
+    return finished_training(cmd, None if ten_source else {"depth": 5})
 
 
 # ---------------------------------------------------------------- scoring one model on one source

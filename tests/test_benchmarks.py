@@ -1,4 +1,5 @@
 """The experiment scripts' own logic: what they train on and score on must be what they say."""
+import json
 import shutil
 import subprocess
 import sys
@@ -583,6 +584,29 @@ def test_the_ten_source_recipes_zoom_rows_check_the_auto_rule_but_never_choose_i
     found = framezoom.ten_source_experiments()
     assert found["ten_UAVCRACKX4"]["run"] == "src_width8_UAVCRACKX" and found["ten_CFD"]["zooms"] == framezoom.ZOOMS
     assert all(k.startswith(autorule.TEN_PREFIX) and e["train"] is None for k, e in found.items()) and len(found) == 10
+
+
+def test_a_ten_source_zoom_row_trains_its_model_only_on_a_machine_without_it(tmp_path, monkeypatch):
+    """The zoom rows score tensources.py's runs; a fresh machine trains the same command first."""
+    import argparse
+    import framezoom
+    import runner
+    import tensources
+    args = argparse.Namespace(data_dir="data")
+    train, score = framezoom.commands(args, "ten_UAVCRACKX4")
+    assert train == tensources.commands(args, f"{framezoom.sourcegroups.CHOSEN}_UAVCRACKX")[0]
+    assert score[score.index("--score") + 1] == train[train.index("--name") + 1]
+    monkeypatch.setattr(runner, "MODELS", tmp_path)
+    assert not framezoom.already_trained(train)
+    run = tmp_path / train[train.index("--name") + 1]
+    run.mkdir()
+    datasets = train[train.index("--dataset") + 1:train.index("--data-dir")]
+    epochs, size = int(train[train.index("--epochs") + 1]), int(train[train.index("--epoch-size") + 1])
+    (run / "config.json").write_text(json.dumps({"dataset": datasets, "epochs": epochs, "epoch_size": size}))
+    (run / "log.csv").write_text("epoch,val_loss\n" + "".join(f"{e},0.5\n" for e in range(epochs - 1)))
+    assert not framezoom.already_trained(train)      # one epoch short: cut off, trained again
+    (run / "log.csv").write_text("epoch,val_loss\n" + "".join(f"{e},0.5\n" for e in range(epochs)))
+    assert framezoom.already_trained(train) and not framezoom.already_trained(score)
 
 
 def git_in(repo: Path, *args: str) -> str:
