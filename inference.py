@@ -274,7 +274,7 @@ class Scaled:
 def predict_scaled(model, x: torch.Tensor, engine: Engine, scale: float | str = 1.0, tta: bool = False,
                    tile: int = TILE, overlap: int = OVERLAP) -> Scaled:
     """predict_probability at a fixed factor, or under `auto` at the factor scales.choose() picks for this
-    image from its maps at every allowed factor (the chosen one is returned; 1x3xHxW only: the choice
+    image from its maps at every candidate factor (the chosen one is returned; 1x3xHxW only: the choice
     is per image)."""
     if scale != "auto":
         return Scaled(predict_probability(model, x, engine, tta, tile, overlap, scale), float(scale), {})
@@ -288,7 +288,7 @@ def predict_scaled(model, x: torch.Tensor, engine: Engine, scale: float | str = 
             continue
         nets[f] = predict_probability(model, resample(x, scaled_size(h, w, f)), engine, tta, tile, overlap)
         found[f] = scales.MapFeatures(nets[f][0, 0].numpy())
-    factor = scales.choose(found, scales.allowed(h, w, grid))
+    factor = scales.choose(found, scales.candidates(h, w, grid))
     if factor not in nets:
         return Scaled(predict_probability(model, x, engine, tta, tile, overlap, factor), factor, found)
     prob = to_image_grid(nets[factor], x)   # only the chosen map comes back

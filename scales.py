@@ -21,6 +21,7 @@ from measure import crack_length, crack_widths, skeletonize, without_specks
 FACTORS = (2.0, 1.0, 0.5, 0.25, 0.125)   # the factors auto may choose
 MIN_GRID_CELLS = 2       # a shrinking factor is allowed while the network's input keeps this many pooling cells
                          # across its short side (see allowed())
+SHRINK_MIN_SIDE = 256    # px: auto never shrinks a photo whose short side is under the training crop (see candidates())
 MAX_MEGAPIXELS = 4.0     # an enlarging factor is allowed while the network's input stays this small
 FEATURE_THRESHOLD = 0.5  # features describe p > 0.5, whatever the run's threshold (the choice must not move with it)
 MIN_PIECE = 8            # pixels: smaller pieces of a map are noise, not cracks
@@ -107,12 +108,22 @@ def allowed(height: int, width: int, grid: int = 16) -> list[float]:
             or (f > 1 and megapixels * f * f <= MAX_MEGAPIXELS)]
 
 
+def candidates(height: int, width: int, grid: int = 16) -> list[float]:
+    """The factors auto may choose for a photo: allowed(), less every shrinking factor where the photo's
+    short side is under SHRINK_MIN_SIDE. A photo smaller than a training crop is a tile or a detail
+    already: shrunk, the network sees a few dozen px of it, mostly padding, and its map is coarse.
+    Replayed on every recorded zoom row (benchmarks/framezoom.py), shrinking such tiles cost GAPS384
+    0.007-0.023 of 2 px ODS F and this gate lost no row more than 0.009 (docs/zoom.md)."""
+    found = allowed(height, width, grid)
+    return found if min(height, width) >= SHRINK_MIN_SIDE else [f for f in found if f >= 1]
+
+
 def scoring_factors(height: int, width: int, grid: int = 16, rule: Rule | None = None) -> list[float]:
     """The factors whose maps auto may predict before choosing: every allowed one the rule may pick (the
     chosen map is reused, so on a photo too large to enlarge this costs 1/4 + 1/16 + 1/64 of a pass on
     top of the full-size one). Enlarged maps only where wants_enlarging() says so, after the map at 1."""
     rule = RULE if rule is None else rule
-    return [f for f in allowed(height, width, grid) if rule.enlarge or f <= 1]
+    return [f for f in candidates(height, width, grid) if rule.enlarge or f <= 1]
 
 
 def wants_enlarging(at_one: Mapping, rule: Rule | None = None) -> bool:

@@ -39,14 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # runner, when run by render_docs.py
 
 import metrics  # noqa: E402
+import scales  # noqa: E402
 from augment import zoom_frame  # noqa: E402
 from dataset import read_sample, scan_dataset  # noqa: E402
 from rundir import read_split  # noqa: E402
 from autorule import RECORD, TEN_PREFIX, WINDOWS, render_tables, render_ten_tables  # noqa: E402
-from runner import (CAMERA, GROUP_TEST, MODELS, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
-                    finished_training, network_args, others, run_all, steps_recipe, training_summary)
+from runner import (CAMERA, GROUP_TEST, MODELS, ROOT, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
+                    finished_training, network_args, others, read_record, run_all, steps_recipe, training_summary)
 import sourcegroups  # noqa: E402
-from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, save_arrays, score_maps  # noqa: E402
+import zoomrecord  # noqa: E402
+from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, read_arrays, save_arrays, score_maps  # noqa: E402
 
 STEPS, EPOCH_SIZE, BATCH = 4000, 400, 4        # optimizer steps of every leave-one-out run: 40 epochs of 400 crops
 SAFETY_MINUTES = 150                           # --max-minutes as a net only: the steps end the run
@@ -134,7 +136,8 @@ def validation_samples(run: str, data_dir: Path) -> list:
 def score_block(predictor, labelled: list[tuple], t_index: int) -> dict:
     """score_maps over a list of (image, mask, roi), stacked."""
     parts = [score_maps(predictor, item, t_index, WINDOWS) for item in labelled]
-    return {key: np.stack([p[i] for p in parts]) for i, key in enumerate(("counts", "features", "valid", "live"))}
+    found = {key: np.stack([p[i] for p in parts]) for i, key in enumerate(("counts", "features", "valid", "live"))}
+    return found | {"short_side": np.array([min(image.shape[:2]) for image, _, _ in labelled])}
 
 
 def window_seed(stem: str, z: float) -> np.random.Generator:
@@ -192,6 +195,53 @@ def summarize(name: str, record: Path) -> dict:
     return line
 
 
+# ---------------------------------------------------------------- photo sizes for older records
+
+def zoomed_short_side(height: int, width: int, z: float, frame: bool) -> int:
+    """The short side of a photo at zoom z: shrunk whole below 1; above it, the frame kept (this script)
+    or the whole photo enlarged (zoom.py's earlier benchmark)."""
+    if frame and z > 1:
+        return min(height, width)
+    return min(max(round(height * z), 1), max(round(width * z), 1))
+
+
+def validation_short_side(test_short: np.ndarray, test_valid: np.ndarray, val_valid: np.ndarray) -> np.ndarray:
+    """A lower bound on each validation photo's short side, from the factors recorded valid for it: a
+    shrinking factor f is valid where short * f >= scales.min_side(grid). The grid is the one the test
+    photos' sizes and valid factors agree on; the bound is exact at SHRINK_MIN_SIDE, 8 or 4 cells."""
+    shrink = [i for i, f in enumerate(scales.FACTORS) if f < 1]
+    factors = np.array([scales.FACTORS[i] for i in shrink])
+    grid = next(g for g in (16, 32, 64) if np.array_equal(
+        test_short[..., None] * factors >= scales.min_side(g), test_valid[..., shrink]))
+    bound = np.where(val_valid[:, shrink], scales.min_side(grid) / factors, 0.0).max(1)
+    return np.ceil(bound).astype(np.int64)
+
+
+def add_short_sides(data_dir: Path) -> list[str]:
+    """Give every recorded arrays file made before photo sizes were kept (this record's and zoom.py's) its
+    test photos' short sides (from the photos, by name and zoom) and, here, its validation photos' bound
+    (validation_short_side): what the replays need to strike the shrinking factors scales.candidates()
+    strikes. Returns the files rewritten."""
+    done = []
+    for record, frame in ((RECORD, True), (zoomrecord.RECORD, False)):
+        for line in read_record(record).values():
+            path = record.parent / line["attachments"][0] if line.get("attachments") else None
+            arrays = read_arrays(path) if path else {"short_side": None}
+            if "short_side" in arrays:
+                continue
+            samples = {s.stem: s for s in scan_dataset(data_dir, line["zoom"]["source"])[0]}
+            shapes = [read_sample(samples[n])[0].shape[:2] for n in arrays["names"].tolist()]
+            arrays["short_side"] = np.array([[zoomed_short_side(h, w, z, frame) for h, w in shapes]
+                                             for z in arrays["zooms"].tolist()])
+            if "val_valid" in arrays:
+                arrays["val_short_side"] = validation_short_side(
+                    arrays["short_side"], arrays["valid"][..., :len(scales.FACTORS)],
+                    arrays["val_valid"][:, :len(scales.FACTORS)])
+            save_arrays(path, arrays)
+            done.append(str(path.relative_to(ROOT)))
+    return done
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, RECORD, list(EXPERIMENTS))
@@ -199,7 +249,12 @@ def main() -> None:
     p.add_argument("--source", help="with --score: the held-out source")
     p.add_argument("--zooms", type=float, nargs="+", default=list(ZOOMS), help="with --score: the zooms")
     p.add_argument("--out", type=Path, help="with --score: where the arrays go")
+    p.add_argument("--add-short-sides", action="store_true",
+                   help="only give arrays recorded before photo sizes were kept their sizes (needs --data-dir)")
     args = p.parse_args()
+    if args.add_short_sides:
+        print("\n".join(add_short_sides(Path(args.data_dir))) or "every arrays file has its photo sizes")
+        return
     if args.score:
         print(json.dumps(score_run(args.score, args.source, Path(args.data_dir), args.zooms, args.out)))
         return

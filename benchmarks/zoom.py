@@ -86,10 +86,10 @@ def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
     samples = scan_dataset(data_dir, source)[0]
     t_index = metrics.threshold_index(config["threshold"])
     out = {"counts": [], "features": [], "valid": [], "live": []}
-    widths = []
+    widths, short_sides = [], []
     for z in zooms:
         per = [[], [], [], []]
-        masks = []
+        masks, shorts = [], []
         for sample in samples:
             image, mask, roi = read_sample(sample)
             zoomed = zoom_photo(image, z)
@@ -97,14 +97,16 @@ def score_run(run: str, source: str, data_dir: Path, zooms=ZOOMS) -> dict:
             mask = zoom_mask(mask, z, size)
             roi = None if roi is None else zoom_mask(roi, z, size)
             masks.append(mask)
+            shorts.append(min(zoomed.shape[:2]))
             for part, value in zip(per, score_maps(predictor, (zoomed, mask, roi), t_index, WINDOWS),
                                    strict=True):
                 part.append(value)
         for key, part in zip(out, per, strict=True):
             out[key].append(np.stack(part))
         widths.append(label_width(masks))
+        short_sides.append(shorts)
         print(f"{run} {source} zoom {z:g}: done, median label width {widths[-1]:.1f} px", flush=True)
-    arrays = {k: np.stack(v) for k, v in out.items()}
+    arrays = {k: np.stack(v) for k, v in out.items()} | {"short_side": np.array(short_sides)}
     path = MODELS / run / f"zoom_{source}.json.gz"
     save_arrays(path, {**arrays, "names": np.array([s.stem for s in samples]), "zooms": np.array(zooms)})
     info = {"source": source, "zooms": list(zooms), "threshold": config["threshold"], "label_width_px": widths,

@@ -125,6 +125,17 @@ def dataset_f(counts: np.ndarray) -> tuple[float, float]:
     return float(f[:-1].max()), float(f[-1])
 
 
+def candidates(arrays: dict, zi: int | None = None) -> np.ndarray:
+    """The recorded valid factors (scales.allowed, the network's bound) of zoom index `zi`'s photos (None:
+    the validation photos), less the shrinking ones scales.candidates() strikes for a photo's short side."""
+    valid = (arrays["val_valid"] if zi is None else arrays["valid"][zi])[:, :len(scales.FACTORS)].copy()
+    if "short_side" not in arrays:
+        raise KeyError("arrays without photo sizes: run python benchmarks/framezoom.py --add-short-sides")
+    short = arrays["val_short_side"] if zi is None else arrays["short_side"][zi]
+    valid[np.ix_(short < scales.SHRINK_MIN_SIDE, np.array(scales.FACTORS) < 1)] = False
+    return valid
+
+
 def replay(arrays: dict, rule) -> dict[float, dict]:
     """Per zoom: fixed 1, auto under `rule` (scales.choose's signature), the oracle fixed factor, fuse."""
     factors = list(scales.FACTORS)
@@ -133,8 +144,9 @@ def replay(arrays: dict, rule) -> dict[float, dict]:
         counts, found, valid = arrays["counts"][zi], arrays["features"][zi], arrays["valid"][zi]
         fixed = {f: dataset_f(counts[:, i].sum(0)) for i, f in enumerate(factors) if valid[:, i].all()}
         chosen = []
+        choosable = candidates(arrays, zi)
         for n in range(counts.shape[0]):
-            permitted = [f for i, f in enumerate(factors) if valid[n, i]]
+            permitted = [f for i, f in enumerate(factors) if choosable[n, i]]
             scoring = {f: dict(zip(FEATURE_KEYS, found[n, factors.index(f)].tolist(), strict=True))
                        for f in permitted}   # auto sees every allowed factor's map (scales.scoring_factors)
             chosen.append(factors.index(rule(scoring, permitted)))

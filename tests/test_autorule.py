@@ -42,9 +42,11 @@ def test_the_vectorised_replay_chooses_what_scales_choose_chooses(rule):
         assert scales.FACTORS[fast[n]] == scales.choose(maps, permitted, rule), (n, maps)
 
 
-def arrays_for(val_hits: dict[float, int], test_hits: dict[float, int], sureness: dict[float, float]) -> dict:
+def arrays_for(val_hits: dict[float, int], test_hits: dict[float, int], sureness: dict[float, float],
+               short: int = 384) -> dict:
     """One photo in the validation and test blocks (the same maps): the map at each factor finds
-    `hits` of 20 crack pixels at thresholds below 0.5 and none above, with the given sureness."""
+    `hits` of 20 crack pixels at thresholds below 0.5 and none above, with the given sureness; the
+    photo's short side is `short` px."""
     k, n = len(GRID) + 1, len(scales.FACTORS)
     windows = autorule.WINDOWS
 
@@ -63,7 +65,8 @@ def arrays_for(val_hits: dict[float, int], test_hits: dict[float, int], sureness
     valid[0, n:] = True
     return {"counts": block(test_hits)[None], "features": found[None], "valid": valid[None],
             "val_counts": block(val_hits), "val_features": found, "val_valid": valid,
-            "zooms": np.array([1.0]), "windows": np.array([list(w) for w in windows])}
+            "zooms": np.array([1.0]), "windows": np.array([list(w) for w in windows]),
+            "short_side": np.array([[short]]), "val_short_side": np.array([short])}
 
 
 def test_each_policy_is_scored_at_its_own_validated_threshold():
@@ -75,3 +78,13 @@ def test_each_policy_is_scored_at_its_own_validated_threshold():
     assert cautious["auto"] == cautious["fixed_1"]
     fused = autorule.replay(arrays, scales.Rule(margin=0.0, fuse=True, legacy=False))[1.0]
     assert fused["auto"][0] == pytest.approx(0.7)   # (12 + 16) / 2 of 20
+
+
+def test_the_replay_never_shrinks_a_photo_smaller_than_a_training_crop():
+    """scales.candidates() strikes shrinking below SHRINK_MIN_SIDE; the replay of recorded maps must too."""
+    for short, shrunk in ((scales.SHRINK_MIN_SIDE, True), (scales.SHRINK_MIN_SIDE - 1, False)):
+        arrays = arrays_for({1.0: 10, 0.5: 20}, {1.0: 12, 0.5: 16}, {1.0: 0.5, 0.5: 0.9}, short=short)
+        legacy = autorule.replay(arrays, autorule.LEGACY)[1.0]
+        assert (legacy["factors"][scales.FACTORS.index(0.5)] == 1) is shrunk
+        assert legacy["best"][0] == 0.5   # the fixed factors stay what the network allows: 1/2 scores best
+        assert (0.5 in scales.candidates(short, 2 * short)) is shrunk and 0.5 in scales.allowed(short, 2 * short)

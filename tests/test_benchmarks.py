@@ -304,7 +304,7 @@ def zoom_arrays(good: list[float]) -> dict:
             valid[0, n, i] = True
         counts[0, n, -1], valid[0, n, -1] = (7, 10, 7, 10), True   # fuse
     return {"counts": counts, "features": features, "valid": valid, "zooms": np.array([1.0]),
-            "live": np.array([good])}
+            "live": np.array([good]), "short_side": np.full((1, len(good)), scales.SHRINK_MIN_SIDE)}
 
 
 def test_zoom_replay_scores_each_photo_at_the_factor_the_rule_chose(monkeypatch):
@@ -644,3 +644,26 @@ def test_a_record_commit_carries_its_rendered_tables_and_nothing_else(tmp_path):
     assert (repo / "README.md").read_text() == "Intro, being rewritten.\n\n" + block.replace("\n1\n", "\n2\n")
     assert git_in(repo, "show", "HEAD:notes.txt") == "old\n"
     assert git_in(repo, "diff", "--cached", "--name-only").split() == ["notes.txt"]
+
+
+@pytest.mark.parametrize("grid", [16, 32])
+def test_older_arrays_get_photo_sizes_that_decide_the_shrinking_gate_as_the_photos_would(grid):
+    """validation_short_side's bound, read from the valid factors scales.allowed() recorded, must put each
+    photo on the same side of SHRINK_MIN_SIDE as its true size (a slow reference: allowed() per photo)."""
+    import numpy as np
+
+    import framezoom
+    import scales
+    rng = np.random.default_rng(grid)
+    shrink = [i for i, f in enumerate(scales.FACTORS) if f < 1]
+
+    def valid_of(shorts):
+        return np.array([[f in scales.allowed(s, s + 50, grid) for f in scales.FACTORS] for s in shorts])
+    test = rng.integers(20, 1200, 60)
+    val = np.concatenate([rng.integers(20, 1200, 200), [255, 256, 257, 2 * grid - 1, 2 * grid]])
+    bound = framezoom.validation_short_side(test[None], valid_of(test)[None], valid_of(val))
+    assert np.array_equal(bound >= scales.SHRINK_MIN_SIDE, val >= scales.SHRINK_MIN_SIDE)
+    assert (bound <= val).all() and np.array_equal(valid_of(bound)[:, shrink], valid_of(val)[:, shrink])
+    assert framezoom.zoomed_short_side(384, 544, 4.0, frame=True) == 384
+    assert framezoom.zoomed_short_side(384, 544, 4.0, frame=False) == 1536
+    assert framezoom.zoomed_short_side(133, 133, 0.5, frame=True) == 66   # round() as zoom_frame sizes it
