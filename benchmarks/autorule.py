@@ -15,7 +15,7 @@ import numpy as np
 
 import scales
 from runner import RESULTS, read_record
-from zoomrecord import FEATURE_KEYS, GROUPS, candidates, load_arrays
+from zoomrecord import FEATURE_KEYS, GROUPS, choosable, load_arrays
 
 RECORD = RESULTS / "framezoom.jsonl"
 TEN_PREFIX = "ten_"   # lines of the ten-source recipe's runs: they check the chosen rule, never choose it
@@ -121,13 +121,13 @@ def replay(arrays: dict, rule: scales.Rule) -> dict[float, dict]:
     """Per zoom: fixed 1 and auto under `rule` as (ODS F, F at own threshold), the best fixed factor
     (factor, ODS F), and how many photos went to each factor."""
     windows = windows_of(arrays)
-    val_pick = choose_many(arrays["val_features"], candidates(arrays), rule)
+    val_pick = choose_many(arrays["val_features"], choosable(arrays), rule)
     val_auto = chosen_counts(arrays["val_counts"], windows, val_pick, rule.fuse)
     val_one = arrays["val_counts"][:, ONE]
     results = {}
     for zi, z in enumerate(arrays["zooms"].tolist()):
         counts, valid = arrays["counts"][zi], arrays["valid"][zi][:, :len(FACTORS)]
-        pick = choose_many(arrays["features"][zi], candidates(arrays, zi), rule)
+        pick = choose_many(arrays["features"][zi], choosable(arrays, zi), rule)
         fixed = {f: f_curve(counts[:, i].sum(0))[:-1].max() for i, f in enumerate(scales.FACTORS) if valid[:, i].all()}
         best = max(fixed, key=fixed.get)
         results[z] = {"fixed_1": policy_scores(counts[:, ONE], val_one),

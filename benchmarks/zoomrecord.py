@@ -125,7 +125,7 @@ def dataset_f(counts: np.ndarray) -> tuple[float, float]:
     return float(f[:-1].max()), float(f[-1])
 
 
-def candidates(arrays: dict, zi: int | None = None) -> np.ndarray:
+def choosable(arrays: dict, zi: int | None = None) -> np.ndarray:
     """The recorded valid factors (scales.allowed, the network's bound) of zoom index `zi`'s photos (None:
     the validation photos), less the shrinking ones scales.candidates() strikes for a photo's short side."""
     valid = (arrays["val_valid"] if zi is None else arrays["valid"][zi])[:, :len(scales.FACTORS)].copy()
@@ -144,9 +144,9 @@ def replay(arrays: dict, rule) -> dict[float, dict]:
         counts, found, valid = arrays["counts"][zi], arrays["features"][zi], arrays["valid"][zi]
         fixed = {f: dataset_f(counts[:, i].sum(0)) for i, f in enumerate(factors) if valid[:, i].all()}
         chosen = []
-        choosable = candidates(arrays, zi)
+        allowed_here = choosable(arrays, zi)
         for n in range(counts.shape[0]):
-            permitted = [f for i, f in enumerate(factors) if choosable[n, i]]
+            permitted = [f for i, f in enumerate(factors) if allowed_here[n, i]]
             scoring = {f: dict(zip(FEATURE_KEYS, found[n, factors.index(f)].tolist(), strict=True))
                        for f in permitted}   # auto sees every allowed factor's map (scales.scoring_factors)
             chosen.append(factors.index(rule(scoring, permitted)))
