@@ -45,7 +45,7 @@ from dataset import read_sample, scan_dataset  # noqa: E402
 from rundir import read_split  # noqa: E402
 from autorule import RECORD, TEN_PREFIX, WINDOWS, render_tables, render_ten_tables  # noqa: E402
 from runner import (CAMERA, GROUP_TEST, MODELS, ROOT, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
-                    finished_training, network_args, others, read_record, run_all, steps_recipe, training_summary)
+                    finished_training, network_args, other_groups, others, read_record, run_all, steps_recipe, training_summary)
 import sourcegroups  # noqa: E402
 import zoomrecord  # noqa: E402
 from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, read_arrays, save_arrays, score_maps  # noqa: E402
@@ -110,8 +110,8 @@ def commands(args, name: str) -> list[list[str]]:
 
 
 def ten_source_training(args, group: str) -> list[str]:
-    import tensources
-    return tensources.commands(args, f"{sourcegroups.CHOSEN}_{group}")[0]
+    run = f"{sourcegroups.PREFIX}{sourcegroups.CHOSEN}_{group}"
+    return sourcegroups.train_command(args.data_dir, run, other_groups(group), sourcegroups.CHOSEN, group)
 
 
 def already_trained(cmd: list[str]) -> bool:

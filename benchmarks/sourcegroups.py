@@ -3,6 +3,7 @@ bundle (general_model.py, modelcard.py) and framezoom.py: the arms and the recip
 without a group, the steps, the chosen arm, and the readings of benchmarks/results/tensources.jsonl
 (group scores, the seed spread, the chosen recipe's gains over today's). No entry point."""
 import json
+import sys
 from pathlib import Path
 
 from rundir import load_config
@@ -48,6 +49,13 @@ def recipe_options(arm: str, group: str | None, steps: int, epoch_size: int) -> 
     without `group` (None: on every group, as the bundle is)."""
     return ["--max-minutes", str(SAFETY_MINUTES), *steps_recipe(steps, epoch_size, BATCH), *CAMERA,
             *network_args(SHIPPED), *UPSAMPLING, *arm_options(arm, group)]
+
+
+def train_command(data_dir: str, run: str, datasets: list[str], arm: str, group: str) -> list[str]:
+    """train.py for run `run` of `arm` on `datasets`, trained without `group` (tensources.py's runs, which
+    framezoom.py's ten-source rows score)."""
+    return [sys.executable, "train.py", "--dataset", *datasets, "--data-dir", data_dir, "--name", run,
+            "--overwrite", *recipe_options(arm, group, STEPS, EPOCH_SIZE)]
 
 
 def policy_scores(run: str, tests: list[str]) -> dict:

@@ -25,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rundir import DEFAULT_BUNDLE as BUNDLE  # noqa: E402
 from runner import (GROUP_TEST, GROUP_TRAIN, MODELS, TEST, TRAIN, add_common_args, finished_training,  # noqa: E402
                     other_groups, others, read_record, run_all, training_summary)
-from sourcegroups import (ARM_GROUPS, ARMS, CHOSEN, EPOCH_SIZE, NEW_GROUPS, POLICIES, PREFIX,  # noqa: E402
-                          RECORD, STEPS, arm_mean, group_score, policy_scores, recipe_options,
-                          render_logo, seed_gaps)
+from sourcegroups import (ARM_GROUPS, ARMS, CHOSEN, NEW_GROUPS, POLICIES, PREFIX, RECORD, STEPS,  # noqa: E402
+                          arm_mean, group_score, policy_scores, render_logo, seed_gaps, train_command)
 
 
 def experiments() -> dict[str, dict]:
@@ -59,9 +58,7 @@ def commands(args, name: str) -> list[list[str]]:
                  "--tolerance", "2", "--scale", scale] for scale in POLICIES.values()]
     if e["train"] is None:
         return evaluate
-    train = [sys.executable, "train.py", "--dataset", *e["train"], "--data-dir", args.data_dir, "--name", run,
-             "--overwrite", *recipe_options(e["arm"], e["group"], STEPS, EPOCH_SIZE)]
-    return [train, *evaluate]
+    return [train_command(args.data_dir, run, e["train"], e["arm"], e["group"]), *evaluate]
 
 
 def summarize(name: str) -> dict:
