@@ -45,7 +45,8 @@ from dataset import read_sample, scan_dataset  # noqa: E402
 from rundir import read_split  # noqa: E402
 from autorule import RECORD, TEN_PREFIX, WINDOWS, render_tables, render_ten_tables  # noqa: E402
 from runner import (CAMERA, GROUP_TEST, MODELS, ROOT, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
-                    finished_training, network_args, other_groups, others, read_record, run_all, steps_recipe, training_summary)
+                    finished_training, network_args, other_groups, others, read_record, run_all, steps_recipe,
+                    training_summary)
 import sourcegroups  # noqa: E402
 import zoomrecord  # noqa: E402
 from zoomrecord import ARMS, CHOSEN, label_width, load_unseen, read_arrays, save_arrays, score_maps  # noqa: E402
@@ -225,8 +226,10 @@ def add_short_sides(data_dir: Path) -> list[str]:
     done = []
     for record, frame in ((RECORD, True), (zoomrecord.RECORD, False)):
         for line in read_record(record).values():
-            path = record.parent / line["attachments"][0] if line.get("attachments") else None
-            arrays = read_arrays(path) if path else {"short_side": None}
+            if not line.get("attachments"):
+                continue
+            path = record.parent / line["attachments"][0]
+            arrays = read_arrays(path)
             if "short_side" in arrays:
                 continue
             samples = {s.stem: s for s in scan_dataset(data_dir, line["zoom"]["source"])[0]}

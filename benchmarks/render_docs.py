@@ -131,7 +131,7 @@ def main() -> int:
         stale += [f"{path.relative_to(ROOT)}: {command}" for command in changed]
         if changed and not args.check:
             path.write_text(new)
-    for line in stale if not args.stage else []:
+    for line in [] if args.stage else stale:   # --stage's stdout is the staged paths alone
         print(("out of date: " if args.check else "re-rendered: ") + line)
     return 1 if stale and args.check else 0
 
