@@ -115,12 +115,26 @@ def render_logo(record: Path) -> str:
     for g in GROUP_TRAIN:
         line, today = done.get(f"{CHOSEN}_{g}"), done.get(today_name(g))
         cells = [f"{group_score(line, 'auto'):.3f} / {group_score(line, '1'):.3f}" if line else "-",
-                 f"{group_score(today, 'auto'):.3f} ({'recipe, 4 sources' if g in TRAIN else 'bundle'})"
+                 f"{group_score(today, 'auto'):.3f} ({'recipe, old sources' if g in TRAIN else 'bundle'})"
                  if today else "-", f"{gains[g]:+.3f}" if g in gains else "-"]
         rows.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + ("\n\n" + logo_summary(gains, seed_gaps(done)) if gains else "")
+
+
+def logo_summary(gains: dict[str, float], gaps: dict[str, float] | None) -> str:
+    """The gains in words: the mean over all groups measured, the new groups' mean (issue 40's target
+    of 0.05) and each old group, naming the losses beyond the baseline's seed spread."""
+    spread = (gaps or {}).get("mean")
     new = [gains[g] for g in NEW_GROUPS if g in gains]
-    old = [f"{g} {gains[g]:+.3f}" for g in TRAIN if g in gains]
-    summary = (f"New groups, mean gain over today's bundle under auto: {sum(new) / len(new):+.3f} "
-               f"({len(new)} of {len(NEW_GROUPS)} groups); old groups against today's recipe at equal steps: "
-               + (", ".join(old) or "not run") + ".") if new or old else ""
-    return "\n".join(rows) + ("\n\n" + summary if summary else "")
+    old = {g: gains[g] for g in TRAIN if g in gains}
+    beyond = [g for g, gain in old.items() if spread is not None and gain < -spread]
+    parts = [f"Mean gain over the {len(gains)} held-out groups measured: {sum(gains.values()) / len(gains):+.3f}"
+             + (f" (the baseline's seed spread: {spread:.3f})" if spread is not None else "")]
+    if new:
+        parts.append(f"new groups, over today's bundle: {sum(new) / len(new):+.3f} mean ({len(new)} of "
+                     f"{len(NEW_GROUPS)} groups)")
+    if old:
+        parts.append("old groups, over today's recipe at equal steps: "
+                     + ", ".join(f"{g} {gain:+.3f}" for g, gain in old.items())
+                     + (f" (below it beyond the spread: {', '.join(beyond)})" if beyond else ""))
+    return "; ".join(parts) + "."

@@ -534,6 +534,17 @@ def test_the_ten_source_bundle_replaces_only_a_winner_on_held_out_groups_deepcra
     assert ("seed spread 0.015" in why) == (groups == 8) and f"{slower:.2f}x" in why
 
 
+def test_the_leave_one_group_out_summary_names_only_old_groups_lost_beyond_the_seed_spread():
+    import sourcegroups
+    gains = {"DEEPCRACK": -0.010, "MASONRY": -0.075, "CFD": 0.12, "GAPS384": 0.08, "AIGLERN": 0.06}
+    text = sourcegroups.logo_summary(gains, {"mean": 0.015})
+    assert "5 held-out groups measured: +0.035" in text and "seed spread: 0.015" in text
+    assert "+0.070 mean (2 of 4 groups)" in text
+    assert text.endswith("(below it beyond the spread: MASONRY).")   # DEEPCRACK's -0.010 is inside it
+    assert "beyond" not in sourcegroups.logo_summary(gains, None) and "spread" not in sourcegroups.logo_summary(
+        gains, None)
+
+
 def test_a_replaced_bundles_scores_move_aside_under_its_checksum(tmp_path, monkeypatch):
     import json
 
