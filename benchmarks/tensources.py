@@ -26,7 +26,7 @@ from rundir import DEFAULT_BUNDLE as BUNDLE  # noqa: E402
 from runner import (GROUP_TEST, GROUP_TRAIN, MODELS, TEST, TRAIN, add_common_args, finished_training,  # noqa: E402
                     other_groups, others, read_record, run_all, training_summary)
 from sourcegroups import (ARM_GROUPS, ARMS, CHOSEN, NEW_GROUPS, POLICIES, PREFIX, RECORD, STEPS,  # noqa: E402
-                          arm_mean, group_score, policy_scores, render_logo, seed_gaps, train_command)
+                          arm_label, arm_mean, group_score, policy_scores, render_logo, seed_gaps, train_command)
 
 
 def experiments() -> dict[str, dict]:
@@ -84,7 +84,7 @@ def render_arms(record: Path) -> str:
         cells = [f"{group_score(x, 'auto'):.3f} / {group_score(x, '1'):.3f}" if x else "-" for x in lines]
         means = [f"{arm_mean(done, arm, p):.3f}" if all(lines) else "-" for p in POLICIES]
         minutes = " + ".join(f"{x['training_wall_minutes']:.0f}" for x in lines if x) or "-"
-        rows.append(f"| {arm} | {' '.join(ARMS[arm]) or '(recipe)'} | " + " | ".join(cells + means)
+        rows.append(f"| {arm} | {arm_label(arm)} | " + " | ".join(cells + means)
                     + f" | {minutes} |")
     return "\n".join(rows) + "\n\n" + seed_spread(done) + two_seed_means(done)
 

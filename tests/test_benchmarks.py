@@ -464,6 +464,8 @@ def test_ten_source_runs_never_train_on_their_group_and_count_steps_not_minutes(
     balanced = tensources.commands(args, "balanced_MASONRY")[0]
     assert balanced[-3:] == ["group", "--groups", "UAVCRACKX=UAVCRACKX4,UAVCRACKX8,UAVCRACKX16"]
     assert tensources.commands(args, "balanced_UAVCRACKX")[0][-2:] == ["--sampling", "group"]
+    surface = tensources.commands(args, "surface_UAVCRACKX")[0]   # DeepCrack and MASONRY stay groups of their own
+    assert surface[-2:] == ["--groups", "ROAD=CFD,CRACKMAP,GAPS384,AIGLERN,SHADOWCRACK"]
     deepcrack = tensources.commands(args, "old_DEEPCRACK")[0]
     assert "DEEPCRACK_TRAIN" not in deepcrack and "UAVCRACKX4" not in deepcrack   # today's four sources only
 
