@@ -122,14 +122,16 @@ def adopt_scale(scale: float | str, data_dir: str) -> None:
     training sources' validation splits predicted under it (the mean 2 px F curve's best); the
     threshold of each earlier policy stays in thresholds_by_scale, so `--scale 1` restores it."""
     import metrics
-    from rundir import PRETRAINED_DIR, write_config
+    from rundir import PRETRAINED_DIR, eval_folder, write_config
     folder = PRETRAINED_DIR / BUNDLE
     config = json.loads((folder / "config.json").read_text())
-    datasets = list(config["dataset"])
+    datasets, key = list(config["dataset"]), scales.policy_key(scale)
     subprocess.run([sys.executable, "evaluate.py", "--name", BUNDLE, "--test", *datasets, "--data-dir", data_dir,
-                    "--scale", scales.policy_key(scale), "--tolerance", "2"], cwd=ROOT, check=True)
-    curves = [score(json.loads((MODELS / BUNDLE / "eval" / d / "metrics.json").read_text()), 2)["f1_curve"]
-              for d in datasets]
+                    "--scale", key, "--tolerance", "2"], cwd=ROOT, check=True)
+    # evaluate.py names the folder of a scale other than the bundle's own (a run's exported config keeps 1)
+    differs = {} if key == scales.policy_key(config.get("scale", 1.0)) else {"scale": key}
+    curves = [score(json.loads((MODELS / BUNDLE / "eval" / eval_folder(d, differs) / "metrics.json").read_text()),
+                    2)["f1_curve"] for d in datasets]
     by_scale = config.get("thresholds_by_scale") or {scales.policy_key(config.get("scale", 1.0)): config["threshold"]}
     threshold = metrics.best_mean_threshold(curves)
     by_scale[scales.policy_key(scale)] = threshold

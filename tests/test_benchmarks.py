@@ -547,6 +547,41 @@ def test_the_leave_one_group_out_summary_names_only_old_groups_lost_beyond_the_s
         gains, None)
 
 
+def test_adopting_a_scale_reads_the_curves_from_the_folder_evaluate_names_for_it(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    import evaluate
+    import general_model
+    import rundir
+    import scales
+    from metrics import _grid
+    models, pretrained = tmp_path / "models", tmp_path / "pretrained"
+    (pretrained / general_model.BUNDLE).mkdir(parents=True)
+    config = {"dataset": ["CFD", "GAPS384"], "scale": 1.0, "threshold": 0.5, "thresholds_by_scale": {}}
+    (pretrained / general_model.BUNDLE / "config.json").write_text(json.dumps(config))
+    grid = _grid(None)[0]
+    best = {"CFD": 0.3, "GAPS384": 0.3}
+
+    def fake_evaluate(cmd, cwd, check):   # writes where evaluate.py would, for the scale it was asked
+        scale = scales.scale_arg(cmd[cmd.index("--scale") + 1])
+        asked = argparse.Namespace(tta=False, name=general_model.BUNDLE, scale=scale, checkpoint="best.pt",
+                                   precision="auto")
+        for d in cmd[cmd.index("--test") + 1:cmd.index("--data-dir")]:
+            out = models / general_model.BUNDLE / "eval" / rundir.eval_folder(d, evaluate.other_settings(asked, 1.0))
+            out.mkdir(parents=True)
+            curve = [1.0 - abs(t - best[d]) for t in grid]
+            (out / "metrics.json").write_text(json.dumps({"results": [{"tolerance": 2, "f1_curve": curve}]}))
+    monkeypatch.setattr(general_model, "MODELS", models)
+    monkeypatch.setattr(rundir, "PRETRAINED_DIR", pretrained)
+    monkeypatch.setattr(general_model.subprocess, "run", fake_evaluate)
+    monkeypatch.setattr(rundir, "stored_config", lambda c: c)
+    general_model.adopt_scale("auto", "DATA")
+    adopted = json.loads((pretrained / general_model.BUNDLE / "config.json").read_text())
+    assert adopted["scale"] == "auto" and adopted["threshold"] == pytest.approx(0.3)
+    assert adopted["thresholds_by_scale"] == {"1": 0.5, "auto": pytest.approx(0.3)}
+
+
 def test_a_replaced_bundles_scores_move_aside_under_its_checksum(tmp_path, monkeypatch):
     import json
 
