@@ -230,7 +230,11 @@ def keep_old_scores() -> None:
     from rundir import PRETRAINED_DIR
     scored, config = MODELS / BUNDLE / "eval", PRETRAINED_DIR / BUNDLE / "config.json"
     if scored.is_dir() and config.exists():
-        scored.rename(scored.with_name(f"eval_{json.loads(config.read_text())['sha256'][:12]}"))
+        name = f"eval_{json.loads(config.read_text())['sha256'][:12]}"
+        aside, n = scored.with_name(name), 1
+        while aside.exists():   # an export tried again after a failed policy step moved this bundle's scores once
+            aside, n = scored.with_name(f"{name}_{n}"), n + 1
+        scored.rename(aside)
 
 
 def export(replace: bool, run: str = RUN) -> None:

@@ -596,6 +596,10 @@ def test_a_replaced_bundles_scores_move_aside_under_its_checksum(tmp_path, monke
     general_model.keep_old_scores()
     assert (models / general_model.BUNDLE / "eval_abcdef012345" / "CFD").is_dir()
     assert not (models / general_model.BUNDLE / "eval").exists()
+    (models / general_model.BUNDLE / "eval" / "GAPS384").mkdir(parents=True)   # a second export of the same bundle
+    general_model.keep_old_scores()
+    assert (models / general_model.BUNDLE / "eval_abcdef012345_1" / "GAPS384").is_dir()
+    assert (models / general_model.BUNDLE / "eval_abcdef012345" / "CFD").is_dir()
 
 
 def test_a_bundle_on_new_sources_carries_their_terms_and_counts_its_training_images():
