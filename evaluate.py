@@ -29,7 +29,7 @@ from engine import make_engine
 from predictor import MapOptions, Predictor
 from rundir import (MODELS_DIR, RUNS_DIR, RunError, eval_folder, json_dump, load_config, name_arg, provenance,
                     read_split, run_datasets, runs_arg)
-from scales import policy_key
+from scales import scale_setting
 from utils import run_cli
 from visuals import error_overlay, label, save_probability, side_by_side, write_image
 
@@ -199,8 +199,8 @@ def log_tensorboard(run: str, summary: dict, result: dict, panels: list[np.ndarr
 def other_settings(args, own_scale) -> dict[str, str]:
     """The settings of this evaluation that are not the run's own (the folder's name says them)."""
     differs = {"tta": ""} if args.tta else {}
-    if args.name and args.scale is not None and policy_key(args.scale) != policy_key(own_scale):
-        differs["scale"] = policy_key(args.scale)
+    if args.name and args.scale is not None:
+        differs.update(scale_setting(args.scale, own_scale))
     if args.name and args.checkpoint != "best.pt":
         differs[Path(args.checkpoint).stem] = ""
     if args.name and args.precision != "auto":

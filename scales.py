@@ -77,6 +77,11 @@ def policy_key(scale: float | str) -> str:
     return scale if scale == "auto" else f"{float(scale):g}"
 
 
+def scale_setting(asked: float | str, own: float | str) -> dict[str, str]:
+    """The scale part of an evaluation folder's name (rundir.eval_folder): none for the run's own policy."""
+    return {} if policy_key(asked) == policy_key(own) else {"scale": policy_key(asked)}
+
+
 def min_side(grid: int) -> int:
     """The shortest side, in px, the network's input may have when a photo is shrunk: MIN_GRID_CELLS
     cells of the network's pooling grid (2 ** its poolings). Below it the deepest level sees fewer than

@@ -129,11 +129,11 @@ def adopt_scale(scale: float | str, data_dir: str) -> None:
     datasets, key = list(config["dataset"]), scales.policy_key(scale)
     subprocess.run([sys.executable, "evaluate.py", "--name", BUNDLE, "--test", *datasets, "--data-dir", data_dir,
                     "--scale", key, "--tolerance", "2"], cwd=ROOT, check=True)
-    # evaluate.py names the folder of a scale other than the bundle's own (a run's exported config keeps 1)
-    differs = {} if key == scales.policy_key(config.get("scale", 1.0)) else {"scale": key}
+    own = config.get("scale", 1.0)   # an exported run keeps 1: its auto maps land in DATASET_scaleauto
+    differs = scales.scale_setting(key, own)
     curves = [score(json.loads((MODELS / BUNDLE / "eval" / eval_folder(d, differs) / "metrics.json").read_text()),
                     2)["f1_curve"] for d in datasets]
-    by_scale = config.get("thresholds_by_scale") or {scales.policy_key(config.get("scale", 1.0)): config["threshold"]}
+    by_scale = config.get("thresholds_by_scale") or {scales.policy_key(own): config["threshold"]}
     threshold = metrics.best_mean_threshold(curves)
     by_scale[scales.policy_key(scale)] = threshold
     config.update({"scale": scale, "threshold": threshold, "thresholds_by_scale": by_scale})

@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from rundir import load_config
+from rundir import eval_folder, load_config
+from scales import scale_setting
 from runner import (CAMERA, GROUP_TRAIN, MODELS, RESULTS, SHIPPED, TRAIN, UPSAMPLING, network_args, read_record,
                     score, steps_recipe)
 
@@ -44,6 +45,11 @@ SECOND_SEEDS: list[str] = ["balanced_mosaic", "mosaic"]
 ARMS.update({f"{arm}_seed1": [*ARMS[arm], "--seed", "1"] for arm in SECOND_SEEDS})
 
 
+def sampling_groups(arm: str) -> dict[str, list[str]]:
+    """The groups of GROUP_TRAIN's groups the arm's --sampling group draws alike (its seed-1 run's too)."""
+    return ARM_SAMPLING_GROUPS.get(arm.removesuffix("_seed1"), SAMPLING_GROUPS)
+
+
 def arm_options(arm: str, group: str | None) -> list[str]:
     """The arm's options for a run without `group`: balanced sampling names its groups of datasets (the
     held-out group's left out; a group left empty is not named)."""
@@ -51,14 +57,14 @@ def arm_options(arm: str, group: str | None) -> list[str]:
     if "group" not in extra:
         return extra
     named = {name: [d for g in members if g != group for d in GROUP_TRAIN[g]]
-             for name, members in ARM_SAMPLING_GROUPS.get(arm.removesuffix("_seed1"), SAMPLING_GROUPS).items()}
+             for name, members in sampling_groups(arm).items()}
     specs = [f"{name}={','.join(datasets)}" for name, datasets in named.items() if datasets]
     return extra + (["--groups", *specs] if specs else [])
 
 
 def arm_label(arm: str) -> str:
     """The arm's options as the arms' table shows them, its own sampling groups by name."""
-    named = ARM_SAMPLING_GROUPS.get(arm.removesuffix("_seed1"), {})
+    named = ARM_SAMPLING_GROUPS.get(arm.removesuffix("_seed1"), {})   # the drone's grouping goes unsaid
     return " ".join([*ARMS[arm], *(f"--groups {name}=({'+'.join(g)})" for name, g in named.items())]) or "(recipe)"
 
 
@@ -80,10 +86,9 @@ def policy_scores(run: str, tests: list[str]) -> dict:
     """2 px ODS F per policy and test set, from the run's eval folders (evaluate.py names a policy other
     than the run's own: DATASET_scaleauto, DATASET_scale1)."""
     own = load_config(run)["scale"]
-    own = own if own == "auto" else f"{own:g}"
     found = {}
     for policy, scale in POLICIES.items():
-        folders = {test: test if scale == own else f"{test}_scale{scale}" for test in tests}
+        folders = {test: eval_folder(test, scale_setting(scale, own)) for test in tests}
         found[policy] = {test: score(json.loads((MODELS / run / "eval" / folder / "metrics.json").read_text()),
                                      2)["ods"]["f1"] for test, folder in folders.items()}
     return found
