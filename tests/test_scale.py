@@ -173,10 +173,23 @@ def test_the_bundle_shrinks_a_photo_of_a_wide_crack_more_than_one_of_a_thin_crac
     assert wide < thin
 
 
+def drawn_crack_f(prediction, width: int, size: tuple[int, int]) -> float:
+    """F of a prediction's mask against the crack crack(width, size) draws, pixel for pixel."""
+    drawn = np.full((*size, 3), 255, np.uint8)
+    crack(width, size)(drawn)
+    truth, found = drawn[..., 0] < 128, prediction.mask
+    hits = float((truth & found).sum())
+    return 2 * hits / (truth.sum() + found.sum())
+
+
 def test_the_bundle_under_auto_shrinks_a_wide_crack_and_keeps_joints_and_a_thin_crack_as_they_are(bundle):
-    """The auto issue's cases on a 640x480 photo: a 40 px crack goes to 1/4 or less; a grid of joints
-    the map at 1 traces (no crack) and a 3 px crack keep factor 1, the photo as it is."""
-    assert bundle.predict(bundle_photo((480, 640), crack(40))).factor <= 0.25
+    """The auto issue's cases on a 640x480 photo: a 40 px crack is shrunk and found as one band; a grid
+    of joints the map at 1 traces (no crack) and a 3 px crack keep factor 1, the photo as it is.
+    The four-source bundle needed 1/4 for the 40 px crack; the ten-source one, which learned wider
+    labels, is surest at 1/2, where its mask is also better than at 1/4 (F 0.95 against 0.89)."""
+    wide = bundle.predict(bundle_photo((480, 640), crack(40)))
+    assert wide.factor <= 0.5
+    assert drawn_crack_f(wide, 40, (480, 640)) >= 0.9
     grid = bundle_photo((480, 640), joints)
     at_one = bundle.at_scale(1.0).predict(grid)
     assert scales.MapFeatures(at_one.prob)["length"] >= scales.MIN_LENGTH   # the joints show on the map at 1
