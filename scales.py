@@ -21,7 +21,7 @@ from measure import crack_length, crack_widths, skeletonize, without_specks
 FACTORS = (2.0, 1.0, 0.5, 0.25, 0.125)   # the factors auto may choose
 MIN_GRID_CELLS = 2       # a shrinking factor is allowed while the network's input keeps this many pooling cells
                          # across its short side (see allowed())
-SHRINK_MIN_SIDE = 256    # px: auto never shrinks a photo whose short side is under the training crop (see candidates())
+SHRINK_MIN_SIDE = 192    # px: auto never shrinks a photo whose short side is under this (see candidates())
 MAX_MEGAPIXELS = 4.0     # an enlarging factor is allowed while the network's input stays this small
 FEATURE_THRESHOLD = 0.5  # features describe p > 0.5, whatever the run's threshold (the choice must not move with it)
 MIN_PIECE = 8            # pixels: smaller pieces of a map are noise, not cracks
@@ -115,10 +115,12 @@ def allowed(height: int, width: int, grid: int = 16) -> list[float]:
 
 def candidates(height: int, width: int, grid: int = 16) -> list[float]:
     """The factors auto may choose for a photo: allowed(), less every shrinking factor where the photo's
-    short side is under SHRINK_MIN_SIDE. A photo smaller than a training crop is a tile or a detail
-    already: shrunk, the network sees a few dozen px of it, mostly padding, and its map is coarse.
-    Replayed on every recorded zoom row (benchmarks/framezoom.py), shrinking such tiles cost GAPS384
-    0.007-0.023 of 2 px ODS F and this gate lost no row more than 0.009 (docs/zoom.md)."""
+    short side is under SHRINK_MIN_SIDE. A tile of 133-160 px is a detail already: shrunk, the network
+    sees a few dozen px of it, mostly padding, and its map is coarse (shrinking GAPS384's tiles cost it
+    0.007-0.023 of 2 px ODS F). Walls of 224 px with wide cracks still gain from 1/2 (MASONRY). Replayed
+    on every recorded zoom row, gates of 160-224 px score alike and best on the mean over groups, on the
+    rows the rule was chosen on and on the ten-source recipe's; 192 is the middle of that plateau
+    (benchmarks/autorule.py render_shrink_gates, docs/zoom.md)."""
     found = allowed(height, width, grid)
     return found if min(height, width) >= SHRINK_MIN_SIDE else [f for f in found if f >= 1]
 

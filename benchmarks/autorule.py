@@ -117,17 +117,18 @@ def windows_of(arrays: dict) -> list[tuple]:
     return [tuple(f for f in row if f > 0) for row in arrays["windows"].tolist()]
 
 
-def replay(arrays: dict, rule: scales.Rule) -> dict[float, dict]:
+def replay(arrays: dict, rule: scales.Rule, min_side: int | None = None) -> dict[float, dict]:
     """Per zoom: fixed 1 and auto under `rule` as (ODS F, F at own threshold), the best fixed factor
-    (factor, ODS F), and how many photos went to each factor."""
+    (factor, ODS F), and how many photos went to each factor. `min_side`: the shortest photo side auto
+    shrinks (default scales.SHRINK_MIN_SIDE)."""
     windows = windows_of(arrays)
-    val_pick = choose_many(arrays["val_features"], choosable(arrays), rule)
+    val_pick = choose_many(arrays["val_features"], choosable(arrays, None, min_side), rule)
     val_auto = chosen_counts(arrays["val_counts"], windows, val_pick, rule.fuse)
     val_one = arrays["val_counts"][:, ONE]
     results = {}
     for zi, z in enumerate(arrays["zooms"].tolist()):
         counts, valid = arrays["counts"][zi], arrays["valid"][zi][:, :len(FACTORS)]
-        pick = choose_many(arrays["features"][zi], choosable(arrays, zi), rule)
+        pick = choose_many(arrays["features"][zi], choosable(arrays, zi, min_side), rule)
         fixed = {f: f_curve(counts[:, i].sum(0))[:-1].max() for i, f in enumerate(scales.FACTORS) if valid[:, i].all()}
         best = max(fixed, key=fixed.get)
         results[z] = {"fixed_1": policy_scores(counts[:, ONE], val_one),
@@ -144,10 +145,10 @@ def load(record=RECORD, ten_sources: bool = False) -> list[tuple[str, str, dict]
             if name.startswith(TEN_PREFIX) == ten_sources]
 
 
-def rows(loaded: list, rule: scales.Rule) -> list[dict]:
+def rows(loaded: list, rule: scales.Rule, min_side: int | None = None) -> list[dict]:
     """Every (experiment, zoom) replayed under `rule`."""
     return [{"experiment": name, "source": source, "group": GROUPS[source], "zoom": z, **r}
-            for name, source, arrays in loaded for z, r in replay(arrays, rule).items()]
+            for name, source, arrays in loaded for z, r in replay(arrays, rule, min_side).items()]
 
 
 # ---------------------------------------------------------------- choosing a rule
@@ -273,6 +274,32 @@ def render_tables(record=RECORD) -> str:
         f"({len(family())} rules searched, {len({r['group'] for r in held})} groups).",
         render_rows(scored[scales.RULE]), render_picks(picked), render_plateau(scored, everywhere),
         acceptance(held), acceptance(scored[scales.RULE]), acceptance(scored[LEGACY])])
+
+
+SHRINK_SIDES = (0, 128, 160, 192, 224, 256, 320)   # px: the shrink gates compared (0: none)
+
+
+def limits_read(found: list[dict]) -> str:
+    """The mean over groups, the worst harm at native zoom (source) and the widest gap change of rows."""
+    native = [r for r in found if r["zoom"] == 1.0]
+    worst = max(native, key=lambda r: r["fixed_1"][0] - r["auto"][0])
+    gap = max((r["auto"][0] - r["auto"][1]) - (r["fixed_1"][0] - r["fixed_1"][1]) for r in found)
+    return (f"{objective(found, {r['group'] for r in found}):.4f} | {worst['auto'][0] - worst['fixed_1'][0]:+.3f} "
+            f"({worst['source']}) | {gap:+.3f}")
+
+
+def render_shrink_gates(record=RECORD) -> str:
+    """The live rule with auto's shrink gate (scales.SHRINK_MIN_SIDE) moved: on the rows the rule was
+    chosen on and on the ten-source recipe's, the mean over groups and the acceptance's two limits."""
+    chosen_on, ten = load(record), load(record, ten_sources=True)
+    out = ["| shortest side auto shrinks (px) | rule's rows: mean over groups | worst auto - fixed 1 at native zoom "
+           "| widest gap change | ten-source rows: mean over groups | worst auto - fixed 1 at native zoom | "
+           "widest gap change |", "|---" * 7 + "|"]
+    for side in SHRINK_SIDES:
+        live = " (live)" if side == scales.SHRINK_MIN_SIDE else ""
+        cells = [limits_read(rows(loaded, scales.RULE, side)) if loaded else "- | - | -" for loaded in (chosen_on, ten)]
+        out.append(f"| {side or 'no gate'}{live} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def render_ten_tables(record=RECORD) -> str:

@@ -43,7 +43,7 @@ import scales  # noqa: E402
 from augment import zoom_frame  # noqa: E402
 from dataset import read_sample, scan_dataset  # noqa: E402
 from rundir import read_split  # noqa: E402
-from autorule import RECORD, TEN_PREFIX, WINDOWS, render_tables, render_ten_tables  # noqa: E402
+from autorule import RECORD, TEN_PREFIX, WINDOWS, render_shrink_gates, render_tables, render_ten_tables  # noqa: E402
 from runner import (CAMERA, GROUP_TEST, MODELS, ROOT, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
                     finished_training, network_args, other_groups, others, read_record, run_all, steps_recipe,
                     training_summary)
@@ -265,7 +265,8 @@ def main() -> None:
         run_all({name: commands(args, name) for name in EXPERIMENTS}, args,
                 lambda name: summarize(name, args.record), skip=already_trained)
     if not args.list:
-        print(render_tables(args.record), render_ten_tables(args.record), sep="\n\n")
+        print(render_tables(args.record), render_ten_tables(args.record), render_shrink_gates(args.record),
+              sep="\n\n")
 
 
 if __name__ == "__main__":

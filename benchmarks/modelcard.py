@@ -298,12 +298,11 @@ edges and dark streaks read as cracks, faint networks seen from afar are missed,
 follow the annotation style of the sources it learned from most."""
 
 
-# what the leave-one-group-out table cannot say: written by a person from framezoom.jsonl's ten_MASONRY
-TEN_LOO_CAVEAT = """MASONRY's row was scored before the auto rule's 256 px gate (docs/zoom.md), which
-now keeps its 224 px walls at 1: the same run, retrained and scored under today's rule
-(`python benchmarks/framezoom.py --list`, ten_MASONRY), scores 0.669 under auto and 0.671 at 1,
-0.789 at 1/2. So on brick walls this bundle's recipe loses about 0.13 against the four-source
-recipe it replaced; the joints between bricks are its most common false crack (below)."""
+# what the leave-one-group-out table cannot say: written by a person from docs/sources.md's reading
+TEN_LOO_CAVEAT = """On brick walls (MASONRY) this bundle's recipe loses to the four-source recipe it
+replaced, beyond the seed spread: without MASONRY, six of its seven training groups are roads or
+asphalt, and DeepCrack, the only other concrete, gets one seventh of the crops. The joints between
+bricks are its most common false crack (below): on walls, fine-tune it on a few of your photos."""
 
 
 def write_ten_card(line: dict, folder: Path) -> None:

@@ -125,14 +125,16 @@ def dataset_f(counts: np.ndarray) -> tuple[float, float]:
     return float(f[:-1].max()), float(f[-1])
 
 
-def choosable(arrays: dict, zi: int | None = None) -> np.ndarray:
+def choosable(arrays: dict, zi: int | None = None, min_side: int | None = None) -> np.ndarray:
     """The recorded valid factors (scales.allowed, the network's bound) of zoom index `zi`'s photos (None:
-    the validation photos), less the shrinking ones scales.candidates() strikes for a photo's short side."""
+    the validation photos), less the shrinking ones scales.candidates() strikes for a photo's short side
+    (under min_side, default scales.SHRINK_MIN_SIDE)."""
     valid = (arrays["val_valid"] if zi is None else arrays["valid"][zi])[:, :len(scales.FACTORS)].copy()
     if "short_side" not in arrays:
         raise KeyError("arrays without photo sizes: run python benchmarks/framezoom.py --add-short-sides")
     short = arrays["val_short_side"] if zi is None else arrays["short_side"][zi]
-    valid[np.ix_(short < scales.SHRINK_MIN_SIDE, np.array(scales.FACTORS) < 1)] = False
+    min_side = scales.SHRINK_MIN_SIDE if min_side is None else min_side
+    valid[np.ix_(short < min_side, np.array(scales.FACTORS) < 1)] = False
     return valid
 
 

@@ -80,11 +80,15 @@ def test_each_policy_is_scored_at_its_own_validated_threshold():
     assert fused["auto"][0] == pytest.approx(0.7)   # (12 + 16) / 2 of 20
 
 
-def test_the_replay_never_shrinks_a_photo_smaller_than_a_training_crop():
-    """scales.candidates() strikes shrinking below SHRINK_MIN_SIDE; the replay of recorded maps must too."""
+def test_the_replay_never_shrinks_a_photo_under_the_shrink_gate():
+    """scales.candidates() strikes shrinking below SHRINK_MIN_SIDE; the replay of recorded maps must too,
+    and a replay given another gate (the gate sweep) strikes below that one instead."""
     for short, shrunk in ((scales.SHRINK_MIN_SIDE, True), (scales.SHRINK_MIN_SIDE - 1, False)):
         arrays = arrays_for({1.0: 10, 0.5: 20}, {1.0: 12, 0.5: 16}, {1.0: 0.5, 0.5: 0.9}, short=short)
         legacy = autorule.replay(arrays, autorule.LEGACY)[1.0]
         assert (legacy["factors"][scales.FACTORS.index(0.5)] == 1) is shrunk
         assert legacy["best"][0] == 0.5   # the fixed factors stay what the network allows: 1/2 scores best
         assert (0.5 in scales.candidates(short, 2 * short)) is shrunk and 0.5 in scales.allowed(short, 2 * short)
+        for gate, shrunk_there in ((short, True), (short + 1, False)):
+            moved = autorule.replay(arrays, autorule.LEGACY, min_side=gate)[1.0]
+            assert (moved["factors"][scales.FACTORS.index(0.5)] == 1) is shrunk_there

@@ -241,4 +241,4 @@ def test_auto_predicts_the_enlarged_map_only_where_its_rule_wants_enlarging(monk
         seen.clear()
         chosen = inference.predict_scaled(Darkness(), light_photo_with_crack((192, 256), width), ENGINE, "auto")
         assert ((384, 512) in seen) is enlarged, width
-        assert chosen.factor in scales.candidates(192, 256) and (chosen.factor <= 1 or enlarged)   # no shrinking
+        assert chosen.factor in scales.candidates(192, 256) and (chosen.factor <= 1 or enlarged)
