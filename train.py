@@ -28,7 +28,8 @@ from engine import make_engine
 from rundir import (MODELS_DIR, RUNS_DIR, RunError, fresh_run_name, load_checkpoint, load_config, provenance,
                     read_split, remove_run, run_datasets, run_state, write_config, write_split)
 from training import (RunFiles, build_state, check_replicas_agree, end_epoch, keep_log_rows_before, make_train_loader,
-                      restore, resume_progress, start_epoch, sync_buffers, train_one_epoch, validate)
+                      restore, resume_progress, start_epoch, sync_buffers, train_one_epoch, validate,
+                      validates_after)
 from trainoptions import (PRESETS, Loading, Optimisation, Validation, add_data_options, add_machine_options,
                           add_model_options, add_optimisation_options, add_run_options)
 from utils import run_cli
@@ -36,7 +37,7 @@ from utils import run_cli
 # what --init-from takes from the parent
 PARENT_KEYS = ("arch", "base_width", "depth", "bottleneck_dilation", "deep_supervision", "align_corners", "minmax",
                "normalize", "clahe")
-RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache", "panels_every"}
+RESUME_OVERRIDES = {"epochs", "max_minutes", "workers", "device", "cache", "panels_every", "val_every"}
 
 
 # ---------------------------------------------------------------- options
@@ -87,6 +88,10 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         (0 <= args.ema < 1, "--ema must be in [0, 1) (0 = off)"),
         (0 <= args.seed < 2**32, "--seed must be in [0, 2**32)"),
         (args.panels_every >= 1, "--panels-every must be >= 1"),
+        (args.val_every >= 1, "--val-every must be >= 1"),
+        (args.val_every == 1 or args.scheduler != "ReduceLROnPlateau",
+         "--val-every > 1 leaves epochs without the validation loss ReduceLROnPlateau steps on; "
+         "use --scheduler CosineAnnealingLR or none"),
         (not args.scale_aug_range or 0 < args.scale_aug_range[0] <= args.scale_aug_range[1],
          "--scale-aug-range needs 0 < LO <= HI"),
         (not (args.scale_aug_range and args.resize), "--scale-aug-range crops; it cannot go with --resize"),
@@ -319,19 +324,23 @@ def main() -> int:
     files = RunFiles(run_dir, config, SummaryWriter(RUNS_DIR / args.name) if engine.main else None)
 
     # 5. epochs: train, validate, log, checkpoint, until the plan (--epochs, --max-minutes) is done
+    # (progress.fraction() is rank 0's clock: every DDP rank stops and validates after the same epochs)
+    stop = state.progress.fraction() >= 1   # a resumed run may have nothing left
     try:
         for epoch in range(start, args.epochs + 1):
-            if state.progress.fraction() >= 1:
+            if stop:
                 break
             start_epoch(loader, loading, engine, epoch)
             row = {"epoch": epoch, **train_one_epoch(state, loader, engine, opt, epoch, run_dir)}
             sync_buffers(state.validated, engine)
+            stop = epoch == args.epochs or state.progress.fraction() >= 1
             curves = {}
-            if val_sets:
+            if val_sets and validates_after(epoch, args.val_every, last=stop):
                 scores, curves = validate(state.validated, val_sets, engine, Validation.from_options(options), epoch,
                                           files.writer)
                 row.update(scores)
-            end_epoch(state, files, row, curves, engine)
+                stop = stop or state.progress.fraction() >= 1   # --max-minutes counts validation's time too
+            end_epoch(state, files, row, curves, engine, validating=bool(val_sets))
     finally:
         if files.writer:
             files.writer.close()

@@ -354,12 +354,20 @@ class RunFiles:
     writer: object = None
 
 
-def end_epoch(state: TrainState, files: RunFiles, row: dict, curves: dict, engine) -> None:
+def validates_after(epoch: int, every: int, last: bool) -> bool:
+    """Whether validation follows this epoch (--val-every): the first, every `every`-th, and the last (of
+    --epochs, or where the plan ran out), so a broken validation shows at once and the final weights are
+    always scored."""
+    return last or epoch == 1 or epoch % every == 0
+
+
+def end_epoch(state: TrainState, files: RunFiles, row: dict, curves: dict, engine, validating: bool = True) -> None:
     """Step the plateau schedule and keep the best score; the main process logs the row and saves the
-    checkpoints, and prints the row."""
+    checkpoints, and prints the row. A run without validation (`validating` false) keeps its last epoch
+    as best; one that skipped validating this epoch (--val-every) keeps its best."""
     if state.scheduler is not None:
         state.scheduler.step(row["val_loss"])
-    improved = "val_ods_f1" not in row or row["val_ods_f1"] > state.best   # no validation: the last is best
+    improved = row["val_ods_f1"] > state.best if "val_ods_f1" in row else not validating
     state.best = max(state.best, row.get("val_ods_f1", -1.0))
     if engine.main:
         with signals_held():   # the log row and last.pt always describe the same epoch
@@ -401,9 +409,12 @@ def save_epoch(state: TrainState, run_dir: Path, config: dict, row: dict, improv
 
 
 def log_epoch(writer, log_path: Path, row: dict) -> None:
+    """One row of log.csv under the header its first row wrote (the first epoch is always validated, so
+    an epoch --val-every skips leaves its validation columns empty)."""
     first = not log_path.exists()
+    header = list(row) if first else log_path.read_text().split("\n", 1)[0].split(",")
     with open(log_path, "a", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=list(row))
+        out = csv.DictWriter(f, fieldnames=header, restval="")
         if first:
             out.writeheader()
         out.writerow(row)

@@ -124,6 +124,9 @@ def add_data_options(p) -> None:
     p.add_argument("--val-split", type=float, default=0.1,
                    help="fraction of each dataset held out for validation, which chooses best.pt and the run's "
                         "threshold (0.1; 0 trains on every image and keeps the last epoch)")
+    p.add_argument("--val-every", type=int, default=1, metavar="N",
+                   help="validate after the first epoch, every N-th and the last (1: every epoch); best.pt is the "
+                        "best of those. On a CPU, validating hundreds of photos can take as long as the epoch itself")
     add_scale_option(p, 1.0)
     p.add_argument("--crop", type=int, default=512,
                    help="random crop side, a multiple of 16; 512 as in the reference, 256 on a CPU")

@@ -45,8 +45,8 @@ SECOND, SECOND_EXPORT, SECOND_RUN = f"general_{CHOSEN}", f"general_{CHOSEN}_bund
 SECOND_NETWORK = NETWORK + UPSAMPLING + ARMS[CHOSEN]
 # the ten-source bundle (issue 40): tensources.py's chosen recipe on every group's training data for
 # TEN_STEPS optimizer steps (72 minutes with native bf16, about half of it validating 464 photos each
-# epoch; near 180 without, past --max-minutes 150), scored under auto and timed against today's bundle;
-# its export waits for ten_verdict
+# epoch; near 180 without, past --max-minutes 150: a rerun would add --val-every 3, about 120 by the same
+# estimate), scored under auto and timed against today's bundle; its export waits for ten_verdict
 TEN, TEN_EXPORT, TEN_RUN = "general_ten", "general_ten_bundle", "gen_ten"
 TEN_STEPS, TEN_EPOCH_SIZE = 15000, 1000
 TEN_DATASETS = [d for sets in GROUP_TRAIN.values() for d in sets]

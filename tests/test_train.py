@@ -283,6 +283,8 @@ def test_overwrite_removes_the_old_run_whole_first(tmp_path, synthetic_root, one
     (["--epoch-size", "-1"], "--epoch-size must be >= 0"),
     (["--deep-supervision"], "--deep-supervision needs --arch NestedUNet"),
     (["--panels-every", "0"], "--panels-every must be >= 1"),
+    (["--val-every", "0"], "--val-every must be >= 1"),
+    (["--val-every", "2"], "ReduceLROnPlateau"),
     (["--val-split", "1"], "--val-split must be in"),
     (["--val-split", "0"], "ReduceLROnPlateau"),
     (["--epochs", "0"], "--epochs must be >= 1"),
@@ -319,6 +321,27 @@ def test_val_split_zero_trains_on_every_image_and_saves_the_last_epoch_as_best(t
     assert json.loads((run_dir / "config.json").read_text())["threshold"] == 0.5
     rows = log_rows(run_dir)
     assert len(rows) == 2 and not any(k.startswith("val") for k in rows[0])
+
+
+def test_val_every_validates_the_first_every_nth_and_the_last_epoch_and_keeps_the_best_of_those(
+        tmp_path, synthetic_root):
+    run("train.py", *TINY, "--data-dir", synthetic_root, "--scheduler", "CosineAnnealingLR", "--epochs", "5",
+        "--val-every", "2", "--name", "sparse", cwd=tmp_path)
+    run_dir = tmp_path / "models" / "sparse"
+    rows = log_rows(run_dir)
+    validated = [int(r["epoch"]) for r in rows if r["val_ods_f1"]]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5] and validated == [1, 2, 4, 5]
+    assert all(r["train_loss"] for r in rows)   # the skipped epoch trained and logged under the same header
+    config = json.loads((run_dir / "config.json").read_text())
+    scores = {int(r["epoch"]): float(r["val_ods_f1"]) for r in rows if r["val_ods_f1"]}
+    assert config["best_epoch"] == max(scores, key=lambda e: (scores[e], -e))   # the first of the best
+
+
+def test_validation_follows_the_first_every_nth_and_the_last_epoch():
+    import training
+    assert [training.validates_after(e, 3, last=e == 7) for e in range(1, 8)] == [True, False, True, False, False,
+                                                                                   True, True]
+    assert all(training.validates_after(e, 1, last=False) for e in range(1, 5))
 
 
 def test_validation_scores_the_maps_predict_makes_tiled_beyond_the_tile_size(tmp_path):
