@@ -291,10 +291,10 @@ found beside the line (CFD); on coarse asphalt the crack is found along its cent
 than the full crack body its labels draw (CRACKMAP); the mortar joints of a brick wall are marked
 as crack (MASONRY); on a drone's road photo only the strongest cracks are found and the faint
 network around them is missed (UAVCRACKX8); a crack along a tile's edge, barely visible, is missed
-(GAPS384); on rough concrete the cracks are found but wider than labelled, and the edge of a worn
-patch is taken for crack (AIGLERN); a light, sealed crack below a shadow's edge is missed while dark
-streaks in the asphalt are marked (SHADOWCRACK). Expect the same on your photos: joints, patch
-edges and dark streaks read as cracks, faint networks seen from afar are missed, and the widths
+(GAPS384); on coarse asphalt a network of fine cracks is found only along its clearest lines, its
+faint branches missed (AIGLERN); a light, sealed crack below a shadow's edge is missed while dark
+streaks in the asphalt are marked (SHADOWCRACK). Expect the same on your photos: joints and
+dark streaks read as cracks, faint networks and branches are missed, and the widths
 follow the annotation style of the sources it learned from most."""
 
 

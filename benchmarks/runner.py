@@ -184,7 +184,7 @@ def commit_record(path: Path, line: dict) -> None:
     message = f"{path.name}: {line['experiment']} ({line['commit']})"
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        for _ in range(5):   # another git command may hold HEAD's lock for a moment
+        for _ in range(5):   # another git command may hold HEAD's lock, or have moved HEAD, meanwhile
             if committed_with_tables(repo, rel, message, env):
                 return
             time.sleep(2)
@@ -192,15 +192,20 @@ def commit_record(path: Path, line: dict) -> None:
 
 
 def committed_with_tables(repo: Path, rel: list[str], message: str, env: dict) -> bool:
+    """One try: the commit is built on the HEAD it read and lands only if HEAD is still that commit, so a
+    commit made in the checkout while the tables rendered (a minute or more) is never undone."""
     def ok(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
-    if ok("git", "read-tree", "HEAD").returncode or ok("git", "add", *rel).returncode:
+    head = ok("git", "rev-parse", "HEAD").stdout.strip()
+    if not head or ok("git", "read-tree", head).returncode or ok("git", "add", *rel).returncode:
         return False
     tables = ok(sys.executable, "benchmarks/render_docs.py", "--stage")
     if tables.returncode:   # the record matters more than its tables: commit it, say what is left to do
         print(f"warning: tables not re-rendered: {tables.stderr[-500:]}", file=sys.stderr)
-    if ok("git", "commit", "-q", "-m", message).returncode:
-        return False
+    tree = ok("git", "write-tree").stdout.strip()
+    new = ok("git", "commit-tree", tree, "-p", head, "-m", message).stdout.strip() if tree else ""
+    if not new or ok("git", "update-ref", "-m", f"commit: {message}", "HEAD", new, head).returncode:
+        return False   # HEAD moved meanwhile: the caller tries again on the new HEAD
     # the checkout's own index learns the new commit's version of what it carried
     carried = [*rel, *(tables.stdout.split() if not tables.returncode else [])]
     subprocess.run(["git", "reset", "-q", "--", *carried], cwd=repo, capture_output=True)
