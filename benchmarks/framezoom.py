@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # runner, when run by
 import metrics  # noqa: E402
 import scales  # noqa: E402
 from augment import zoom_frame  # noqa: E402
-from dataset import read_sample, scan_dataset  # noqa: E402
+from dataset import read_sample, scan_dataset, split_ids  # noqa: E402
 from rundir import read_split  # noqa: E402
 from autorule import RECORD, TEN_PREFIX, WINDOWS, render_shrink_gates, render_tables, render_ten_tables  # noqa: E402
 from runner import (CAMERA, GROUP_TEST, MODELS, ROOT, SHIPPED, TEST, TRAIN, UPSAMPLING, add_common_args,  # noqa: E402
@@ -206,42 +206,66 @@ def zoomed_short_side(height: int, width: int, z: float, frame: bool) -> int:
     return min(max(round(height * z), 1), max(round(width * z), 1))
 
 
-def validation_short_side(test_short: np.ndarray, test_valid: np.ndarray, val_valid: np.ndarray) -> np.ndarray:
-    """A lower bound on each validation photo's short side, from the factors recorded valid for it: a
-    shrinking factor f is valid where short * f >= scales.min_side(grid). The grid is the one the test
-    photos' sizes and valid factors agree on; the bound is exact at SHRINK_MIN_SIDE, 8 or 4 cells."""
-    shrink = [i for i, f in enumerate(scales.FACTORS) if f < 1]
-    factors = np.array([scales.FACTORS[i] for i in shrink])
-    grid = next(g for g in (16, 32, 64) if np.array_equal(
-        test_short[..., None] * factors >= scales.min_side(g), test_valid[..., shrink]))
-    bound = np.where(val_valid[:, shrink], scales.min_side(grid) / factors, 0.0).max(1)
-    return np.ceil(bound).astype(np.int64)
+def run_datasets(name: str) -> list[str]:
+    """The training sets, in --dataset order, of the run that scored experiment `name`: the leave-one-out
+    run's, the ten-source recipe's without the group, or (bundle_ rows) the four-source bundle's."""
+    e = EXPERIMENTS[name]
+    if "group" in e:
+        return other_groups(e["group"])
+    return e["train"] or list(TRAIN.values())
+
+
+def rebuilt_validation(datasets: list[str], data_dir: Path) -> list:
+    """A run's validation photos as validation_samples() lists them, rebuilt from train.py's seeded split
+    (its defaults: --val-split 0.1, --seed 0) where the run's split.json is gone."""
+    chosen = []
+    for dataset in datasets:
+        samples = scan_dataset(data_dir, dataset)[0]
+        val = set(split_ids([s.stem for s in samples], 0.1, 0)[1])
+        chosen += [s for s in samples if s.stem in val]
+    return chosen
+
+
+def exact_validation_sides(name: str, arrays: dict, data_dir: Path) -> np.ndarray:
+    """The short sides of the validation photos of experiment `name`, checked against what the record
+    kept of them: as many photos, and the shrinking factors scales.allowed() gives each size for the
+    network's grid equal to those recorded valid."""
+    sides = np.array([min(read_sample(s)[0].shape[:2]) for s in rebuilt_validation(run_datasets(name), data_dir)])
+    recorded = arrays["val_valid"][:, :len(scales.FACTORS)]
+    shrink = np.array(scales.FACTORS) < 1
+    agrees = len(sides) == len(recorded) and any(
+        np.array_equal(sides[:, None] * np.array(scales.FACTORS)[shrink] >= scales.min_side(grid), recorded[:, shrink])
+        for grid in (16, 32, 64))
+    if not agrees:
+        raise SystemExit(f"{name}: the rebuilt validation photos do not match its recorded ones; leave its sizes")
+    return sides
 
 
 def add_short_sides(data_dir: Path) -> list[str]:
-    """Give every recorded arrays file made before photo sizes were kept (this record's and zoom.py's) its
-    test photos' short sides (from the photos, by name and zoom) and, here, its validation photos' bound
-    (validation_short_side): what the replays need to strike the shrinking factors scales.candidates()
-    strikes. Returns the files rewritten."""
+    """Give every recorded arrays file its photos' short sides where it lacks them (made before sizes were
+    kept: its test photos' from the photos, by name and zoom) or holds only a lower bound of its validation
+    photos' (an earlier version of this step): what the replays need to strike the shrinking factors
+    scales.candidates() strikes. Returns the files rewritten."""
     done = []
     for record, frame in ((RECORD, True), (zoomrecord.RECORD, False)):
-        for line in read_record(record).values():
+        for name, line in read_record(record).items():
             if not line.get("attachments"):
                 continue
             path = record.parent / line["attachments"][0]
             arrays = read_arrays(path)
-            if "short_side" in arrays:
-                continue
-            samples = {s.stem: s for s in scan_dataset(data_dir, line["zoom"]["source"])[0]}
-            shapes = [read_sample(samples[n])[0].shape[:2] for n in arrays["names"].tolist()]
-            arrays["short_side"] = np.array([[zoomed_short_side(h, w, z, frame) for h, w in shapes]
-                                             for z in arrays["zooms"].tolist()])
-            if "val_valid" in arrays:
-                arrays["val_short_side"] = validation_short_side(
-                    arrays["short_side"], arrays["valid"][..., :len(scales.FACTORS)],
-                    arrays["val_valid"][:, :len(scales.FACTORS)])
-            save_arrays(path, arrays)
-            done.append(str(path.relative_to(ROOT)))
+            changed = "short_side" not in arrays
+            if changed:
+                samples = {s.stem: s for s in scan_dataset(data_dir, line["zoom"]["source"])[0]}
+                shapes = [read_sample(samples[n])[0].shape[:2] for n in arrays["names"].tolist()]
+                arrays["short_side"] = np.array([[zoomed_short_side(h, w, z, frame) for h, w in shapes]
+                                                 for z in arrays["zooms"].tolist()])
+            if "val_valid" in arrays and record == RECORD and name in EXPERIMENTS:
+                sides = exact_validation_sides(name, arrays, data_dir)
+                changed = changed or not np.array_equal(arrays.get("val_short_side"), sides)
+                arrays["val_short_side"] = sides
+            if changed:
+                save_arrays(path, arrays)
+                done.append(str(path.relative_to(ROOT)))
     return done
 
 
@@ -253,7 +277,7 @@ def main() -> None:
     p.add_argument("--zooms", type=float, nargs="+", default=list(ZOOMS), help="with --score: the zooms")
     p.add_argument("--out", type=Path, help="with --score: where the arrays go")
     p.add_argument("--add-short-sides", action="store_true",
-                   help="only give arrays recorded before photo sizes were kept their sizes (needs --data-dir)")
+                   help="only give recorded arrays their photos' exact sizes where they lack them (needs --data-dir)")
     args = p.parse_args()
     if args.add_short_sides:
         print("\n".join(add_short_sides(Path(args.data_dir))) or "every arrays file has its photo sizes")

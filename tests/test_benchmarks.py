@@ -698,24 +698,60 @@ def test_a_record_commit_carries_its_rendered_tables_and_nothing_else(tmp_path):
     assert git_in(repo, "diff", "--cached", "--name-only").split() == ["notes.txt"]
 
 
-@pytest.mark.parametrize("grid", [16, 32])
-def test_older_arrays_get_photo_sizes_that_decide_the_shrinking_gate_as_the_photos_would(grid):
-    """validation_short_side's bound, read from the valid factors scales.allowed() recorded, must put each
-    photo on the same side of SHRINK_MIN_SIDE as its true size (a slow reference: allowed() per photo)."""
+def test_a_record_commit_never_undoes_a_commit_made_while_its_tables_render(tmp_path):
+    """The tables take a minute to render; a commit made in the checkout meanwhile must survive the
+    record's commit, which lands on top of it."""
+    import runner
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "docs").mkdir()
+    shutil.copy(ROOT / "benchmarks" / "render_docs.py", repo / "benchmarks")
+    record = repo / "benchmarks" / "results" / "count.jsonl"
+    record.write_text('{"experiment": "a"}\n')
+    (repo / "benchmarks" / "count.py").write_text(   # the table's command commits once, as a developer would
+        "import os, subprocess\nfrom pathlib import Path\n"
+        "root = Path(__file__).resolve().parents[1]\n"
+        "if not (root / 'done').exists():\n"
+        "    (root / 'done').write_text('')\n"
+        "    (root / 'notes.txt').write_text('committed meanwhile\\n')\n"
+        "    env = {k: v for k, v in os.environ.items() if k != 'GIT_INDEX_FILE'}\n"
+        "    subprocess.run(['git', 'commit', '-qam', 'meanwhile'], cwd=root, env=env, check=True)\n"
+        "print(len(Path(__file__).with_name('results').joinpath('count.jsonl').read_text().splitlines()))\n")
+    (repo / "README.md").write_text("<!-- table: python benchmarks/count.py -->\n1\n<!-- /table -->\n")
+    (repo / "notes.txt").write_text("old\n")
+    (repo / ".gitignore").write_text("done\n")
+    git_in(repo, "init", "-q")
+    git_in(repo, "config", "user.email", "t@example.com")
+    git_in(repo, "config", "user.name", "t")
+    git_in(repo, "add", ".")
+    git_in(repo, "commit", "-qm", "start")
+    runner.append_record(record, {"experiment": "b", "commit": "abc"}, commit=True)
+    assert git_in(repo, "log", "--format=%s").split("\n")[:2] == ["count.jsonl: b (abc)", "meanwhile"]
+    assert git_in(repo, "show", "HEAD:notes.txt") == "committed meanwhile\n"
+    assert git_in(repo, "show", "HEAD:benchmarks/results/count.jsonl").count("\n") == 2
+
+
+def test_recorded_validation_sizes_are_rebuilt_from_the_runs_seeded_split_and_checked(tmp_path, monkeypatch):
+    """Arrays recorded before validation sizes were kept get them from the photos of the run's split, as
+    train.py draws it; a rebuild that disagrees with the factors the record kept valid is refused."""
     import numpy as np
 
     import framezoom
     import scales
-    rng = np.random.default_rng(grid)
-    shrink = [i for i, f in enumerate(scales.FACTORS) if f < 1]
+    from synthetic import make_synthetic_dataset
+    make_synthetic_dataset(tmp_path, "SMALL", count=10, size=(96, 128), seed=1)
+    make_synthetic_dataset(tmp_path, "WIDE", count=10, size=(224, 300), seed=2)
+    monkeypatch.setitem(framezoom.EXPERIMENTS, "x", {"train": ["WIDE", "SMALL"]})
 
     def valid_of(shorts):
-        return np.array([[f in scales.allowed(s, s + 50, grid) for f in scales.FACTORS] for s in shorts])
-    test = rng.integers(20, 1200, 60)
-    val = np.concatenate([rng.integers(20, 1200, 200), [255, 256, 257, 2 * grid - 1, 2 * grid]])
-    bound = framezoom.validation_short_side(test[None], valid_of(test)[None], valid_of(val))
-    assert np.array_equal(bound >= scales.SHRINK_MIN_SIDE, val >= scales.SHRINK_MIN_SIDE)
-    assert (bound <= val).all() and np.array_equal(valid_of(bound)[:, shrink], valid_of(val)[:, shrink])
+        return np.array([[f in scales.allowed(short, short + 50, 16) for f in scales.FACTORS] for short in shorts])
+    assert framezoom.exact_validation_sides("x", {"val_valid": valid_of([224, 96])}, tmp_path).tolist() == [224, 96]
+    with pytest.raises(SystemExit, match="do not match"):
+        framezoom.exact_validation_sides("x", {"val_valid": valid_of([96, 224])}, tmp_path)
+
+
+def test_a_zoomed_photo_keeps_its_frame_or_grows_whole():
+    import framezoom
     assert framezoom.zoomed_short_side(384, 544, 4.0, frame=True) == 384
     assert framezoom.zoomed_short_side(384, 544, 4.0, frame=False) == 1536
     assert framezoom.zoomed_short_side(133, 133, 0.5, frame=True) == 66   # round() as zoom_frame sizes it
