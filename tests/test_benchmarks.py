@@ -665,35 +665,43 @@ def git_in(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 
 
-def test_a_record_commit_carries_its_rendered_tables_and_nothing_else(tmp_path):
-    """What an interrupted session leaves committed must still pass test_docs: the record and its tables go
-    in one commit; prose being written and files staged by hand in the same checkout stay out of it."""
-    import runner
+COUNT_LINES = "print(len(Path(__file__).with_name('results').joinpath('count.jsonl').read_text().splitlines()))\n"
+TABLE = "<!-- table: python benchmarks/count.py -->\n1\n<!-- /table -->\n"
+
+
+def record_repo(tmp_path: Path, count_py: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A committed repository with a one-line record, benchmarks/count.py (the table's command: prints the
+    record's length) and `files`, as runner.commit_record finds one. Returns (repo, record)."""
     repo = tmp_path / "repo"
     (repo / "benchmarks" / "results").mkdir(parents=True)
     (repo / "docs").mkdir()
     shutil.copy(ROOT / "benchmarks" / "render_docs.py", repo / "benchmarks")
     record = repo / "benchmarks" / "results" / "count.jsonl"
     record.write_text('{"experiment": "a"}\n')
-    (repo / "benchmarks" / "count.py").write_text(
-        "from pathlib import Path\n"
-        "print(len(Path(__file__).with_name('results').joinpath('count.jsonl').read_text().splitlines()))\n")
-    block = "<!-- table: python benchmarks/count.py -->\n1\n<!-- /table -->\n"
-    (repo / "README.md").write_text("Intro.\n\n" + block)
-    (repo / "notes.txt").write_text("old\n")
+    (repo / "benchmarks" / "count.py").write_text(count_py)
+    for name, text in files.items():
+        (repo / name).write_text(text)
     git_in(repo, "init", "-q")
     git_in(repo, "config", "user.email", "t@example.com")
     git_in(repo, "config", "user.name", "t")
     git_in(repo, "add", ".")
     git_in(repo, "commit", "-qm", "start")
-    (repo / "README.md").write_text("Intro, being rewritten.\n\n" + block)   # prose in progress
+    return repo, record
+
+
+def test_a_record_commit_carries_its_rendered_tables_and_nothing_else(tmp_path):
+    """What an interrupted session leaves committed must still pass test_docs: the record and its tables go
+    in one commit; prose being written and files staged by hand in the same checkout stay out of it."""
+    import runner
+    repo, record = record_repo(tmp_path, "from pathlib import Path\n" + COUNT_LINES,
+                               {"README.md": "Intro.\n\n" + TABLE, "notes.txt": "old\n"})
+    (repo / "README.md").write_text("Intro, being rewritten.\n\n" + TABLE)   # prose in progress
     (repo / "notes.txt").write_text("staged by hand\n")
     git_in(repo, "add", "notes.txt")
-    line = {"experiment": "b", "commit": "abc"}
-    runner.append_record(record, line, commit=True)
+    runner.append_record(record, {"experiment": "b", "commit": "abc"}, commit=True)
     assert git_in(repo, "show", "HEAD:benchmarks/results/count.jsonl").count("\n") == 2
-    assert git_in(repo, "show", "HEAD:README.md") == "Intro.\n\n" + block.replace("\n1\n", "\n2\n")
-    assert (repo / "README.md").read_text() == "Intro, being rewritten.\n\n" + block.replace("\n1\n", "\n2\n")
+    assert git_in(repo, "show", "HEAD:README.md") == "Intro.\n\n" + TABLE.replace("\n1\n", "\n2\n")
+    assert (repo / "README.md").read_text() == "Intro, being rewritten.\n\n" + TABLE.replace("\n1\n", "\n2\n")
     assert git_in(repo, "show", "HEAD:notes.txt") == "old\n"
     assert git_in(repo, "diff", "--cached", "--name-only").split() == ["notes.txt"]
 
@@ -702,29 +710,16 @@ def test_a_record_commit_never_undoes_a_commit_made_while_its_tables_render(tmp_
     """The tables take a minute to render; a commit made in the checkout meanwhile must survive the
     record's commit, which lands on top of it."""
     import runner
-    repo = tmp_path / "repo"
-    (repo / "benchmarks" / "results").mkdir(parents=True)
-    (repo / "docs").mkdir()
-    shutil.copy(ROOT / "benchmarks" / "render_docs.py", repo / "benchmarks")
-    record = repo / "benchmarks" / "results" / "count.jsonl"
-    record.write_text('{"experiment": "a"}\n')
-    (repo / "benchmarks" / "count.py").write_text(   # the table's command commits once, as a developer would
+    commits_once = (   # the table's command commits once, as a developer would while it renders
         "import os, subprocess\nfrom pathlib import Path\n"
         "root = Path(__file__).resolve().parents[1]\n"
         "if not (root / 'done').exists():\n"
         "    (root / 'done').write_text('')\n"
         "    (root / 'notes.txt').write_text('committed meanwhile\\n')\n"
         "    env = {k: v for k, v in os.environ.items() if k != 'GIT_INDEX_FILE'}\n"
-        "    subprocess.run(['git', 'commit', '-qam', 'meanwhile'], cwd=root, env=env, check=True)\n"
-        "print(len(Path(__file__).with_name('results').joinpath('count.jsonl').read_text().splitlines()))\n")
-    (repo / "README.md").write_text("<!-- table: python benchmarks/count.py -->\n1\n<!-- /table -->\n")
-    (repo / "notes.txt").write_text("old\n")
-    (repo / ".gitignore").write_text("done\n")
-    git_in(repo, "init", "-q")
-    git_in(repo, "config", "user.email", "t@example.com")
-    git_in(repo, "config", "user.name", "t")
-    git_in(repo, "add", ".")
-    git_in(repo, "commit", "-qm", "start")
+        "    subprocess.run(['git', 'commit', '-qam', 'meanwhile'], cwd=root, env=env, check=True)\n")
+    repo, record = record_repo(tmp_path, commits_once + COUNT_LINES,
+                               {"README.md": TABLE, "notes.txt": "old\n", ".gitignore": "done\n"})
     runner.append_record(record, {"experiment": "b", "commit": "abc"}, commit=True)
     assert git_in(repo, "log", "--format=%s").split("\n")[:2] == ["count.jsonl: b (abc)", "meanwhile"]
     assert git_in(repo, "show", "HEAD:notes.txt") == "committed meanwhile\n"
