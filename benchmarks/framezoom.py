@@ -125,10 +125,11 @@ def already_trained(cmd: list[str]) -> bool:
 
 # ---------------------------------------------------------------- scoring one model on one source
 
-def validation_samples(run: str, data_dir: Path) -> list:
-    """The run's validation images: where its threshold for each policy is chosen."""
+def validation_samples(run: str, data_dir: Path, split: dict | None = None) -> list:
+    """The run's validation images, where its threshold for each policy is chosen: from its split.json,
+    or from `split` ({DATASET: {"val": [stems]}}, in --dataset order) where that file is gone."""
     chosen = []
-    for dataset, parts in read_split(run).items():
+    for dataset, parts in (split or read_split(run)).items():
         val = set(parts["val"])
         chosen += [s for s in scan_dataset(data_dir, dataset)[0] if s.stem in val]
     return chosen
@@ -206,31 +207,25 @@ def zoomed_short_side(height: int, width: int, z: float, frame: bool) -> int:
     return min(max(round(height * z), 1), max(round(width * z), 1))
 
 
-def run_datasets(name: str) -> list[str]:
-    """The training sets, in --dataset order, of the run that scored experiment `name`: the leave-one-out
-    run's, the ten-source recipe's without the group, or (bundle_ rows) the four-source bundle's."""
+TRAIN_SPLIT = (0.1, 0)   # train.py's --val-split and --seed defaults, which every run scored here kept
+
+
+def rebuilt_split(name: str, data_dir: Path) -> dict:
+    """The split of the run that scored experiment `name`, drawn again as train.py draws it, over its
+    training sets in --dataset order: the leave-one-out run's, the ten-source recipe's without the
+    group, or (bundle_ rows) the four-source bundle's."""
     e = EXPERIMENTS[name]
-    if "group" in e:
-        return other_groups(e["group"])
-    return e["train"] or list(TRAIN.values())
-
-
-def rebuilt_validation(datasets: list[str], data_dir: Path) -> list:
-    """A run's validation photos as validation_samples() lists them, rebuilt from train.py's seeded split
-    (its defaults: --val-split 0.1, --seed 0) where the run's split.json is gone."""
-    chosen = []
-    for dataset in datasets:
-        samples = scan_dataset(data_dir, dataset)[0]
-        val = set(split_ids([s.stem for s in samples], 0.1, 0)[1])
-        chosen += [s for s in samples if s.stem in val]
-    return chosen
+    datasets = other_groups(e["group"]) if "group" in e else e["train"] or list(TRAIN.values())
+    return {d: {"val": split_ids([s.stem for s in scan_dataset(data_dir, d)[0]], *TRAIN_SPLIT)[1]}
+            for d in datasets}
 
 
 def exact_validation_sides(name: str, arrays: dict, data_dir: Path) -> np.ndarray:
     """The short sides of the validation photos of experiment `name`, checked against what the record
     kept of them: as many photos, and the shrinking factors scales.allowed() gives each size for the
     network's grid equal to those recorded valid."""
-    sides = np.array([min(read_sample(s)[0].shape[:2]) for s in rebuilt_validation(run_datasets(name), data_dir)])
+    rebuilt = validation_samples(EXPERIMENTS[name]["run"], data_dir, rebuilt_split(name, data_dir))
+    sides = np.array([min(read_sample(s)[0].shape[:2]) for s in rebuilt])
     recorded = arrays["val_valid"][:, :len(scales.FACTORS)]
     shrink = np.array(scales.FACTORS) < 1
     agrees = len(sides) == len(recorded) and any(

@@ -60,8 +60,7 @@ def unseen_model(source: str) -> str:
     trains both). Lines before the ten-source bundle scored the new sources with the four-source bundle,
     which had never seen them; the bundle has since learned them."""
     old = next((f"zoom_{CHOSEN}_4000steps_{s}" for s in TEST if TEST[s] == source), None)
-    group = next(g for g, tests in GROUP_TEST.items() if source in tests)
-    return old or f"{sourcegroups.PREFIX}{sourcegroups.CHOSEN}_{group}"
+    return old or f"{sourcegroups.PREFIX}{sourcegroups.CHOSEN}_{next(g for g, t in GROUP_TEST.items() if source in t)}"
 
 
 def experiments() -> dict[str, dict]:

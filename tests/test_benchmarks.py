@@ -736,7 +736,7 @@ def test_recorded_validation_sizes_are_rebuilt_from_the_runs_seeded_split_and_ch
     from synthetic import make_synthetic_dataset
     make_synthetic_dataset(tmp_path, "SMALL", count=10, size=(96, 128), seed=1)
     make_synthetic_dataset(tmp_path, "WIDE", count=10, size=(224, 300), seed=2)
-    monkeypatch.setitem(framezoom.EXPERIMENTS, "x", {"train": ["WIDE", "SMALL"]})
+    monkeypatch.setitem(framezoom.EXPERIMENTS, "x", {"train": ["WIDE", "SMALL"], "run": "gone"})
 
     def valid_of(shorts):
         return np.array([[f in scales.allowed(short, short + 50, 16) for f in scales.FACTORS] for short in shorts])
